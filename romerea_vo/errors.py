@@ -1,0 +1,27 @@
+"""Exceptions with messages a person can act on; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class RomeReaError(Exception):
+    """Base class of every error romerea-vo reports to a user."""
+
+
+class FieldFormatError(RomeReaError):
+    """A field directory or file is missing, compressed, truncated or inconsistent."""
+
+
+class CompressedFieldError(FieldFormatError):
+    """Only bzip2-archived copies of a field file are present."""
+
+
+class CubeShapeError(FieldFormatError):
+    """A quadrant cube's shape disagrees with the crossmatch file."""
+
+
+class StarNotFoundError(RomeReaError, LookupError):
+    """No star matches an identifier or position."""
+
+
+class InvalidRequestError(RomeReaError, ValueError):
+    """An argument (filter, dataset, quality, radius, ...) is not acceptable."""
