@@ -130,7 +130,9 @@ def error_column(mag_column: str) -> str:
     return f"{mag_column}_err"
 
 
-def valid_measurement(mag: np.ndarray, err: np.ndarray, hjd: np.ndarray | None = None) -> np.ndarray:
+def valid_measurement(
+    mag: np.ndarray, err: np.ndarray, hjd: np.ndarray | None = None
+) -> np.ndarray:
     """True where a point is a real measurement (§4.3).
 
     mag > 0 and err > 0 exclude both the 0.0 "not detected" fill and the -9999.99
@@ -236,7 +238,14 @@ IMAGES_COLUMNS_E = (
 """The 48 era-E IMAGES columns (§3.5)."""
 
 IMAGES_INT_COLUMNS = ("index", "nstars", "use_phot", "use_ref", "qc_flag")
-IMAGES_STRING_WIDTHS = {"filename": 80, "dataset_code": 80, "filter": 10, "datetime": 25, "RA": 15, "Dec": 15}
+IMAGES_STRING_WIDTHS = {
+    "filename": 80,
+    "dataset_code": 80,
+    "filter": 10,
+    "datetime": 25,
+    "RA": 15,
+    "Dec": 15,
+}
 
 STAMPS_COLUMNS = ("dataset_code", "filename", "stamp_id", "xmin", "xmax", "ymin", "ymax") + tuple(
     f"warp_matrix_{i}" for i in range(9)

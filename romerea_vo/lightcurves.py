@@ -1,0 +1,414 @@
+"""Star -> lightcurve: points from the quadrant cubes, as arrays or astropy Tables.
+
+Two paths. :func:`read_points` / :func:`read_points_many` return numpy arrays (what
+the services use: one star, one band in ~0.1 ms). :func:`lightcurve` /
+:func:`lightcurves` return astropy Tables with units and descriptions from
+``votable_schemas/lightcurve_points.toml``. :func:`lightcurve_statistics` streams
+whole quadrants in blocks of rows and summarises each star's good points per filter.
+
+Quality cuts (``quality=``):
+
+* ``good``: qc_flag == 0 and a valid measurement (mag > 0, err > 0, hjd > 0).
+* ``valid``: a valid measurement whatever its qc_flag.
+* ``all``: every point the pipeline attempted, flagged and failed fits (-9999.99)
+  included; only the star's non-detections (a dataset where its index is 0, stored
+  as 0.0 everywhere) and images that produced no photometry are left out.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Column, Table, vstack
+from tqdm import tqdm
+
+from .errors import InvalidRequestError
+from .products import layout
+from .products.layout import PhotometryLayout, good_measurement, valid_measurement
+from .products.lookup import StarRef
+from .products.reader import Field
+from .votable.schema import load_table_schema
+
+QUALITIES = ("good", "valid", "all")
+IMAGE_METADATA_COLUMNS = (
+    "airmass",
+    "exposure",
+    "fwhm",
+    "sky",
+    "moon_fraction",
+    "moon_ang_separation",
+)
+"""IMAGES columns copied onto every point (those the file has)."""
+
+_BLOCK_BYTES = 128 * 2**20
+"""Read budget per block when streaming or batching (bounded memory on 30 GB cubes)."""
+
+
+@dataclass
+class PointArrays:
+    """One star's selected points: ``data`` has one row per point, the cube's columns."""
+
+    star: StarRef
+    image_index: np.ndarray
+    data: np.ndarray
+    layout: PhotometryLayout
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.data[:, self.layout.index(name)]
+
+    @property
+    def hjd(self) -> np.ndarray:
+        return self.data[:, 0]
+
+
+def _star_ref(field: Field, star: StarRef | int) -> StarRef:
+    if isinstance(star, StarRef):
+        if star.field != field.name:
+            raise InvalidRequestError(
+                f"star {star.field} {star.field_id} is not in field {field.name}"
+            )
+        return star
+    return field.star(star)
+
+
+def _mag_column(field: Field, mag_column: str | None) -> str:
+    lay = field.photometry_layout
+    name = mag_column or lay.science_mag
+    if name not in layout.MAGNITUDE_COLUMNS or name not in lay:
+        available = [m for m in layout.MAGNITUDE_COLUMNS if m in lay]
+        raise InvalidRequestError(
+            f"magnitude column {name!r} is not available in this field's "
+            f"{lay.width}-column cubes; choose one of {', '.join(available)}"
+        )
+    return name
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _quality_mask(
+    block: np.ndarray, lay: PhotometryLayout, quality: str, mag_col: str
+) -> np.ndarray:
+    """Boolean mask over the leading axes of ``block`` (..., n_columns)."""
+    mag = block[..., lay.index(mag_col)]
+    err = block[..., lay.index(layout.error_column(mag_col))]
+    hjd = block[..., 0]
+    if quality == "good":
+        qc = block[..., lay.index("qc_flag")] if lay.has_qc else None
+        return good_measurement(mag, err, qc, hjd)
+    if quality == "valid":
+        return valid_measurement(mag, err, hjd)
+    if quality == "all":
+        return (hjd > 0) & ~((mag == 0) & (err == 0))
+    raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
+
+
+def _selection(field: Field, filters, datasets, quality: str, mag_column: str | None):
+    if quality not in QUALITIES:
+        raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
+    images = field.select_images(_as_list(filters), _as_list(datasets))
+    return images, _mag_column(field, mag_column)
+
+
+def _finish(star: StarRef, images: np.ndarray, block: np.ndarray, lay, quality, mag_col):
+    keep = _quality_mask(block, lay, quality, mag_col)
+    data, idx = block[keep], images[keep]
+    hjd = data[:, 0]
+    if len(hjd) > 1 and np.any(hjd[1:] < hjd[:-1]):
+        # Images are pre-sorted by IMAGES hjd; cube hjd can differ slightly from it.
+        order = np.argsort(hjd, kind="stable")
+        data, idx = data[order], idx[order]
+    return PointArrays(star, idx, data, lay)
+
+
+def read_points(
+    field: Field,
+    star: StarRef | int,
+    *,
+    filters: str | Iterable[str] | None = None,
+    datasets: str | Iterable[str] | None = None,
+    quality: str = "good",
+    mag_column: str | None = None,
+) -> PointArrays:
+    """One star's points as arrays, selected and sorted by time (the fast path)."""
+    ref = _star_ref(field, star)
+    images, mag_col = _selection(field, filters, datasets, quality, mag_column)
+    cube = field.cube(ref.quadrant)
+    return _finish(ref, images, cube.read_star(ref.row, images), cube.layout, quality, mag_col)
+
+
+def read_points_many(
+    field: Field,
+    stars: Sequence[StarRef | int],
+    *,
+    filters: str | Iterable[str] | None = None,
+    datasets: str | Iterable[str] | None = None,
+    quality: str = "good",
+    mag_column: str | None = None,
+) -> list[PointArrays]:
+    """Many stars' points, in the order given. Each quadrant file is read once, in
+    row order, in blocks of bounded size."""
+    refs = [_star_ref(field, s) for s in stars]
+    images, mag_col = _selection(field, filters, datasets, quality, mag_column)
+    result: list[PointArrays | None] = [None] * len(refs)
+    by_quadrant: dict[int, list[int]] = {}
+    for i, ref in enumerate(refs):
+        by_quadrant.setdefault(ref.quadrant, []).append(i)
+    for quadrant in sorted(by_quadrant):
+        cube = field.cube(quadrant)
+        positions = sorted(by_quadrant[quadrant], key=lambda i: refs[i].row)
+        unique_rows = np.unique([refs[i].row for i in positions])
+        per_block = max(1, _BLOCK_BYTES // max(1, len(images) * cube.shape[2] * 8))
+        next_pos = 0
+        for start in range(0, len(unique_rows), per_block):
+            chunk = unique_rows[start : start + per_block]
+            data = cube.read_stars(chunk, images)
+            while next_pos < len(positions) and refs[positions[next_pos]].row <= chunk[-1]:
+                i = positions[next_pos]
+                block = data[np.searchsorted(chunk, refs[i].row)]
+                result[i] = _finish(refs[i], images, block, cube.layout, quality, mag_col)
+                next_pos += 1
+    return result  # type: ignore[return-value]
+
+
+# --- astropy Tables -----------------------------------------------------------------
+
+
+@functools.cache
+def _point_schema():
+    return load_table_schema("lightcurve_points")
+
+
+class _ImageColumns:
+    """Per-field arrays of the IMAGES metadata attached to points, built once per field."""
+
+    def __init__(self, field: Field):
+        images = field.images
+        self.filter = np.asarray(images["filter"])
+        self.dataset_code = np.asarray(images["dataset_code"])
+        self.image = np.asarray(images["filename"])
+        self.metadata = {
+            name: np.asarray(images[name], dtype=float)
+            for name in IMAGE_METADATA_COLUMNS
+            if name in images.colnames
+        }
+
+
+def _image_columns(field: Field) -> _ImageColumns:
+    cols = field.__dict__.get("_lightcurve_image_columns")
+    if cols is None:
+        cols = field.__dict__["_lightcurve_image_columns"] = _ImageColumns(field)
+    return cols
+
+
+def _column(name: str, values: np.ndarray) -> Column:
+    spec = _point_schema().by_name[name]
+    return Column(
+        values, name=name, unit=spec.astropy_unit, description=spec.description, copy=False
+    )
+
+
+_INTEGER_COLUMNS = {"qc_flag": np.int16, "stamp_index": np.int16}
+
+
+def _points_columns(field: Field, points: PointArrays) -> list[Column]:
+    img = _image_columns(field)
+    idx = points.image_index
+    cols = [
+        _column("hjd", points.hjd),
+        _column("filter", img.filter[idx]),
+        _column("dataset_code", img.dataset_code[idx]),
+        _column("image", img.image[idx]),
+        _column("image_index", idx.astype(np.int32)),
+    ]
+    for j, name in enumerate(points.layout.columns[1:], start=1):
+        values = points.data[:, j]
+        if name in _INTEGER_COLUMNS:
+            values = values.astype(_INTEGER_COLUMNS[name])
+        cols.append(_column(name, values))
+    cols.extend(_column(name, values[idx]) for name, values in img.metadata.items())
+    return cols
+
+
+def _star_meta(field: Field, star: StarRef, quality: str, mag_col: str) -> dict:
+    return {
+        "field": field.name,
+        "field_id": star.field_id,
+        "ra": star.ra,
+        "dec": star.dec,
+        "quadrant": star.quadrant,
+        "quadrant_id": star.quadrant_id,
+        "gaia_source_id": star.gaia_source_id,
+        "quality": quality,
+        "mag_column": mag_col,
+        "photometry_era": field.photometry_layout.era,
+    }
+
+
+def lightcurve(
+    field: Field,
+    star: StarRef | int,
+    *,
+    filters: str | Iterable[str] | None = None,
+    datasets: str | Iterable[str] | None = None,
+    quality: str = "good",
+    mag_column: str | None = None,
+) -> Table:
+    """One star's lightcurve as an astropy Table with units, sorted by time.
+
+    Columns: hjd, filter, dataset_code, image, image_index, every cube column after
+    hjd (magnitudes and errors, scale factor, stamp, sky, position, qc_flag) and the
+    image's airmass, exposure, fwhm, sky and Moon. ``meta`` holds the star's identity
+    and the quality cut applied.
+    """
+    points = read_points(
+        field, star, filters=filters, datasets=datasets, quality=quality, mag_column=mag_column
+    )
+    mag_col = _mag_column(field, mag_column)
+    return Table(
+        _points_columns(field, points),
+        meta=_star_meta(field, points.star, quality, mag_col),
+        copy=False,
+    )
+
+
+def lightcurves(
+    field: Field,
+    stars: Sequence[StarRef | int],
+    *,
+    filters: str | Iterable[str] | None = None,
+    datasets: str | Iterable[str] | None = None,
+    quality: str = "good",
+    mag_column: str | None = None,
+) -> Table:
+    """Several stars' lightcurves in one Table with ``field`` and ``field_id`` columns,
+    stars in the order given, each sorted by time."""
+    many = read_points_many(
+        field, stars, filters=filters, datasets=datasets, quality=quality, mag_column=mag_column
+    )
+    mag_col = _mag_column(field, mag_column)
+    parts = []
+    for points in many:
+        cols = _points_columns(field, points)
+        n = len(points)
+        ids = [
+            _column("field", np.full(n, field.name)),
+            _column("field_id", np.full(n, points.star.field_id, dtype=np.int64)),
+        ]
+        parts.append(Table(ids + cols, copy=False))
+    if not parts:
+        raise InvalidRequestError("no stars given")
+    table = vstack(parts, metadata_conflicts="silent") if len(parts) > 1 else parts[0]
+    table.meta = {
+        "field": field.name,
+        "field_ids": [p.star.field_id for p in many],
+        "quality": quality,
+        "mag_column": mag_col,
+        "photometry_era": field.photometry_layout.era,
+    }
+    return table
+
+
+# --- statistics ---------------------------------------------------------------------
+
+
+def _block_statistics(
+    block: np.ndarray, lay: PhotometryLayout, mag_col: str
+) -> dict[str, np.ndarray]:
+    """Statistics over axis 1 of (stars, images, columns) for good points."""
+    good = _quality_mask(block, lay, "good", mag_col)
+    mag = np.where(good, block[..., lay.index(mag_col)], np.nan)
+    err = np.where(good, block[..., lay.index(layout.error_column(mag_col))], np.nan)
+    hjd = np.where(good, block[..., 0], np.nan)
+    n = good.sum(axis=1)
+    has = n > 0
+    out = {"n_good": n}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe = mag[has]
+        med = np.full(len(n), np.nan)
+        med[has] = np.nanmedian(safe, axis=1)
+        out["mean_mag"] = _fill(has, np.nanmean(safe, axis=1))
+        out["median_mag"] = med
+        out["min_mag"] = _fill(has, np.nanmin(safe, axis=1))
+        out["max_mag"] = _fill(has, np.nanmax(safe, axis=1))
+        std = np.full(len(n), np.nan)
+        two = n > 1
+        std[two] = np.nanstd(mag[two], axis=1, ddof=1)
+        out["std_mag"] = std
+        out["mad_std_mag"] = _fill(
+            has, 1.482602218505602 * np.nanmedian(np.abs(safe - med[has][:, None]), axis=1)
+        )
+        out["median_err"] = _fill(has, np.nanmedian(err[has], axis=1))
+        out["hjd_first"] = _fill(has, np.nanmin(hjd[has], axis=1))
+        out["hjd_last"] = _fill(has, np.nanmax(hjd[has], axis=1))
+    out["time_span"] = out["hjd_last"] - out["hjd_first"]
+    return out
+
+
+def _fill(has: np.ndarray, values: np.ndarray) -> np.ndarray:
+    full = np.full(len(has), np.nan)
+    full[has] = values
+    return full
+
+
+def lightcurve_statistics(
+    field: Field,
+    *,
+    mag_column: str | None = None,
+    filters: Iterable[str] | None = None,
+    progress: bool = False,
+) -> Table:
+    """Per star and filter: number of good points, mean/median/min/max magnitude,
+    scatter (std and robust MAD-based), median error, first/last HJD and time span.
+
+    Streams every quadrant cube in blocks of whole rows (sequential reads, bounded
+    memory). Star/filter pairs without any good point are left out.
+    """
+    mag_col = _mag_column(field, mag_column)
+    filters = list(filters) if filters is not None else list(layout.FILTERS)
+    selections = {f: field.select_images([f]) for f in filters}
+    selections = {f: idx for f, idx in selections.items() if len(idx)}
+    schema = load_table_schema("lightcurve_stats")
+    stat_names = [c.name for c in schema.columns[3:]]
+    collected: dict[str, list] = {name: [] for name in ["field_id", "filter", *stat_names]}
+    bar = tqdm(total=field.n_stars, unit="star", disable=not progress, desc=f"{field.name} stats")
+    for quadrant in layout.QUADRANTS:
+        n_rows = field.quadrant_counts[quadrant]
+        if not n_rows:
+            continue
+        cube = field.cube(quadrant)
+        field_ids = field.quadrant_field_ids(quadrant)
+        per_block = max(1, _BLOCK_BYTES // (cube.shape[1] * cube.shape[2] * 8))
+        for start in range(0, n_rows, per_block):
+            block = cube.read_block(start, min(n_rows, start + per_block))
+            ids = field_ids[start : start + len(block)]
+            for flt, idx in selections.items():
+                stats = _block_statistics(block[:, idx, :], cube.layout, mag_col)
+                keep = stats["n_good"] > 0
+                collected["field_id"].append(ids[keep])
+                collected["filter"].append(np.full(int(keep.sum()), flt))
+                for name in stat_names:
+                    collected[name].append(stats[name][keep])
+            bar.update(len(block))
+    bar.close()
+    arrays = {
+        name: np.concatenate(parts) if parts else np.array([]) for name, parts in collected.items()
+    }
+    order = np.lexsort((arrays["filter"], arrays["field_id"]))
+    spec = schema.by_name["field"]
+    cols = [Column(np.full(len(order), field.name), name="field", description=spec.description)]
+    for name, values in arrays.items():
+        spec = schema.by_name[name]
+        dtype = np.int64 if name == "field_id" else (np.int32 if name == "n_good" else None)
+        values = values[order] if dtype is None else values[order].astype(dtype)
+        cols.append(Column(values, name=name, unit=spec.astropy_unit, description=spec.description))
+    return Table(cols, meta={"field": field.name, "mag_column": mag_col, "quality": "good"})

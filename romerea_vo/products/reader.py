@@ -1,0 +1,506 @@
+"""Read pyDANDIA field data products of every era (ROME_FORMATS.md §2-§4).
+
+A field directory holds ``<FIELD>_field_crossmatch.fits`` and four
+``<FIELD>_quad<q>_photometry.hdf5`` cubes. :func:`open_field` opens it as one
+:class:`Field`. Tables are read by column *name*; the cubes are opened lazily, and
+only their headers are touched until photometry is asked for. Every file is opened
+read-only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from astropy.io import fits
+from astropy.table import MaskedColumn, Table
+
+from ..errors import (
+    CompressedFieldError,
+    CubeShapeError,
+    FieldFormatError,
+    InvalidRequestError,
+)
+from . import layout, lookup
+from .layout import PHOTOMETRY_LAYOUTS, PhotometryLayout
+
+_CROSSMATCH_SUFFIX = "_field_crossmatch.fits"
+_GAIA_DIGITS = re.compile(r"^\s*(\d{1,20})\s*$")
+
+
+def parse_gaia_source_ids(raw: Sequence[str]) -> MaskedColumn:
+    """Gaia source ids as a masked int64 column.
+
+    ``None`` (unmatched in FIELD_INDEX), ``0.0``/``0`` (unmatched in STARS), blank
+    and anything that is not a plain decimal integer become masked. The last case
+    covers the pyDANDIA TEST1 file, whose ids are truncated float reprs such as
+    ``4.056350970744342e+`` that no longer identify a source.
+    """
+    values = np.zeros(len(raw), dtype=np.int64)
+    mask = np.ones(len(raw), dtype=bool)
+    for i, s in enumerate(raw):
+        m = _GAIA_DIGITS.match(s)
+        if m and int(m.group(1)) > 0:
+            values[i] = int(m.group(1))
+            mask[i] = False
+    return MaskedColumn(values, mask=mask, name="gaia_source_id")
+
+
+def _read_table(hdu: fits.BinTableHDU) -> Table:
+    table = Table(hdu.data, copy=False)
+    table.convert_bytestring_to_unicode()
+    for name in table.colnames:
+        if table[name].dtype.kind == "U":
+            table[name] = np.char.strip(table[name])
+    return table
+
+
+@dataclass(frozen=True)
+class HDUMap:
+    """Which HDU of the crossmatch file holds which table (by EXTNAME, else by position)."""
+
+    field_index: int
+    datasets: int
+    stars: int
+    images: int
+    stamps: int | None
+    normalizations: tuple[int, ...]
+
+
+def _map_hdus(hdul: fits.HDUList, path: Path) -> HDUMap:
+    names = [h.name.upper() for h in hdul]
+    found = {}
+    for pos, name in enumerate(layout.HDU_ORDER, start=1):
+        if name in names:
+            found[name] = names.index(name)
+        elif pos < len(hdul) and isinstance(hdul[pos], fits.BinTableHDU) and not names[pos]:
+            # pyDANDIA's own loader reads by position; accept unnamed extensions there.
+            found[name] = pos
+    missing = [n for n in layout.HDU_ORDER[:4] if n not in found]
+    if missing:
+        raise FieldFormatError(
+            f"{path.name}: missing extension(s) {', '.join(missing)}; found "
+            f"{', '.join(n or '(unnamed)' for n in names[1:]) or 'no extensions'}"
+        )
+    norms = tuple(i for i, n in enumerate(names) if n.startswith("NORMALIZATIONS"))
+    return HDUMap(
+        found["FIELD_INDEX"],
+        found["DATASETS"],
+        found["STARS"],
+        found["IMAGES"],
+        found.get("STAMPS"),
+        norms,
+    )
+
+
+def _canonical_star_columns(stars: Table) -> None:
+    """Map the three proper-motion spellings onto ``pm_ra, pm_ra_error, pm_dec, pm_dec_error``."""
+    if "proper_motion" in stars.colnames and "pm" not in stars.colnames:
+        stars.rename_column("proper_motion", "pm")  # era A: total proper motion
+    for spelling in layout.PROPER_MOTION_SPELLINGS[1:]:
+        for old, new in zip(spelling, layout.CANONICAL_PM, strict=True):
+            if old in stars.colnames and new not in stars.colnames:
+                stars.rename_column(old, new)
+
+
+class QuadrantCube:
+    """One quadrant's photometry cube, shape (n_stars, n_images, n_columns), read-only.
+
+    Contiguous, unfiltered cubes (what pyDANDIA always writes) are memory-mapped at
+    the dataset's file offset: gathering one star's images from the map costs a copy
+    of the selected bytes only, where an h5py fancy-index read costs ~1 ms of
+    selection overhead per star (benchmarks/bench_lightcurves.py). Chunked or
+    compressed cubes, which pyDANDIA never writes, fall back to h5py.
+    """
+
+    def __init__(self, path: Path, quadrant: int, n_stars: int, n_images: int):
+        self.path = path
+        self.quadrant = quadrant
+        if not path.exists():
+            compressed = path.with_name(path.name + ".bz2")
+            if compressed.exists():
+                raise CompressedFieldError(
+                    f"{compressed} is bzip2-compressed; decompress it first "
+                    f"(bunzip2 -k {compressed}) and open the field again"
+                )
+            raise FieldFormatError(f"quadrant {quadrant} photometry file is missing: {path}")
+        try:
+            self._h5 = h5py.File(path, "r")
+        except OSError as exc:
+            raise FieldFormatError(
+                f"{path.name} cannot be opened as HDF5 (truncated or corrupt file?): {exc}"
+            ) from None
+        if layout.CUBE_DATASET not in self._h5:
+            self._h5.close()
+            raise FieldFormatError(
+                f"{path.name} has no root dataset {layout.CUBE_DATASET!r} "
+                f"(found: {', '.join(self._h5.keys()) or 'nothing'})"
+            )
+        ds = self._h5[layout.CUBE_DATASET]
+        shape = ds.shape
+        if len(shape) != 3 or shape[2] not in PHOTOMETRY_LAYOUTS:
+            self._h5.close()
+            raise CubeShapeError(
+                f"{path.name}: dataset shape {shape} is not (stars, images, 7|14|15|17)"
+            )
+        if shape[0] != n_stars or shape[1] != n_images:
+            self._h5.close()
+            raise CubeShapeError(
+                f"{path.name}: cube shape {shape} disagrees with the crossmatch file, which "
+                f"puts {n_stars} stars in quadrant {quadrant} and lists {n_images} images"
+            )
+        self.shape: tuple[int, int, int] = shape
+        self.layout: PhotometryLayout = PHOTOMETRY_LAYOUTS[shape[2]]
+        self._dataset = ds
+        self._map: np.ndarray | None = None
+        offset = ds.id.get_offset()
+        contiguous = ds.chunks is None and ds.compression is None and not ds._filters
+        if contiguous and ds.dtype == np.dtype("<f8"):
+            if offset is None:  # storage never allocated: the cube was never written
+                if n_stars:
+                    raise FieldFormatError(f"{path.name}: the photometry dataset holds no data")
+            else:
+                needed = offset + ds.size * 8
+                size = os.path.getsize(path)
+                if size < needed:
+                    self._h5.close()
+                    raise FieldFormatError(
+                        f"{path.name} is truncated: {size} bytes, but its photometry needs "
+                        f"{needed} bytes"
+                    )
+                self._map = np.memmap(path, dtype="<f8", mode="r", offset=offset, shape=shape)
+
+    def __repr__(self) -> str:
+        return f"<QuadrantCube {self.path.name} {self.shape} era {self.layout.era}>"
+
+    @property
+    def n_stars(self) -> int:
+        return self.shape[0]
+
+    def read_star(self, row: int, images: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """One star's points, shape (n_selected_images, n_columns), as a new array."""
+        if self._map is not None:
+            return self._map[row][images]
+        block = self._dataset[row]
+        return block[images]
+
+    def read_stars(self, rows: np.ndarray, images: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Several stars' points (rows sorted ascending): shape (n_rows, n_images, n_cols)."""
+        if self._map is not None:
+            if isinstance(images, slice):
+                return self._map[rows]
+            return self._map[rows[:, None], images[None, :]]
+        return np.stack([self._dataset[r][images] for r in rows])
+
+    def read_block(self, start: int, stop: int) -> np.ndarray:
+        """Contiguous star rows [start, stop) with every image: the streaming path."""
+        if self._map is not None:
+            return np.asarray(self._map[start:stop])
+        return self._dataset[start:stop]
+
+    def close(self) -> None:
+        self._map = None
+        self._h5.close()
+
+
+class Field:
+    """One ROME field's data products, opened read-only. Use :func:`open_field`."""
+
+    def __init__(self, directory: Path, name: str):
+        self.directory = directory
+        self.name = name
+        self.crossmatch_path = directory / layout.crossmatch_filename(name)
+        try:
+            self._hdul = fits.open(self.crossmatch_path, mode="readonly", memmap=True)
+            self._hdul.verify("silentfix")
+            self.hdus = _map_hdus(self._hdul, self.crossmatch_path)
+            self.field_index = self._load_field_index()
+            self.datasets = _read_table(self._hdul[self.hdus.datasets])
+            self.images = _read_table(self._hdul[self.hdus.images])
+        except (OSError, TypeError, ValueError, KeyError) as exc:
+            raise FieldFormatError(
+                f"{self.crossmatch_path.name} cannot be read as a field crossmatch file: {exc}"
+            ) from None
+        self._check_tables()
+        header = self._hdul[0].header
+        self.primary_ref_id = str(header.get("PRIREFID") or "").strip() or None
+        self.gaia_release = str(header.get("GAIA_DR") or "").strip() or None
+        self._cubes: dict[int, QuadrantCube] = {}
+        self._image_selections: dict[tuple, np.ndarray] = {}
+        self._quadrant_ids: dict[int, np.ndarray] = {}
+
+    # --- tables -------------------------------------------------------------------
+
+    def _load_field_index(self) -> Table:
+        table = _read_table(self._hdul[self.hdus.field_index])
+        missing = [c for c in layout.FIELD_INDEX_FIXED if c not in table.colnames]
+        if missing:
+            raise FieldFormatError(
+                f"{self.crossmatch_path.name}: FIELD_INDEX lacks column(s) {', '.join(missing)}"
+            )
+        table["gaia_source_id"] = parse_gaia_source_ids(table["gaia_source_id"])
+        return table
+
+    def _check_tables(self) -> None:
+        fi = self.field_index
+        n = len(fi)
+        if n and not np.array_equal(np.asarray(fi["field_id"]), np.arange(1, n + 1)):
+            raise FieldFormatError(
+                f"{self.crossmatch_path.name}: FIELD_INDEX field_id is not 1..{n} in row order"
+            )
+        for col in ("dataset_code", "dataset_filter", "primary_ref"):
+            if col not in self.datasets.colnames:
+                raise FieldFormatError(f"{self.crossmatch_path.name}: DATASETS lacks {col!r}")
+        for col in ("filename", "dataset_code", "filter", "hjd"):
+            if col not in self.images.colnames:
+                raise FieldFormatError(f"{self.crossmatch_path.name}: IMAGES lacks {col!r}")
+        unknown = set(np.unique(self.images["dataset_code"])) - set(self.datasets["dataset_code"])
+        if unknown:
+            raise FieldFormatError(
+                f"{self.crossmatch_path.name}: IMAGES names datasets missing from DATASETS: "
+                f"{', '.join(sorted(unknown))}"
+            )
+
+    @functools.cached_property
+    def stars(self) -> Table:
+        """STARS (read on first use; proper-motion columns under the ``pm_ra`` spelling)."""
+        stars = _read_table(self._hdul[self.hdus.stars])
+        _canonical_star_columns(stars)
+        if len(stars) != len(self.field_index):
+            raise FieldFormatError(
+                f"{self.crossmatch_path.name}: STARS has {len(stars)} rows, FIELD_INDEX "
+                f"{len(self.field_index)}"
+            )
+        if "gaia_source_id" in stars.colnames:
+            stars["gaia_source_id"] = parse_gaia_source_ids(stars["gaia_source_id"])
+        return stars
+
+    @functools.cached_property
+    def stamps(self) -> Table | None:
+        """STAMPS, or None for era-A files that have no such HDU."""
+        return None if self.hdus.stamps is None else _read_table(self._hdul[self.hdus.stamps])
+
+    @functools.cached_property
+    def normalizations(self) -> dict[str, Table]:
+        """Optional ``NORMALIZATIONS_<REF>`` HDUs (2023 main-branch files), by EXTNAME."""
+        return {self._hdul[i].name: _read_table(self._hdul[i]) for i in self.hdus.normalizations}
+
+    @property
+    def n_stars(self) -> int:
+        return len(self.field_index)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @functools.cached_property
+    def dataset_codes(self) -> tuple[str, ...]:
+        return tuple(self.datasets["dataset_code"])
+
+    @functools.cached_property
+    def primary_dataset(self) -> str | None:
+        """The primary reference dataset: DATASETS ``primary_ref == 1`` (PRIREFID is often
+        blank in finished files)."""
+        primary = self.datasets["dataset_code"][np.asarray(self.datasets["primary_ref"]) == 1]
+        if len(primary):
+            return str(primary[0])
+        return self.primary_ref_id
+
+    def dataset_index_column(self, dataset_code: str) -> str:
+        """FIELD_INDEX column holding each star's 1-based id in that dataset (0 = undetected)."""
+        name = dataset_code + layout.DATASET_INDEX_SUFFIX
+        if name not in self.field_index.colnames:
+            raise InvalidRequestError(
+                f"field {self.name} has no dataset {dataset_code!r}; datasets are "
+                f"{', '.join(self.dataset_codes)}"
+            )
+        return name
+
+    @functools.cached_property
+    def quadrant_counts(self) -> dict[int, int]:
+        """Stars per quadrant, from FIELD_INDEX (the highest quadrant_id in each)."""
+        quad = np.asarray(self.field_index["quadrant"])
+        qid = np.asarray(self.field_index["quadrant_id"])
+        return {q: int(qid[quad == q].max(initial=0)) for q in layout.QUADRANTS}
+
+    def quadrant_field_ids(self, quadrant: int) -> np.ndarray:
+        """field_id of each row of the quadrant's cube (row = quadrant_id - 1)."""
+        cached = self._quadrant_ids.get(quadrant)
+        if cached is None:
+            fi = self.field_index
+            members = np.flatnonzero(np.asarray(fi["quadrant"]) == quadrant)
+            qid = np.asarray(fi["quadrant_id"])[members]
+            cached = np.zeros(self.quadrant_counts[quadrant], dtype=np.int64)
+            cached[qid - 1] = np.asarray(fi["field_id"])[members]
+            self._quadrant_ids[quadrant] = cached
+        return cached
+
+    # --- cubes ----------------------------------------------------------------------
+
+    def cube(self, quadrant: int) -> QuadrantCube:
+        """The quadrant's photometry cube, opened (headers only) on first use."""
+        if quadrant not in layout.QUADRANTS:
+            raise InvalidRequestError(f"quadrant must be 1-4, not {quadrant}")
+        cube = self._cubes.get(quadrant)
+        if cube is None:
+            path = self.directory / layout.quadrant_filename(self.name, quadrant)
+            cube = QuadrantCube(path, quadrant, self.quadrant_counts[quadrant], self.n_images)
+            self._cubes[quadrant] = cube
+        return cube
+
+    @functools.cached_property
+    def photometry_layout(self) -> PhotometryLayout:
+        """The cube column layout (same for all quadrants; checked)."""
+        layouts = {self.cube(q).layout for q in layout.QUADRANTS}
+        if len(layouts) != 1:
+            widths = {q: self.cube(q).shape[2] for q in layout.QUADRANTS}
+            raise CubeShapeError(f"field {self.name}: quadrant cubes differ in width: {widths}")
+        return layouts.pop()
+
+    @property
+    def era(self) -> str:
+        """Format era per ROME_FORMATS.md §2, from the cube width and the table widths."""
+        cube_era = self.photometry_layout.era
+        if cube_era == "D/E":
+            norm = "norm_a0" in self.datasets.colnames or any(
+                c.startswith("norm_") for c in self._hdul[self.hdus.stars].columns.names
+            )
+            return "E" if norm else "D"
+        return cube_era
+
+    # --- image selections -------------------------------------------------------------
+
+    def select_images(
+        self, filters: Iterable[str] | None = None, datasets: Iterable[str] | None = None
+    ) -> np.ndarray:
+        """Image-axis indices of the chosen filters/datasets, in time order (IMAGES hjd)."""
+        key = (
+            None if filters is None else tuple(sorted(set(filters))),
+            None if datasets is None else tuple(sorted(set(datasets))),
+        )
+        cached = self._image_selections.get(key)
+        if cached is None:
+            cached = self._image_selections[key] = self._select_images(*key)
+        return cached
+
+    def _select_images(self, filters: tuple | None, datasets: tuple | None) -> np.ndarray:
+        keep = np.ones(self.n_images, dtype=bool)
+        if filters is not None:
+            bad = set(filters) - set(layout.FILTERS)
+            if bad:
+                raise InvalidRequestError(
+                    f"unknown filter(s) {', '.join(sorted(bad))}; filters are gp, rp, ip"
+                )
+            keep &= np.isin(np.asarray(self.images["filter"]), filters)
+        if datasets is not None:
+            bad = set(datasets) - set(self.dataset_codes)
+            if bad:
+                raise InvalidRequestError(
+                    f"field {self.name} has no dataset(s) {', '.join(sorted(bad))}; datasets are "
+                    f"{', '.join(self.dataset_codes)}"
+                )
+            keep &= np.isin(np.asarray(self.images["dataset_code"]), datasets)
+        idx = np.flatnonzero(keep)
+        order = np.argsort(np.asarray(self.images["hjd"])[idx], kind="stable")
+        result = idx[order]
+        result.flags.writeable = False
+        return result
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        for cube in self._cubes.values():
+            cube.close()
+        self._cubes.clear()
+        self._hdul.close()
+
+    def __enter__(self) -> Field:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Field {self.name}: {self.n_stars} stars, {self.n_images} images, {self.directory}>"
+        )
+
+    # --- star look-ups (lookup.py), bound so that ``field.star(78284)`` reads well -----
+
+    @functools.cached_property
+    def sky_index(self) -> lookup.SkyIndex:
+        fi = self.field_index
+        return lookup.SkyIndex(
+            np.asarray(fi["ra"], dtype=float), np.asarray(fi["dec"], dtype=float)
+        )
+
+    @functools.cached_property
+    def gaia_rows(self) -> dict[int, int]:
+        """FIELD_INDEX row of each matched Gaia source id."""
+        col = self.field_index["gaia_source_id"]
+        rows = np.flatnonzero(~col.mask)
+        return {int(v): int(r) for v, r in zip(np.asarray(col)[rows], rows, strict=True)}
+
+    star = lookup.star
+    stars_by_id = lookup.stars_by_id
+    nearest_star = lookup.nearest_star
+    cone = lookup.cone
+    star_by_gaia = lookup.star_by_gaia
+    star_by_dataset_index = lookup.star_by_dataset_index
+
+
+def find_field_name(directory: Path) -> str:
+    """The field name from the one ``<FIELD>_field_crossmatch.fits`` in ``directory``."""
+    names = sorted(
+        p.name[: -len(_CROSSMATCH_SUFFIX)] for p in directory.glob("*" + _CROSSMATCH_SUFFIX)
+    )
+    if len(names) == 1:
+        return names[0]
+    if len(names) > 1:
+        raise FieldFormatError(
+            f"{directory} holds several fields ({', '.join(names)}); give the field name too"
+        )
+    compressed = sorted(directory.glob("*" + _CROSSMATCH_SUFFIX + ".bz2"))
+    if compressed:
+        raise CompressedFieldError(
+            f"{compressed[0]} is bzip2-compressed; decompress the field's files first "
+            f"(bunzip2 -k {directory}/*.bz2) and open the field again"
+        )
+    raise FieldFormatError(
+        f"{directory} holds no *{_CROSSMATCH_SUFFIX} file: not a field directory"
+    )
+
+
+def open_field(path: str | os.PathLike, name: str | None = None) -> Field:
+    """Open a field directory (or its crossmatch file) read-only.
+
+    Only the crossmatch FITS file's FIELD_INDEX, DATASETS and IMAGES are read now;
+    STARS and STAMPS on first use; the quadrant cubes when photometry is read.
+    """
+    path = Path(path)
+    if path.is_file() or path.name.endswith(_CROSSMATCH_SUFFIX + ".bz2"):
+        if path.name.endswith(".bz2"):
+            raise CompressedFieldError(
+                f"{path} is bzip2-compressed; decompress it first (bunzip2 -k {path})"
+            )
+        if not path.name.endswith(_CROSSMATCH_SUFFIX):
+            raise FieldFormatError(f"{path} is not a <FIELD>{_CROSSMATCH_SUFFIX} file")
+        name = name or path.name[: -len(_CROSSMATCH_SUFFIX)]
+        path = path.parent
+    if not path.is_dir():
+        raise FieldFormatError(f"field directory {path} does not exist")
+    name = name or find_field_name(path)
+    if not (path / layout.crossmatch_filename(name)).exists():
+        compressed = path / (layout.crossmatch_filename(name) + ".bz2")
+        if compressed.exists():
+            raise CompressedFieldError(
+                f"{compressed} is bzip2-compressed; decompress it first (bunzip2 -k {compressed})"
+            )
+        raise FieldFormatError(f"{path} has no {layout.crossmatch_filename(name)}")
+    return Field(path, name)

@@ -1,0 +1,1 @@
+"""Table metadata from ``votable_schemas/`` (and, later, the streaming VOTable writer)."""
