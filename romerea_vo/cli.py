@@ -1,0 +1,300 @@
+"""The ``romerea-vo`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+
+from . import __version__
+from .errors import InvalidRequestError, RomeReaError
+
+OUTPUT_FORMATS = {
+    ".vot": "votable",
+    ".xml": "votable",
+    ".votable": "votable",
+    ".csv": "ascii.csv",
+    ".ecsv": "ascii.ecsv",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".png": "png",
+}
+DEMO_FIELD = "ROME-FIELD-01"
+DEMO_SIZE = {"n_stars": 2000, "n_images": 400, "seed": 1}
+
+
+def _radius(text: str) -> u.Quantity:
+    """``1arcsec``, ``0.5 arcmin``, ``2`` (arcsec) -> Quantity."""
+    try:
+        q = u.Quantity(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not an angle: {text!r} (try 1arcsec)") from None
+    if q.unit == u.dimensionless_unscaled:
+        q = q.value * u.arcsec
+    if not q.unit.is_equivalent(u.deg):
+        raise argparse.ArgumentTypeError(f"not an angle: {text!r} (try 1arcsec)")
+    return q
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _default_cache() -> Path:
+    if os.environ.get("ROMEREA_VO_CACHE"):
+        return Path(os.environ["ROMEREA_VO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "romerea-vo"
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .products.synthetic import synthesize_field
+
+    out = synthesize_field(
+        args.outdir,
+        field=args.field,
+        n_stars=args.stars,
+        n_images=args.images,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"wrote synthetic field {args.field} to {out}")
+    return 0
+
+
+def field_summary(directory: str | Path) -> str:
+    """The text ``romerea-vo info`` prints."""
+    from .products import open_field
+    from .products.layout import QUADRANTS
+
+    with open_field(directory) as field:
+        lay = field.photometry_layout  # opens (headers of) all four cubes and checks them
+        images = field.images
+        hjd = np.asarray(images["hjd"])
+        lines = [
+            f"field            {field.name}",
+            f"directory        {field.directory}",
+            f"format era       {field.era} ({lay.width}-column cubes, "
+            f"{len(field.datasets.colnames)}-column DATASETS, "
+            f"{len(images.colnames)}-column IMAGES)",
+            f"stars            {field.n_stars}",
+        ]
+        for q in QUADRANTS:
+            cube = field.cube(q)
+            size = cube.path.stat().st_size / 2**20
+            lines.append(
+                f"  quadrant {q}     {field.quadrant_counts[q]:>8} stars  "
+                f"{cube.path.name} {cube.shape} {size:,.1f} MiB"
+            )
+        gaia = field.field_index["gaia_source_id"]
+        lines.append(
+            f"Gaia matches     {int((~gaia.mask).sum())} of {field.n_stars}"
+            + (f" ({field.gaia_release})" if field.gaia_release else "")
+        )
+        lines.append(f"images           {field.n_images}")
+        filt = np.asarray(images["filter"])
+        for band in sorted(set(filt)):
+            lines.append(f"  {band:<14} {int((filt == band).sum()):>8}")
+        good = hjd[hjd > 0]
+        if len(good):
+            from astropy.time import Time
+
+            first, last = Time([good.min(), good.max()], format="jd").iso
+            lines.append(
+                f"time span        HJD {good.min():.5f} - {good.max():.5f} "
+                f"({first[:10]} - {last[:10]}, {good.max() - good.min():.1f} d)"
+            )
+        lines.append(f"  no photometry  {int((hjd <= 0).sum())} images (HJD 0)")
+        lines.append(f"datasets         {len(field.datasets)}")
+        codes = np.asarray(images["dataset_code"])
+        for row in field.datasets:
+            code = row["dataset_code"]
+            detected = int(
+                (np.asarray(field.field_index[field.dataset_index_column(code)]) > 0).sum()
+            )
+            mark = "  (primary reference)" if row["primary_ref"] == 1 else ""
+            lines.append(
+                f"  {code:<44} {row['dataset_filter']:<3} {int((codes == code).sum()):>5} images "
+                f"{detected:>8} stars{mark}"
+            )
+        lines.append(f"cube columns     {', '.join(lay.columns)}")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(field_summary(args.field_dir))
+    return 0
+
+
+def _export_table(table, path: Path) -> None:
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidRequestError(
+            f"cannot tell the output format of {path.name}; use one of "
+            f"{', '.join(sorted(OUTPUT_FORMATS))}"
+        )
+    if fmt == "png":
+        from .plotting import plot_lightcurve
+
+        plot_lightcurve(table, path)
+        return
+    out = table.copy(copy_data=False)
+    meta = {k: v for k, v in out.meta.items() if v is not None}
+    if fmt == "fits":  # FITS keywords are at most 8 characters
+        keys = {"field_id": "FIELD_ID", "quadrant_id": "QUAD_ID", "gaia_source_id": "GAIA_ID",
+                "mag_column": "MAGCOL", "photometry_era": "PHOTERA"}  # fmt: skip
+        meta = {keys.get(k, k.upper()[:8]): v for k, v in meta.items()}
+    out.meta = meta
+    out.write(path, format=fmt, overwrite=True)
+
+
+def cmd_lightcurve(args: argparse.Namespace) -> int:
+    from . import lightcurves
+    from .products import open_field
+
+    with open_field(args.field_dir) as field:
+        if args.field_id is not None:
+            star = field.star(args.field_id)
+        else:
+            star = field.nearest_star(args.ra, args.dec, args.radius)
+        table = lightcurves.lightcurve(
+            field,
+            star,
+            filters=_split(args.filter),
+            datasets=_split(args.dataset),
+            quality=args.qc,
+            mag_column=args.mag_column,
+        )
+    where = (
+        f" ({star.separation_arcsec:.3f} arcsec from the position)"
+        if star.separation_arcsec
+        else ""
+    )
+    summary = (
+        f"{field.name} field_id {star.field_id}{where}: quadrant {star.quadrant}, quadrant_id "
+        f"{star.quadrant_id} (HDF5 row {star.row}); {len(table)} {args.qc} points"
+    )
+    if args.output:
+        _export_table(table, Path(args.output))
+        print(f"{summary} -> {args.output}")
+    else:
+        print(summary)
+        table.pprint(max_lines=40, max_width=200)
+    return 0
+
+
+def ensure_demo_field(cache: Path, quiet: bool = False) -> Path:
+    """The demo field in the cache, synthesised (atomically) if absent."""
+    from .products.synthetic import synthesize_field
+
+    target = cache / "demo" / DEMO_FIELD
+    if (target / f"{DEMO_FIELD}_field_crossmatch.fits").exists():
+        return target
+    partial = target.with_name(f".{DEMO_FIELD}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if not quiet:
+        print(f"synthesising demo field {DEMO_FIELD} into {target} ...", flush=True)
+    synthesize_field(partial, field=DEMO_FIELD, progress=not quiet, **DEMO_SIZE)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from astropy.table import Table
+
+    cache = Path(args.cache_dir) if args.cache_dir else _default_cache()
+    directory = ensure_demo_field(cache, quiet=args.quiet)
+    print(field_summary(directory))
+    truth_path = directory / f"{DEMO_FIELD}_synthetic_truth.ecsv"
+    if truth_path.exists():
+        truth = Table.read(truth_path)
+        events = truth[truth["kind"] == "microlensing"]
+        if len(events):
+            fid = int(events["field_id"][0])
+            print(
+                f"\n{len(truth)} injected signals ({len(events)} microlensing events); "
+                f"plot one:\n  romerea-vo lightcurve {directory} --field-id {fid} -o event.png"
+            )
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="romerea-vo",
+        description="The ROME/REA survey's field data products in the Virtual Observatory.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise a small field (cached) and summarise it")
+    p.add_argument("--cache-dir", help="where the demo field lives (default ~/.cache/romerea-vo)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic ROME field (era-E layout)")
+    p.add_argument("outdir", help="directory to write the field's files into")
+    p.add_argument("--field", default=DEMO_FIELD, help="field name (default %(default)s)")
+    p.add_argument("--stars", type=int, default=2000, help="number of stars (default %(default)s)")
+    p.add_argument("--images", type=int, default=400, help="number of images (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("info", help="summarise a field directory")
+    p.add_argument("field_dir")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("lightcurve", help="extract one star's lightcurve")
+    p.add_argument("field_dir")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--field-id", type=int, help="the star's field_id")
+    who.add_argument("--ra", type=float, help="RA in degrees (with --dec): nearest star")
+    p.add_argument("--dec", type=float, help="Dec in degrees (with --ra)")
+    p.add_argument("--radius", type=_radius, default=_radius("1arcsec"),
+                   help="match radius for --ra/--dec (default 1arcsec)")  # fmt: skip
+    p.add_argument("--filter", action="append", help="gp, rp, ip (repeat or comma-separate)")
+    p.add_argument("--dataset", action="append", help="dataset code(s) to keep")
+    p.add_argument("--qc", choices=("good", "valid", "all"), default="good",
+                   help="quality cut (default good: qc_flag 0, valid measurement)")  # fmt: skip
+    p.add_argument("--mag-column", help="magnitude column (default normalized_mag if present)")
+    p.add_argument("-o", "--output", help="OUT.vot|.csv|.fits|.ecsv|.png (default: print)")
+    p.set_defaults(func=cmd_lightcurve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "ra", None) is not None and args.dec is None:
+        parser.error("--ra needs --dec")
+    try:
+        return args.func(args)
+    except RomeReaError as exc:
+        print(f"romerea-vo: error: {exc}", file=sys.stderr)
+        return 1
+    except FileExistsError as exc:
+        print(f"romerea-vo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("romerea-vo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
