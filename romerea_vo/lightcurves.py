@@ -77,8 +77,7 @@ def _star_ref(field: Field, star: StarRef | int) -> StarRef:
     return field.star(star)
 
 
-def _mag_column(field: Field, mag_column: str | None) -> str:
-    lay = field.photometry_layout
+def _mag_column(lay: PhotometryLayout, mag_column: str | None) -> str:
     name = mag_column or lay.science_mag
     if name not in layout.MAGNITUDE_COLUMNS or name not in lay:
         available = [m for m in layout.MAGNITUDE_COLUMNS if m in lay]
@@ -112,11 +111,10 @@ def _quality_mask(
     raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
 
 
-def _selection(field: Field, filters, datasets, quality: str, mag_column: str | None):
+def _selection(field: Field, filters, datasets, quality: str) -> np.ndarray:
     if quality not in QUALITIES:
         raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
-    images = field.select_images(_as_list(filters), _as_list(datasets))
-    return images, _mag_column(field, mag_column)
+    return field.select_images(_as_list(filters), _as_list(datasets))
 
 
 def _finish(star: StarRef, images: np.ndarray, block: np.ndarray, lay, quality, mag_col):
@@ -141,8 +139,9 @@ def read_points(
 ) -> PointArrays:
     """One star's points as arrays, selected and sorted by time (the fast path)."""
     ref = _star_ref(field, star)
-    images, mag_col = _selection(field, filters, datasets, quality, mag_column)
+    images = _selection(field, filters, datasets, quality)
     cube = field.cube(ref.quadrant)
+    mag_col = _mag_column(cube.layout, mag_column)
     return _finish(ref, images, cube.read_star(ref.row, images), cube.layout, quality, mag_col)
 
 
@@ -158,13 +157,14 @@ def read_points_many(
     """Many stars' points, in the order given. Each quadrant file is read once, in
     row order, in blocks of bounded size."""
     refs = [_star_ref(field, s) for s in stars]
-    images, mag_col = _selection(field, filters, datasets, quality, mag_column)
+    images = _selection(field, filters, datasets, quality)
     result: list[PointArrays | None] = [None] * len(refs)
     by_quadrant: dict[int, list[int]] = {}
     for i, ref in enumerate(refs):
         by_quadrant.setdefault(ref.quadrant, []).append(i)
     for quadrant in sorted(by_quadrant):
         cube = field.cube(quadrant)
+        mag_col = _mag_column(cube.layout, mag_column)
         positions = sorted(by_quadrant[quadrant], key=lambda i: refs[i].row)
         unique_rows = np.unique([refs[i].row for i in positions])
         per_block = max(1, _BLOCK_BYTES // max(1, len(images) * cube.shape[2] * 8))
@@ -239,7 +239,7 @@ def _points_columns(field: Field, points: PointArrays) -> list[Column]:
     return cols
 
 
-def _star_meta(field: Field, star: StarRef, quality: str, mag_col: str) -> dict:
+def _star_meta(field: Field, star: StarRef, quality: str, mag_col: str, era: str) -> dict:
     return {
         "field": field.name,
         "field_id": star.field_id,
@@ -250,7 +250,7 @@ def _star_meta(field: Field, star: StarRef, quality: str, mag_col: str) -> dict:
         "gaia_source_id": star.gaia_source_id,
         "quality": quality,
         "mag_column": mag_col,
-        "photometry_era": field.photometry_layout.era,
+        "photometry_era": era,
     }
 
 
@@ -273,10 +273,10 @@ def lightcurve(
     points = read_points(
         field, star, filters=filters, datasets=datasets, quality=quality, mag_column=mag_column
     )
-    mag_col = _mag_column(field, mag_column)
+    mag_col = _mag_column(points.layout, mag_column)
     return Table(
         _points_columns(field, points),
-        meta=_star_meta(field, points.star, quality, mag_col),
+        meta=_star_meta(field, points.star, quality, mag_col, points.layout.era),
         copy=False,
     )
 
@@ -295,7 +295,6 @@ def lightcurves(
     many = read_points_many(
         field, stars, filters=filters, datasets=datasets, quality=quality, mag_column=mag_column
     )
-    mag_col = _mag_column(field, mag_column)
     parts = []
     for points in many:
         cols = _points_columns(field, points)
@@ -312,8 +311,8 @@ def lightcurves(
         "field": field.name,
         "field_ids": [p.star.field_id for p in many],
         "quality": quality,
-        "mag_column": mag_col,
-        "photometry_era": field.photometry_layout.era,
+        "mag_column": _mag_column(many[0].layout, mag_column),
+        "photometry_era": many[0].layout.era,
     }
     return table
 
@@ -373,7 +372,7 @@ def lightcurve_statistics(
     Streams every quadrant cube in blocks of whole rows (sequential reads, bounded
     memory). Star/filter pairs without any good point are left out.
     """
-    mag_col = _mag_column(field, mag_column)
+    mag_col = _mag_column(field.photometry_layout, mag_column)
     filters = list(filters) if filters is not None else list(layout.FILTERS)
     selections = {f: field.select_images([f]) for f in filters}
     selections = {f: idx for f, idx in selections.items() if len(idx)}

@@ -122,6 +122,7 @@ class QuadrantCube:
     def __init__(self, path: Path, quadrant: int, n_stars: int, n_images: int):
         self.path = path
         self.quadrant = quadrant
+        self._map: np.ndarray | None = None
         if not path.exists():
             compressed = path.with_name(path.name + ".bz2")
             if compressed.exists():
@@ -158,7 +159,6 @@ class QuadrantCube:
         self.shape: tuple[int, int, int] = shape
         self.layout: PhotometryLayout = PHOTOMETRY_LAYOUTS[shape[2]]
         self._dataset = ds
-        self._map: np.ndarray | None = None
         offset = ds.id.get_offset()
         contiguous = ds.chunks is None and ds.compression is None and not ds._filters
         if contiguous and ds.dtype == np.dtype("<f8"):
@@ -186,9 +186,9 @@ class QuadrantCube:
     def read_star(self, row: int, images: np.ndarray | slice = slice(None)) -> np.ndarray:
         """One star's points, shape (n_selected_images, n_columns), as a new array."""
         if self._map is not None:
-            return self._map[row][images]
-        block = self._dataset[row]
-        return block[images]
+            selected = self._map[row][images]  # a copy for index arrays, a view for slices
+            return np.array(selected) if isinstance(images, slice) else selected
+        return self._dataset[row][images]
 
     def read_stars(self, rows: np.ndarray, images: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Several stars' points (rows sorted ascending): shape (n_rows, n_images, n_cols)."""

@@ -1,0 +1,194 @@
+"""Bad input gets a specific exception with a clear message, and files are never modified."""
+
+from __future__ import annotations
+
+import bz2
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from romerea_vo import lightcurves
+from romerea_vo.errors import (
+    CompressedFieldError,
+    CubeShapeError,
+    FieldFormatError,
+    InvalidRequestError,
+    StarNotFoundError,
+)
+from romerea_vo.products import open_field
+
+from .conftest import file_digests
+
+FIELD = "ROME-FIELD-01"
+
+
+@pytest.fixture
+def field_copy(synthetic_field, tmp_path) -> Path:
+    """A private copy of the synthetic field that a test may damage."""
+    return Path(shutil.copytree(synthetic_field, tmp_path / FIELD))
+
+
+def star_in(field, quadrant: int):
+    fid = int(field.quadrant_field_ids(quadrant)[0])
+    return field.star(fid)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "romerea_vo.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_clean_cli_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("romerea-vo: error: ")
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_missing_quadrant_file(field_copy):
+    (field_copy / f"{FIELD}_quad3_photometry.hdf5").unlink()
+    with open_field(field_copy) as field:  # opening reads no cube ...
+        lightcurves.read_points(field, star_in(field, 1))  # ... and other quadrants still work
+        with pytest.raises(FieldFormatError, match="quadrant 3 photometry file is missing"):
+            lightcurves.read_points(field, star_in(field, 3))
+    assert_clean_cli_error(run_cli("info", str(field_copy)), "quadrant 3", "missing")
+
+
+def test_cube_shape_disagrees_with_crossmatch(field_copy):
+    path = field_copy / f"{FIELD}_quad2_photometry.hdf5"
+    with h5py.File(path, "r") as h:
+        data = h["dataset_photometry"][:-1]  # one star short
+    path.unlink()
+    with h5py.File(path, "w") as h:
+        h.create_dataset("dataset_photometry", data=data)
+    with open_field(field_copy) as field:
+        n = field.quadrant_counts[2]
+        with pytest.raises(CubeShapeError, match=rf"disagrees.*puts {n} stars in quadrant 2"):
+            field.cube(2)
+    assert_clean_cli_error(run_cli("info", str(field_copy)), "disagrees with the crossmatch file")
+
+
+def test_truncated_cube_data(field_copy):
+    path = field_copy / f"{FIELD}_quad4_photometry.hdf5"
+    size = path.stat().st_size
+    os.truncate(path, size // 2)
+    with open_field(field_copy) as field, pytest.raises(FieldFormatError, match="truncated"):
+        lightcurves.read_points(field, star_in(field, 4))
+    assert path.stat().st_size == size // 2  # nothing was "repaired"
+
+
+def test_truncated_hdf5_header(field_copy):
+    path = field_copy / f"{FIELD}_quad1_photometry.hdf5"
+    os.truncate(path, 100)
+    with (
+        open_field(field_copy) as field,
+        pytest.raises(FieldFormatError, match="cannot be opened as HDF5"),
+    ):
+        field.cube(1)
+    assert_clean_cli_error(run_cli("info", str(field_copy)), "quad1", "HDF5")
+
+
+def test_compressed_field_asks_to_decompress(field_copy):
+    crossmatch = field_copy / f"{FIELD}_field_crossmatch.fits"
+    (field_copy / (crossmatch.name + ".bz2")).write_bytes(bz2.compress(crossmatch.read_bytes()))
+    crossmatch.unlink()
+    with pytest.raises(CompressedFieldError, match="bunzip2"):
+        open_field(field_copy)
+    assert_clean_cli_error(run_cli("info", str(field_copy)), "bzip2-compressed", "bunzip2")
+
+
+def test_compressed_cube_asks_to_decompress(field_copy):
+    cube = field_copy / f"{FIELD}_quad2_photometry.hdf5"
+    cube.rename(cube.with_name(cube.name + ".bz2"))  # content irrelevant: the name decides
+    with open_field(field_copy) as field, pytest.raises(CompressedFieldError, match="bunzip2 -k"):
+        field.cube(2)
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # about our junk file
+def test_not_a_field_directory(tmp_path):
+    with pytest.raises(FieldFormatError, match="not a field directory"):
+        open_field(tmp_path)
+    with pytest.raises(FieldFormatError, match="does not exist"):
+        open_field(tmp_path / "nowhere")
+    (tmp_path / f"{FIELD}_field_crossmatch.fits").write_bytes(b"SIMPLE  = T" + b" " * 100)
+    with pytest.raises(FieldFormatError, match="cannot be read as a field crossmatch file"):
+        open_field(tmp_path)
+
+
+def test_unknown_stars_and_positions(synthetic_field):
+    before = file_digests(synthetic_field)
+    with open_field(synthetic_field) as field:
+        with pytest.raises(
+            StarNotFoundError, match=rf"no star with field_id 0; ids run 1..{field.n_stars}"
+        ):
+            field.star(0)
+        with pytest.raises(StarNotFoundError, match="no star with field_id"):
+            field.star(field.n_stars + 1)
+        with pytest.raises(StarNotFoundError, match="outside field ROME-FIELD-01"):
+            field.nearest_star(10.0, 10.0)
+        with pytest.raises(StarNotFoundError, match="outside field"):
+            field.cone(200.0, -29.0, 60)
+        s = field.star(5)
+        with pytest.raises(StarNotFoundError, match=r"within 1 arcsec.*the nearest is field_id"):
+            field.nearest_star(s.ra, s.dec + 5 / 3600, radius=1.0)
+        with pytest.raises(
+            StarNotFoundError, match=r"no star of field ROME-FIELD-01 is matched to Gaia source 1$"
+        ):
+            field.star_by_gaia(1)
+        with pytest.raises(InvalidRequestError, match="has no dataset"):
+            field.star_by_dataset_index("ROME-FIELD-01_xyz_ip", 1)
+        with pytest.raises(InvalidRequestError, match="positive angle"):
+            field.cone(s.ra, s.dec, -1)
+        with pytest.raises(InvalidRequestError, match="not an angle"):
+            import astropy.units as u
+
+            field.cone(s.ra, s.dec, 3 * u.m)
+        with pytest.raises(InvalidRequestError, match="not a valid RA/Dec"):
+            field.nearest_star(s.ra, 95.0)
+        with pytest.raises(InvalidRequestError, match="unknown filter"):
+            lightcurves.lightcurve(field, s, filters="V")
+        with pytest.raises(InvalidRequestError, match="has no dataset"):
+            lightcurves.lightcurve(field, s, datasets="nope")
+        with pytest.raises(InvalidRequestError, match="quality must be one of"):
+            lightcurves.lightcurve(field, s, quality="best")
+        with pytest.raises(InvalidRequestError, match="magnitude column"):
+            lightcurves.lightcurve(field, s, mag_column="residual_x")
+    assert file_digests(synthetic_field) == before
+
+
+def test_cli_errors_have_no_traceback(synthetic_field):
+    assert_clean_cli_error(
+        run_cli("lightcurve", str(synthetic_field), "--field-id", "999999"), "no star with field_id"
+    )
+    assert_clean_cli_error(
+        run_cli("lightcurve", str(synthetic_field), "--ra", "1", "--dec", "2"), "outside field"
+    )
+    assert_clean_cli_error(
+        run_cli("lightcurve", str(synthetic_field), "--field-id", "1", "-o", "x.txt"),
+        "cannot tell the output format",
+    )
+    assert_clean_cli_error(run_cli("info", "/nonexistent/field"), "does not exist")
+    bad_radius = run_cli(
+        "lightcurve", str(synthetic_field), "--ra", "1", "--dec", "2", "--radius", "3kg"
+    )
+    assert bad_radius.returncode == 2 and "not an angle" in bad_radius.stderr
+
+
+def test_files_are_opened_read_only(synthetic_field):
+    with open_field(synthetic_field) as field:
+        cube = field.cube(1)
+        arr = cube.read_star(0)
+        arr[:] = 0  # a copy: the file cannot change
+        view = cube._map
+        assert view is not None and not view.flags.writeable
+        with pytest.raises(ValueError):
+            view[0, 0, 0] = 1.0
+        assert np.any(cube.read_star(0) != 0)
