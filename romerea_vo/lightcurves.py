@@ -107,7 +107,11 @@ def _quality_mask(
     if quality == "valid":
         return valid_measurement(mag, err, hjd)
     if quality == "all":
-        return (hjd > 0) & ~((mag == 0) & (err == 0))
+        # Not attempted = the 0.0 fill of non-detections. Test the instrumental column:
+        # normalisation leaves failed fits at 0.0 too (§4.3), instrumental keeps -9999.99.
+        inst = block[..., lay.index("instrumental_mag")]
+        inst_err = block[..., lay.index("instrumental_mag_err")]
+        return (hjd > 0) & ~((inst == 0) & (inst_err == 0))
     raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
 
 

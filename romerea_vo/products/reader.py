@@ -52,6 +52,12 @@ def parse_gaia_source_ids(raw: Sequence[str]) -> MaskedColumn:
     return MaskedColumn(values, mask=mask, name="gaia_source_id")
 
 
+def _keyword_text(header: fits.Header, keyword: str) -> str | None:
+    """A string keyword, or None when absent or blank (astropy may give an Undefined)."""
+    value = header.get(keyword)
+    return value.strip() or None if isinstance(value, str) else None
+
+
 def _read_table(hdu: fits.BinTableHDU) -> Table:
     table = Table(hdu.data, copy=False)
     table.convert_bytestring_to_unicode()
@@ -229,8 +235,8 @@ class Field:
             ) from None
         self._check_tables()
         header = self._hdul[0].header
-        self.primary_ref_id = str(header.get("PRIREFID") or "").strip() or None
-        self.gaia_release = str(header.get("GAIA_DR") or "").strip() or None
+        self.primary_ref_id = _keyword_text(header, "PRIREFID")
+        self.gaia_release = _keyword_text(header, "GAIA_DR")
         self._cubes: dict[int, QuadrantCube] = {}
         self._image_selections: dict[tuple, np.ndarray] = {}
         self._quadrant_ids: dict[int, np.ndarray] = {}
