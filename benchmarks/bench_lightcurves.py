@@ -18,6 +18,7 @@ batch <= 0.2 s as arrays. Nothing is asserted: figures and ratios are printed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ def main() -> None:
 
     stars = [field.star(int(f)) for f in rng.integers(1, field.n_stars + 1, args.samples)]
     h5 = {q: h5py.File(field.cube(q).path, "r")["dataset_photometry"] for q in range(1, 5)}
-    it = iter(stars * 4)
+    it = itertools.cycle(stars)
 
     def recipe():
         s = next(it)

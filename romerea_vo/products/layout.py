@@ -139,7 +139,7 @@ def valid_measurement(
     failed-fit sentinel; hjd > 0 (when given) excludes images that produced no
     photometry. ``qc_flag == 0`` alone does not imply a measurement exists.
     """
-    ok = (mag > 0.0) & (err > 0.0) & np.isfinite(mag) & np.isfinite(err)
+    ok = (mag > 0.0) & (err > 0.0)  # False for NaN too
     if hjd is not None:
         ok &= hjd > 0.0
     return ok

@@ -97,16 +97,15 @@ class SkyIndex:
 
 
 def _ref(field: Field, row: int, sep_deg: float | None = None) -> StarRef:
-    fi = field.field_index
-    gaia = fi["gaia_source_id"]
+    a = field.index_arrays
     return StarRef(
         field=field.name,
-        field_id=int(fi["field_id"][row]),
-        ra=float(fi["ra"][row]),
-        dec=float(fi["dec"][row]),
-        quadrant=int(fi["quadrant"][row]),
-        quadrant_id=int(fi["quadrant_id"][row]),
-        gaia_source_id=None if gaia.mask[row] else int(gaia[row]),
+        field_id=int(a["field_id"][row]),
+        ra=float(a["ra"][row]),
+        dec=float(a["dec"][row]),
+        quadrant=int(a["quadrant"][row]),
+        quadrant_id=int(a["quadrant_id"][row]),
+        gaia_source_id=None if a["gaia_mask"][row] else int(a["gaia_source_id"][row]),
         separation_arcsec=None if sep_deg is None else float(sep_deg) * 3600.0,
     )
 
