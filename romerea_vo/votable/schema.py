@@ -1,10 +1,15 @@
-"""Load table and column metadata from ``votable_schemas/`` (the single source of truth)."""
+"""Load table and column metadata from ``votable_schemas/`` (the single source of truth).
+
+Everything published about a table (DDL, TAP_SCHEMA, VOSI tables, VOTable FIELDs) is
+generated from these objects.
+"""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -14,10 +19,16 @@ VOTABLE_DATATYPES = {
     "boolean", "unsignedByte", "short", "int", "long", "float", "double", "char", "unicodeChar",
 }  # fmt: skip
 
+_COLUMN_KEYS = {
+    "name", "datatype", "description", "unit", "ucd", "arraysize", "utype", "xtype",
+    "principal", "indexed", "std", "expand",
+}  # fmt: skip
+_TABLE_KEYS = {"name", "schema", "description", "utype", "primary_key", "foreign_keys", "order"}
+
 
 @dataclass(frozen=True)
 class ColumnSchema:
-    """One published column: name, VOTable datatype, unit, UCD and description."""
+    """One published column: name, VOTable datatype, unit, UCD, description and TAP flags."""
 
     name: str
     datatype: str
@@ -25,6 +36,11 @@ class ColumnSchema:
     unit: str | None = None
     ucd: str | None = None
     arraysize: str | None = None
+    utype: str | None = None
+    xtype: str | None = None
+    principal: bool = False
+    indexed: bool = False
+    std: bool = False
 
     @functools.cached_property
     def astropy_unit(self) -> u.UnitBase | None:
@@ -32,10 +48,31 @@ class ColumnSchema:
 
 
 @dataclass(frozen=True)
+class ForeignKey:
+    """``columns`` of this table reference ``target_columns`` of ``target`` (qualified)."""
+
+    target: str
+    columns: tuple[str, ...]
+    target_columns: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class TableSchema:
+    """A published table; ``schema`` is None for tables that are not in TAP (lightcurves)."""
+
     name: str
     description: str
     columns: tuple[ColumnSchema, ...]
+    schema: str | None = None
+    utype: str | None = None
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = field(default_factory=tuple)
+    order: tuple[str, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
 
     def column(self, name: str) -> ColumnSchema:
         for col in self.columns:
@@ -47,6 +84,10 @@ class TableSchema:
     def by_name(self) -> dict[str, ColumnSchema]:
         return {c.name: c for c in self.columns}
 
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
 
 def schema_dir() -> Path:
     """The installed copy inside the package, else the source checkout's folder."""
@@ -56,16 +97,80 @@ def schema_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "votable_schemas"
 
 
+def _expand(raw: dict, path: Path, i: int) -> list[dict]:
+    """Expand a templated column: ``expand`` is a list of {key: [values]} groups; keys in
+    one group vary together, groups multiply (first group = outer loop); ``{key}`` in any
+    string value is replaced."""
+    groups = raw.pop("expand", None)
+    if groups is None:
+        return [raw]
+    combos = []
+    for group in groups:
+        lengths = {len(v) for v in group.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"{path}: column #{i + 1}: expand lists differ in length")
+        n = lengths.pop()
+        combos.append([{k: v[j] for k, v in group.items()} for j in range(n)])
+    out = []
+    for parts in itertools.product(*combos):
+        subst = {k: v for part in parts for k, v in part.items()}
+        out.append({k: v.format(**subst) if isinstance(v, str) else v for k, v in raw.items()})
+    return out
+
+
 @functools.cache
 def load_table_schema(name: str) -> TableSchema:
     """Parse ``votable_schemas/<name>.toml``; errors name the file and column at fault."""
     path = schema_dir() / f"{name}.toml"
     with path.open("rb") as fh:
         doc = tomllib.load(fh)
+    table = doc["table"]
+    if set(table) - _TABLE_KEYS:
+        raise ValueError(f"{path}: unknown [table] keys {sorted(set(table) - _TABLE_KEYS)}")
     cols = []
     for i, raw in enumerate(doc.get("columns", [])):
-        unknown = set(raw) - {"name", "datatype", "description", "unit", "ucd", "arraysize"}
+        unknown = set(raw) - _COLUMN_KEYS
         if unknown or raw.get("datatype") not in VOTABLE_DATATYPES:
             raise ValueError(f"{path}: column #{i + 1} ({raw.get('name')!r}) is malformed")
-        cols.append(ColumnSchema(**raw))
-    return TableSchema(doc["table"]["name"], doc["table"]["description"].strip(), tuple(cols))
+        cols += [ColumnSchema(**c) for c in _expand(dict(raw), path, i)]
+    names = [c.name for c in cols]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate column names")
+    fks = tuple(
+        ForeignKey(
+            target=fk["target"],
+            columns=tuple(fk["columns"]),
+            target_columns=tuple(fk.get("target_columns", fk["columns"])),
+            description=fk.get("description", ""),
+        )
+        for fk in table.get("foreign_keys", [])
+    )
+    for key in (*table.get("primary_key", []), *table.get("order", [])):
+        if key not in names:
+            raise ValueError(f"{path}: key column {key!r} is not a column")
+    return TableSchema(
+        name=table["name"],
+        description=table["description"].strip(),
+        columns=tuple(cols),
+        schema=table.get("schema"),
+        utype=table.get("utype"),
+        primary_key=tuple(table.get("primary_key", ())),
+        foreign_keys=fks,
+        order=tuple(table.get("order", ())),
+    )
+
+
+TAP_TABLES = (
+    "field_index", "stars", "datasets", "images", "stamps", "dataset_stars", "lightcurve_stats",
+)  # fmt: skip
+"""The published ``rome`` tables (file stems in votable_schemas/), in TAP_SCHEMA order."""
+
+SCHEMA_DESCRIPTIONS = {
+    "rome": "ROME/REA microlensing survey field data products (pyDANDIA): star catalogues, "
+    "datasets, images and per-star lightcurve statistics.",
+}
+
+
+def tap_tables() -> list[TableSchema]:
+    """The schemas of every published TAP table."""
+    return [load_table_schema(n) for n in TAP_TABLES]
