@@ -228,10 +228,105 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"\n{len(truth)} injected signals ({len(events)} microlensing events); "
                 f"plot one:\n  romerea-vo lightcurve {directory} --field-id {fid} -o event.png"
             )
+    if args.no_serve:
+        return 0
+    db_path = cache / "demo" / "demo.duckdb"
+    _ensure_ingested(db_path, [directory], quiet=args.quiet)
+    return _serve(db_path, args.host, args.port, work_dir=None)
+
+
+def _ensure_ingested(db_path: Path, directories: list[Path], quiet: bool = False) -> None:
+    """Ingest ``directories`` into ``db_path`` unless it already holds them, up to date."""
+    from .store import ingest_fields
+    from .store.database import Database, DatabaseError
+
+    if db_path.exists():
+        try:
+            db = Database(db_path)
+            known = {f.directory for f in db.fields.values()}
+            db.close()
+        except DatabaseError:
+            known = set()
+        newest = max(
+            (p.stat().st_mtime for d in directories for p in Path(d).iterdir() if p.is_file()),
+            default=0,
+        )
+        wanted = {Path(d).resolve() for d in directories}
+        if wanted <= known and newest < db_path.stat().st_mtime:
+            return
+    if not quiet:
+        print(f"ingesting {len(directories)} field(s) into {db_path} ...", flush=True)
+    for summary in ingest_fields(db_path, directories, progress=not quiet):
+        if not quiet:
+            print("  " + ", ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
+
+
+def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
+    import socket
+
+    import uvicorn
+
+    from .service.app import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(db_path=db_path, work_dir=Path(work_dir) if work_dir else None))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}"
+    print(
+        f"\nTAP service: {url}/tap   (landing page {url}/)\n"
+        f"  TOPCAT: VO > Table Access Protocol (TAP) Query, TAP URL {url}/tap\n"
+        f'  pyvo:   pyvo.dal.TAPService("{url}/tap").search('
+        f'"SELECT TOP 10 * FROM rome.field_index")\n'
+        "Ctrl-C stops the service.",
+        flush=True,
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server.run(sockets=[sock])
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .store import ingest_fields
+
+    summaries = ingest_fields(
+        args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
+    )
+    for summary in summaries:
+        print(", ".join(f"{k}: {v}" for k, v in summary.items()))
+    print(f"database: {Path(args.db).resolve()}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import hashlib
+
+    dirs = [Path(d) for d in args.field_dirs]
+    if args.db:
+        db_path = Path(args.db)
+        if dirs:
+            _ensure_ingested(db_path, dirs, quiet=args.quiet)
+    elif dirs:
+        key = hashlib.sha256("\n".join(sorted(str(d.resolve()) for d in dirs)).encode())
+        db_path = _default_cache() / "serve" / f"{key.hexdigest()[:16]}.duckdb"
+        _ensure_ingested(db_path, dirs, quiet=args.quiet)
+    else:
+        raise InvalidRequestError("give --db PATH, field directories, or both")
+    return _serve(db_path, args.host, args.port, args.work_dir)
+
+
 # --- parser --------------------------------------------------------------------------
+
+
+def _listen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,9 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="synthesise a small field (cached) and summarise it")
+    p = sub.add_parser("demo", help="synthesise a small field (cached), ingest it and serve it")
     p.add_argument("--cache-dir", help="where the demo field lives (default ~/.cache/romerea-vo)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-serve", action="store_true", help="only synthesise and summarise")
+    _listen_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic ROME field (era-E layout)")
@@ -255,6 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("ingest", help="load field(s) into a DuckDB database")
+    p.add_argument("field_dirs", nargs="+", metavar="FIELD_DIR")
+    p.add_argument("--db", required=True, help="database file (created if absent)")
+    p.add_argument("--authority", help="publisher DID authority, e.g. ivo://example.org/rome")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", help="serve a database and/or field directories over TAP")
+    p.add_argument("field_dirs", nargs="*", metavar="FIELD_DIR")
+    p.add_argument("--db", help="database file (made by ingest)")
+    p.add_argument("--work-dir", help="where async jobs and uploads live (default: temporary)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _listen_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="summarise a field directory")
     p.add_argument("field_dir")

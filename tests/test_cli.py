@@ -80,13 +80,13 @@ def test_synth_then_demo(tmp_path):
     with open_field(target) as field:
         assert field.name == "ROME-FIELD-05" and field.n_stars >= 300 and field.n_images == 60
     cache = tmp_path / "cache"
-    first = run_cli("demo", "--cache-dir", str(cache), "--quiet").stdout
+    first = run_cli("demo", "--cache-dir", str(cache), "--quiet", "--no-serve").stdout
     assert "field            ROME-FIELD-01" in first and "microlensing events" in first
     assert not list((cache / "demo").glob(".*partial"))
     mtime = (
         (cache / "demo" / "ROME-FIELD-01" / "ROME-FIELD-01_field_crossmatch.fits").stat().st_mtime
     )
-    second = run_cli("demo", "--cache-dir", str(cache), "--quiet").stdout
+    second = run_cli("demo", "--cache-dir", str(cache), "--quiet", "--no-serve").stdout
     assert second == first  # reused, not regenerated
     path = cache / "demo" / "ROME-FIELD-01" / "ROME-FIELD-01_field_crossmatch.fits"
     assert path.stat().st_mtime == mtime

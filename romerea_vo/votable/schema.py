@@ -160,17 +160,28 @@ def load_table_schema(name: str) -> TableSchema:
     )
 
 
-TAP_TABLES = (
+ROME_TABLES = (
     "field_index", "stars", "datasets", "images", "stamps", "dataset_stars", "lightcurve_stats",
 )  # fmt: skip
 """The published ``rome`` tables (file stems in votable_schemas/), in TAP_SCHEMA order."""
 
+TAP_SCHEMA_TABLES = tuple(
+    f"tap_schema.{n}" for n in ("schemas", "tables", "columns", "keys", "key_columns")
+)
+"""The TAP_SCHEMA tables (TAP 1.1 section 4), described in TAP_SCHEMA like any other."""
+
 SCHEMA_DESCRIPTIONS = {
     "rome": "ROME/REA microlensing survey field data products (pyDANDIA): star catalogues, "
     "datasets, images and per-star lightcurve statistics.",
+    "TAP_SCHEMA": "Metadata of the tables and columns this service publishes (TAP 1.1).",
 }
 
 
+def rome_tables() -> list[TableSchema]:
+    """The schemas of the published ROME tables."""
+    return [load_table_schema(n) for n in ROME_TABLES]
+
+
 def tap_tables() -> list[TableSchema]:
-    """The schemas of every published TAP table."""
-    return [load_table_schema(n) for n in TAP_TABLES]
+    """Every table the TAP service publishes: the ROME tables, then TAP_SCHEMA."""
+    return rome_tables() + [load_table_schema(n) for n in TAP_SCHEMA_TABLES]

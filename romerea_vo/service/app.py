@@ -1,0 +1,282 @@
+"""The ASGI application: TAP (sync, async), VOSI, examples and a landing page."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import html
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+from .. import __version__
+from ..errors import InvalidRequestError, RomeReaError
+from ..store.database import Database
+from ..store.ddl import CATALOG, physical_name
+from ..votable.formats import RESULT_FORMATS
+from ..votable.writer import error_votable
+from . import vosi
+from .examples import examples_xhtml, rome_examples
+from .params import DaliParams, read_dali_params
+from .tap import QueryCancelled, TapEngine, TapLimits
+from .uws import JobStore, uws_routes
+
+log = logging.getLogger("romerea_vo.service")
+VOTABLE_MEDIA = "application/x-votable+xml"
+XML_MEDIA = "text/xml"
+
+
+@dataclass
+class ServiceConfig:
+    """What the service serves and where it keeps its scratch files."""
+
+    db_path: Path
+    work_dir: Path | None = None
+    limits: TapLimits = field(default_factory=TapLimits)
+    max_workers: int = 2
+    title: str = "ROME/REA field data products"
+
+
+def dali_error(message: str, status: int = 400) -> Response:
+    return Response(error_votable(message), status_code=status, media_type=VOTABLE_MEDIA)
+
+
+def _error_status(exc: Exception) -> int:
+    return 400 if isinstance(exc, (InvalidRequestError, QueryCancelled)) else 500
+
+
+class TapService:
+    """Holds the database, the query engine and the job store for one running service."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.db = Database(config.db_path)
+        self.engine = TapEngine(self.db, config.limits)
+        self.started = dt.datetime.now(dt.UTC)
+        self._own_work_dir = config.work_dir is None
+        self.work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="romerea-vo-"))
+        self.upload_dir = self.work_dir / "uploads"
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        limits = config.limits
+        self.jobs = JobStore(
+            self.work_dir / "jobs",
+            self.run_job,
+            max_workers=config.max_workers,
+            default_execution_duration=limits.default_execution_duration,
+            max_execution_duration=limits.hard_execution_duration,
+            default_destruction=dt.timedelta(seconds=limits.default_retention),
+            max_destruction=dt.timedelta(seconds=limits.hard_retention),
+        )
+        self.nrows = self._table_rows()
+
+    def _table_rows(self) -> dict[str, int]:
+        cur = self.db.cursor()
+        out = {}
+        for table in self.engine.tables:
+            (n,) = cur.execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
+            out[table.qualified_name] = n
+        cur.close()
+        return out
+
+    def close(self) -> None:
+        self.jobs.close()
+        self.db.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # --- params -----------------------------------------------------------------------
+
+    async def read_params(self, request: Request, directory: Path) -> DaliParams:
+        return await read_dali_params(
+            request, directory, max_upload_bytes=self.config.limits.upload_bytes
+        )
+
+    # --- sync -------------------------------------------------------------------------
+
+    async def sync(self, request: Request) -> Response:
+        scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
+        cursor = None
+
+        def cleanup() -> None:
+            if cursor is not None:
+                cursor.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+        try:
+            params = await self.read_params(request, scratch)
+            cursor = self.db.cursor()
+            prepared = await run_in_threadpool(self.engine.prepare, params, cursor)
+            result = await run_in_threadpool(
+                self.engine.execute,
+                prepared,
+                cursor,
+                timeout=self.config.limits.sync_execution_duration,
+            )
+        except RomeReaError as exc:
+            cleanup()
+            return dali_error(str(exc), _error_status(exc))
+        except Exception as exc:  # a bug: report it as a DALI error and keep serving
+            log.exception("sync query failed")
+            cleanup()
+            return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        return StreamingResponse(
+            iterate_in_threadpool(result.chunks),
+            media_type=result.media_type,
+            background=BackgroundTask(cleanup),
+        )
+
+    # --- async ------------------------------------------------------------------------
+
+    def run_job(self, job, token) -> None:
+        """UWS job runner: executes the job's query into a result file in its directory."""
+        params = DaliParams(
+            values={k: [v] for k, v in job.parameters.items()},
+            files=dict(job.files),
+        )
+        cursor = self.db.cursor()
+        token.on_cancel(cursor.interrupt)
+        try:
+            prepared = self.engine.prepare(params, cursor)
+            result = self.engine.execute(prepared, cursor, timeout=None)
+            ext = prepared.fmt.extension
+            path = job.directory / f"result.{ext}"
+            with path.open("wb") as fh:
+                for chunk in result.chunks:
+                    fh.write(chunk)
+            if result.error:
+                raise QueryCancelled(result.error)
+            job.add_result("result", path, result.media_type)
+        finally:
+            cursor.close()
+
+    # --- VOSI -------------------------------------------------------------------------
+
+    def base_url(self, request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/tap"
+
+    async def capabilities(self, request: Request) -> Response:
+        limits = self.config.limits
+        body = vosi.capabilities_xml(
+            self.base_url(request),
+            output_formats=[
+                vosi.OutputFormatInfo(f.media_type, f.aliases, f.ivo_id)
+                for f in RESULT_FORMATS.values()
+            ],
+            limits=vosi.Limits(
+                limits.default_maxrec,
+                limits.hard_maxrec,
+                limits.default_execution_duration,
+                limits.hard_execution_duration,
+                limits.default_retention,
+                limits.hard_retention,
+                limits.upload_bytes,
+            ),
+        )
+        return Response(body, media_type=XML_MEDIA)
+
+    async def availability(self, request: Request) -> Response:
+        note = f"romerea-vo {__version__} serving {len(self.db.fields)} field(s)"
+        return Response(vosi.availability_xml(self.started, note), media_type=XML_MEDIA)
+
+    async def tables(self, request: Request) -> Response:
+        detail = request.query_params.get("detail", "max").lower() != "min"
+        body = vosi.tables_xml(self.engine.tables, detail=detail, nrows=self.nrows)
+        return Response(body, media_type=XML_MEDIA)
+
+    async def table(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        table = self.engine.schemas.get(name.lower())
+        if table is None:
+            return Response(f"no table named {name!r}\n", status_code=404, media_type="text/plain")
+        return Response(
+            vosi.table_xml(table, self.nrows.get(table.qualified_name)), media_type=XML_MEDIA
+        )
+
+    async def examples(self, request: Request) -> Response:
+        field_name, ra, dec = self._example_position()
+        body = examples_xhtml(rome_examples(field_name, ra, dec), f"{self.config.title}: examples")
+        return Response(body, media_type="application/xhtml+xml")
+
+    def _example_position(self) -> tuple[str, float, float]:
+        cur = self.db.cursor()
+        try:
+            row = cur.execute(
+                f"SELECT field, median(ra), median(dec) FROM {CATALOG}.rome.field_index "
+                "GROUP BY field ORDER BY field LIMIT 1"
+            ).fetchone()
+        except duckdb.Error:
+            row = None
+        finally:
+            cur.close()
+        return row if row else ("ROME-FIELD-01", 268.0, -29.0)
+
+    async def landing(self, request: Request) -> Response:
+        tap = self.base_url(request)
+        fields = "".join(
+            f"<tr><td>{html.escape(f.name)}</td><td>{f.n_stars:,}</td><td>{f.n_images:,}</td>"
+            f"<td>{html.escape(f.era)}</td></tr>"
+            for f in self.db.fields.values()
+        )
+        tables = "".join(
+            f"<tr><td><code>{html.escape(t.qualified_name)}</code></td>"
+            f"<td>{self.nrows.get(t.qualified_name, 0):,}</td>"
+            f"<td>{html.escape(t.description)}</td></tr>"
+            for t in self.engine.tables
+        )
+        body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.config.title)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .6em;
+text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}</style></head><body>
+<h1>{html.escape(self.config.title)}</h1>
+<p>An IVOA TAP 1.1 service (romerea-vo {__version__}). TAP URL: <code>{html.escape(tap)}</code></p>
+<ul><li><a href="{tap}/capabilities">capabilities</a></li>
+<li><a href="{tap}/tables">tables</a></li><li><a href="{tap}/examples">examples</a></li>
+<li><a href="{tap}/availability">availability</a></li><li><a href="{tap}/async">async jobs</a></li></ul>
+<h2>Connect</h2>
+<p>TOPCAT: <i>VO &rarr; Table Access Protocol (TAP) Query</i>, enter the TAP URL above.</p>
+<pre>import pyvo
+tap = pyvo.dal.TAPService("{html.escape(tap)}")
+tap.search("SELECT TOP 10 * FROM rome.field_index").to_table()</pre>
+<h2>Fields</h2><table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
+{fields}</table>
+<h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>{tables}</table>
+</body></html>"""
+        return HTMLResponse(body)
+
+    async def tap_root(self, request: Request) -> Response:
+        return RedirectResponse(str(request.base_url), status_code=303)
+
+
+def create_app(config: ServiceConfig) -> Starlette:
+    """The Starlette application for ``config`` (the database must exist)."""
+    service = TapService(config)
+    routes = [
+        Route("/", service.landing),
+        Route("/tap", service.tap_root),
+        Route("/tap/sync", service.sync, methods=["GET", "POST"]),
+        Route("/tap/capabilities", service.capabilities),
+        Route("/tap/availability", service.availability),
+        Route("/tap/tables", service.tables),
+        Route("/tap/tables/{name}", service.table),
+        Route("/tap/examples", service.examples),
+        Mount("/tap/async", routes=uws_routes(service.jobs, read_params=service.read_params)),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    return app

@@ -1,0 +1,333 @@
+"""Running one TAP query: parameters → uploads → ADQL translation → DuckDB → result bytes.
+
+Shared by the sync endpoint and the async (UWS) job runner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from .. import __version__
+from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
+from ..errors import InvalidRequestError, RomeReaError
+from ..store.database import Database
+from ..store.ddl import ARROW_TYPES, physical_name
+from ..votable.formats import ResultFormat, resolve_format, write_result
+from ..votable.schema import TableSchema, tap_tables
+from ..votable.writer import FieldSpec, Info
+from .params import DaliParams, parse_upload_param
+
+LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
+BATCH_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class TapLimits:
+    """Configurable limits, advertised in the capabilities."""
+
+    default_maxrec: int = 200_000
+    hard_maxrec: int = 20_000_000
+    sync_execution_duration: int = 300
+    default_execution_duration: int = 600
+    hard_execution_duration: int = 3600
+    default_retention: int = 7 * 86400
+    hard_retention: int = 30 * 86400
+    upload_bytes: int = 100 * 2**20
+    upload_rows: int = 5_000_000
+
+
+class QueryCancelled(RomeReaError):
+    """The query was interrupted (execution duration exceeded, or aborted)."""
+
+
+def _table_info(table: TableSchema) -> TableInfo:
+    return TableInfo(
+        name=table.qualified_name,
+        physical=physical_name(table),
+        columns=tuple(
+            ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize)
+            for c in table.columns
+        ),
+    )
+
+
+@dataclass
+class PreparedQuery:
+    adql: str
+    sql: str
+    translation: object
+    maxrec: int
+    fmt: ResultFormat
+    uploads: list[str] = field(default_factory=list)
+
+
+class TapEngine:
+    """Everything a TAP request needs from the database, with the configured limits."""
+
+    def __init__(self, db: Database, limits: TapLimits | None = None):
+        self.db = db
+        self.limits = limits or TapLimits()
+        self.tables = tap_tables()
+        self.schemas = {t.qualified_name.lower(): t for t in self.tables}
+        self.catalog = Catalog([_table_info(t) for t in self.tables])
+
+    # --- parameters -----------------------------------------------------------------
+
+    def _maxrec(self, params: DaliParams) -> int:
+        raw = params.get("MAXREC")
+        if raw is None or raw.strip() == "":
+            return self.limits.default_maxrec
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise InvalidRequestError(
+                f"MAXREC must be a non-negative integer, not {raw!r}"
+            ) from None
+        if value < 0:
+            raise InvalidRequestError(f"MAXREC must be a non-negative integer, not {value}")
+        return min(value, self.limits.hard_maxrec)
+
+    def check_query_params(self, params: DaliParams) -> tuple[str, int, ResultFormat]:
+        """Validate REQUEST/LANG/QUERY/MAXREC/RESPONSEFORMAT; returns (query, maxrec, format)."""
+        request = params.get("REQUEST")
+        if request is not None and request.strip().lower() != "doquery":
+            raise InvalidRequestError(
+                f"REQUEST={request!r} is not supported; use REQUEST=doQuery (or leave it out)"
+            )
+        lang = params.get("LANG")
+        if lang is None:
+            raise InvalidRequestError("LANG is missing: use LANG=ADQL")
+        if lang.strip().upper() not in LANGS:
+            raise InvalidRequestError(
+                f"LANG={lang!r} is not supported; this service accepts {', '.join(sorted(LANGS))}"
+            )
+        query = params.get("QUERY")
+        if query is None or not query.strip():
+            raise InvalidRequestError("QUERY is missing or empty")
+        fmt_value = params.get("RESPONSEFORMAT") or params.get("FORMAT")
+        return query, self._maxrec(params), resolve_format(fmt_value)
+
+    # --- uploads ----------------------------------------------------------------------
+
+    def _load_upload(self, name: str, path: Path) -> pa.Table:
+        from .uploads import read_upload_table
+
+        return read_upload_table(name, path, max_rows=self.limits.upload_rows)
+
+    def register_uploads(
+        self, params: DaliParams, cursor: duckdb.DuckDBPyConnection
+    ) -> tuple[Catalog, list[str]]:
+        pairs = parse_upload_param(params.getall("UPLOAD"))
+        if not pairs:
+            return self.catalog, []
+        extra, names = [], []
+        for name, ref in pairs:
+            part = ref[len("param:") :]
+            if part not in params.files:
+                raise InvalidRequestError(
+                    f"UPLOAD {name!r} refers to param:{part}, but no such part was received"
+                )
+            table = self._load_upload(name, params.files[part])
+            physical = f"tap_upload_{secrets.token_hex(6)}"
+            cursor.register(physical, table)
+            extra.append(
+                TableInfo(
+                    name=f"TAP_UPLOAD.{name}",
+                    physical=physical,
+                    columns=tuple(
+                        ColumnInfo(f.name, _votable_datatype(f.type)) for f in table.schema
+                    ),
+                )
+            )
+            names.append(name)
+        return self.catalog.with_tables(extra), names
+
+    # --- translation and execution ----------------------------------------------------
+
+    def prepare(self, params: DaliParams, cursor: duckdb.DuckDBPyConnection) -> PreparedQuery:
+        query, maxrec, fmt = self.check_query_params(params)
+        catalog, uploads = self.register_uploads(params, cursor)
+        translation = translate(query, catalog, target="duckdb")
+        return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
+
+    def _fields(self, prepared: PreparedQuery, schema: pa.Schema) -> list[FieldSpec]:
+        outs = list(prepared.translation.columns)
+        fields = []
+        for i, af in enumerate(schema):
+            out = outs[i] if len(outs) == len(schema) else None
+            name = out.name if out is not None else af.name
+            spec = None
+            if out is not None and out.source is not None:
+                table = self.schemas.get(out.source[0].lower())
+                if table is not None and out.source[1] in table.by_name:
+                    spec = FieldSpec.from_column(table.by_name[out.source[1]], name=name)
+            if spec is None:
+                spec = FieldSpec.from_arrow(name, af.type)
+                if out is not None and out.xtype:
+                    spec = FieldSpec(
+                        name=name,
+                        datatype=spec.datatype,
+                        arraysize=out.arraysize or spec.arraysize,
+                        xtype=out.xtype,
+                        unit="deg",
+                        ucd=spec.ucd,
+                        description=spec.description,
+                    )
+            fields.append(spec)
+        return _unique_names(fields)
+
+    def execute(
+        self,
+        prepared: PreparedQuery,
+        cursor: duckdb.DuckDBPyConnection,
+        *,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
+    ) -> QueryResult:
+        """Run the query. Errors before the first row raise; later ones (the execution
+        duration running out while streaming) end the table with a QUERY_STATUS=ERROR INFO
+        and are recorded in ``QueryResult.error``."""
+        expired = threading.Event()
+        timer = None
+        if timeout:
+
+            def _expire():
+                expired.set()
+                cursor.interrupt()
+
+            timer = threading.Timer(timeout, _expire)
+            timer.daemon = True
+            timer.start()
+        if cancel is not None and cancel.is_set():
+            raise QueryCancelled("query was aborted")
+        try:
+            reader = cursor.execute(prepared.sql).fetch_record_batch(BATCH_ROWS)
+        except duckdb.InterruptException:
+            if timer:
+                timer.cancel()
+            raise QueryCancelled(_cancel_message(expired, timeout)) from None
+        except duckdb.Error as exc:
+            if timer:
+                timer.cancel()
+            raise InvalidRequestError(f"query failed: {_duckdb_message(exc)}") from None
+        result = QueryResult(media_type=prepared.fmt.media_type, chunks=iter(()))
+        fields = self._fields(prepared, reader.schema)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            remaining = prepared.maxrec
+            try:
+                for batch in reader:
+                    if cancel is not None and cancel.is_set():
+                        raise QueryCancelled("query was aborted")
+                    if batch.num_rows > remaining:
+                        if remaining:
+                            result.rows += remaining
+                            yield batch.slice(0, remaining)
+                        result.overflow = True
+                        return
+                    remaining -= batch.num_rows
+                    result.rows += batch.num_rows
+                    yield batch
+                    if remaining == 0:
+                        result.overflow = _has_more(reader)
+                        return
+            except (duckdb.Error, pa.ArrowException, QueryCancelled) as exc:
+                if isinstance(exc, QueryCancelled):
+                    result.error = str(exc)
+                elif expired.is_set() or isinstance(exc, duckdb.InterruptException):
+                    result.error = _cancel_message(expired, timeout)
+                else:
+                    result.error = f"query failed: {exc}"
+            finally:
+                if timer:
+                    timer.cancel()
+
+        def post_infos() -> list[Info]:
+            if result.error:
+                return [Info("QUERY_STATUS", "ERROR", result.error)]
+            if result.overflow:
+                return [Info("QUERY_STATUS", "OVERFLOW")]
+            return []
+
+        infos = [
+            Info("QUERY_STATUS", "OK"),
+            Info("QUERY", prepared.adql),
+            Info("REQUEST_DATE", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
+            Info("SERVICE", f"romerea-vo {__version__}"),
+        ]
+        result.chunks = write_result(
+            batches(), fields, prepared.fmt, resource_infos=infos, post_infos=post_infos
+        )
+        return result
+
+
+@dataclass
+class QueryResult:
+    """A running query's output stream and what became known while streaming it."""
+
+    media_type: str
+    chunks: Iterator[bytes]
+    rows: int = 0
+    overflow: bool = False
+    error: str | None = None
+
+
+def _cancel_message(expired: threading.Event, timeout: float | None) -> str:
+    if expired.is_set() and timeout:
+        return f"query exceeded the execution duration of {timeout:g} s and was stopped"
+    return "query was aborted"
+
+
+def _has_more(reader: pa.RecordBatchReader) -> bool:
+    for batch in reader:
+        if batch.num_rows:
+            return True
+    return False
+
+
+def _unique_names(fields: list[FieldSpec]) -> list[FieldSpec]:
+    seen: dict[str, int] = {}
+    out = []
+    for f in fields:
+        key = f.name.lower()
+        if key in seen:
+            seen[key] += 1
+            f = FieldSpec(**{**f.__dict__, "name": f"{f.name}_{seen[key]}"})
+        else:
+            seen[key] = 0
+        out.append(f)
+    return out
+
+
+def _votable_datatype(t: pa.DataType) -> str:
+    for name, arrow in ARROW_TYPES.items():
+        if t == arrow and name != "unicodeChar":
+            return name
+    if pa.types.is_integer(t):
+        return "long"
+    if pa.types.is_floating(t):
+        return "double"
+    return "char"
+
+
+def _duckdb_message(exc: duckdb.Error) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+__all__ = [
+    "ADQLError",
+    "PreparedQuery",
+    "QueryCancelled",
+    "QueryResult",
+    "TapEngine",
+    "TapLimits",
+]

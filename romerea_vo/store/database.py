@@ -1,0 +1,101 @@
+"""A read-only, sandboxed connection to an ingested database, for the services."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..errors import RomeReaError
+from ..products import open_field
+from ..products.reader import Field
+from .ddl import CATALOG, attach_sql
+
+SANDBOX_SETTINGS = (
+    # User SQL must never reach the file system or the network. Applied after the
+    # database file is attached; lock_configuration last, so nothing can undo them.
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET python_enable_replacements = false",
+    "SET lock_configuration = true",
+)
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """A field as the database knows it: where its cubes live, and its size."""
+
+    name: str
+    directory: Path
+    n_stars: int
+    n_images: int
+    era: str
+
+
+class DatabaseError(RomeReaError):
+    pass
+
+
+class Database:
+    """An ingested database opened read-only; :meth:`cursor` gives per-request cursors."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DatabaseError(
+                f"{self.path}: no such database; create it with `romerea-vo ingest FIELD_DIR "
+                f"--db {self.path}`"
+            )
+        self._con = duckdb.connect(config={"threads": threads} if threads else {})
+        try:
+            self._con.execute(attach_sql(str(self.path), read_only=True))
+        except duckdb.Error as exc:
+            self._con.close()
+            raise DatabaseError(f"{self.path}: cannot open the database: {exc}") from None
+        for statement in SANDBOX_SETTINGS:
+            self._con.execute(statement)
+        try:
+            rows = self._con.execute(
+                f"SELECT field, directory, n_stars, n_images, era FROM {CATALOG}.romerea.fields "
+                "ORDER BY field"
+            ).fetchall()
+            setting = self._con.execute(
+                f"SELECT value FROM {CATALOG}.romerea.settings WHERE key = 'authority'"
+            ).fetchone()
+        except duckdb.CatalogException:
+            self._con.close()
+            raise DatabaseError(
+                f"{self.path} is not a romerea-vo database (no romerea.fields table)"
+            ) from None
+        self.fields = {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+        self.authority: str = setting[0]
+        self._open_fields: dict[str, Field] = {}
+        self._lock = threading.Lock()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor (its own transaction and temporary objects) on the shared database."""
+        return self._con.cursor()
+
+    def field(self, name: str) -> Field:
+        """The field's products (opened once, kept open), for reading lightcurves."""
+        with self._lock:
+            if name not in self._open_fields:
+                if name not in self.fields:
+                    raise DatabaseError(
+                        f"unknown field {name!r}; this database has "
+                        f"{', '.join(self.fields) or 'no fields'}"
+                    )
+                self._open_fields[name] = open_field(self.fields[name].directory, name)
+            return self._open_fields[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._open_fields.values():
+                f.close()
+            self._open_fields.clear()
+        self._con.close()
