@@ -43,8 +43,10 @@ def test_field_index_equals_file(db, synthetic_field):
         np.testing.assert_array_equal(ra, fi["ra"])
         np.testing.assert_array_equal(dec, fi["dec"])
         assert quad == list(fi["quadrant"]) and qid == list(fi["quadrant_id"])
-        expected = [None if m else int(v) for v, m in zip(fi["gaia_source_id"].data,
-                                                           fi["gaia_source_id"].mask, strict=True)]  # fmt: skip
+        expected = [
+            None if m else int(v)
+            for v, m in zip(fi["gaia_source_id"].data, fi["gaia_source_id"].mask, strict=True)
+        ]
         assert gaia == expected
         assert None in gaia and any(g and g > 2**53 for g in gaia)  # NULLs and 64-bit ids
         assert did[4] == "ivo://romerea-vo.local/rome?ROME-FIELD-01/5"
@@ -56,13 +58,24 @@ def test_field_index_equals_file(db, synthetic_field):
                 if str(r["dataset_filter"]).strip() == flt
             ]
             expected_n = sum((np.asarray(fi[c]) > 0).astype(int) for c in cols)
-            got = [r[0] for r in query(db, f"SELECT n_datasets_{flt} FROM romerea_data.rome.field_index "
-                                       "WHERE field = 'ROME-FIELD-01' ORDER BY field_id")]  # fmt: skip
+            got = [
+                r[0]
+                for r in query(
+                    db,
+                    f"SELECT n_datasets_{flt} FROM romerea_data.rome.field_index "
+                    "WHERE field = 'ROME-FIELD-01' ORDER BY field_id",
+                )
+            ]
             assert got == list(expected_n)
 
 
 def test_positions_are_clustered_by_dec(db):
-    decs = [r[0] for r in query(db, "SELECT dec FROM romerea_data.rome.field_index WHERE field = 'ROME-FIELD-01'")]
+    decs = [
+        r[0]
+        for r in query(
+            db, "SELECT dec FROM romerea_data.rome.field_index WHERE field = 'ROME-FIELD-01'"
+        )
+    ]
     assert decs == sorted(decs)
 
 
@@ -70,40 +83,75 @@ def test_stars_nulls_and_gaia_magnitudes(db, synthetic_field):
     with open_field(synthetic_field) as field:
         stars = field.stars
         col = "cal_i_mag_lsc_doma"
-        rows = dict(query(db, f"SELECT field_id, {col} FROM romerea_data.rome.stars WHERE field='ROME-FIELD-01'"))
+        rows = dict(
+            query(
+                db,
+                f"SELECT field_id, {col} FROM romerea_data.rome.stars WHERE field='ROME-FIELD-01'",
+            )
+        )
         raw = np.asarray(stars[col])
         for fid, value in zip(stars["field_id"], raw, strict=True):
             assert rows[int(fid)] == (None if value == 0.0 else value)
-        flux = dict(query(db, "SELECT field_id, phot_g_mean_flux FROM romerea_data.rome.stars "
-                              "WHERE field='ROME-FIELD-01' AND gaia_source_id IS NOT NULL"))  # fmt: skip
-        mags = dict(query(db, "SELECT field_id, gaia_g_mag FROM romerea_data.rome.stars "
-                              "WHERE field='ROME-FIELD-01' AND gaia_source_id IS NOT NULL"))  # fmt: skip
+        flux = dict(
+            query(
+                db,
+                "SELECT field_id, phot_g_mean_flux FROM romerea_data.rome.stars "
+                "WHERE field='ROME-FIELD-01' AND gaia_source_id IS NOT NULL",
+            )
+        )
+        mags = dict(
+            query(
+                db,
+                "SELECT field_id, gaia_g_mag FROM romerea_data.rome.stars "
+                "WHERE field='ROME-FIELD-01' AND gaia_source_id IS NOT NULL",
+            )
+        )
         fid = next(k for k, v in flux.items() if v)
         assert mags[fid] == pytest.approx(-2.5 * np.log10(flux[fid]) + 25.6874)
         # unmatched stars have no Gaia values at all
-        assert query(db, "SELECT COUNT(*) FROM romerea_data.rome.stars WHERE gaia_source_id IS NULL AND "
-                         "(gaia_ra IS NOT NULL OR parallax IS NOT NULL)")[0][0] == 0  # fmt: skip
+        assert (
+            query(
+                db,
+                "SELECT COUNT(*) FROM romerea_data.rome.stars WHERE gaia_source_id IS NULL AND "
+                "(gaia_ra IS NOT NULL OR parallax IS NOT NULL)",
+            )[0][0]
+            == 0
+        )
 
 
 def test_images_datasets_stamps_dataset_stars(db, synthetic_field):
     with open_field(synthetic_field) as field:
-        n_img = query(db, "SELECT COUNT(*) FROM romerea_data.rome.images WHERE field='ROME-FIELD-01'")[0][0]
+        n_img = query(
+            db, "SELECT COUNT(*) FROM romerea_data.rome.images WHERE field='ROME-FIELD-01'"
+        )[0][0]
         assert n_img == field.n_images
-        per_ds = dict(query(db, "SELECT dataset_code, n_images FROM romerea_data.rome.datasets "
-                                "WHERE field='ROME-FIELD-01'"))  # fmt: skip
-        codes, counts = np.unique(np.char.strip(np.asarray(field.images["dataset_code"]).astype(str)),
-                                  return_counts=True)  # fmt: skip
+        per_ds = dict(
+            query(
+                db,
+                "SELECT dataset_code, n_images FROM romerea_data.rome.datasets "
+                "WHERE field='ROME-FIELD-01'",
+            )
+        )
+        codes, counts = np.unique(
+            np.char.strip(np.asarray(field.images["dataset_code"]).astype(str)), return_counts=True
+        )
         assert per_ds == dict(zip(codes.tolist(), counts.tolist(), strict=True))
         primary = query(db, "SELECT dataset_code FROM romerea_data.rome.datasets WHERE primary_ref")
         assert ("ROME-FIELD-01_" in primary[0][0]) and len(primary) >= 1
-        n_pairs = sum(int((np.asarray(field.field_index[field.dataset_index_column(c)]) > 0).sum())
-                      for c in field.dataset_codes)  # fmt: skip
-        assert query(db, "SELECT COUNT(*) FROM romerea_data.rome.dataset_stars WHERE field='ROME-FIELD-01'")[0][
-            0
-        ] == n_pairs
-        assert query(db, "SELECT COUNT(*) FROM romerea_data.rome.stamps WHERE field='ROME-FIELD-01'")[0][0] == len(
-            field.stamps
+        n_pairs = sum(
+            int((np.asarray(field.field_index[field.dataset_index_column(c)]) > 0).sum())
+            for c in field.dataset_codes
         )
+        assert (
+            query(
+                db,
+                "SELECT COUNT(*) FROM romerea_data.rome.dataset_stars WHERE field='ROME-FIELD-01'",
+            )[0][0]
+            == n_pairs
+        )
+        assert query(
+            db, "SELECT COUNT(*) FROM romerea_data.rome.stamps WHERE field='ROME-FIELD-01'"
+        )[0][0] == len(field.stamps)
         # hjd 0.0 (no photometry) becomes NULL, never 0
         assert query(db, "SELECT COUNT(*) FROM romerea_data.rome.images WHERE hjd <= 0")[0][0] == 0
 
@@ -111,9 +159,12 @@ def test_images_datasets_stamps_dataset_stars(db, synthetic_field):
 def test_lightcurve_stats_equal_direct_computation(db, synthetic_field):
     with open_field(synthetic_field) as field:
         stats = lightcurve_statistics(field)
-    rows = query(db, "SELECT field_id, filter, n_good, median_mag, mad_std_mag, time_span "
-                     "FROM romerea_data.rome.lightcurve_stats WHERE field='ROME-FIELD-01' "
-                     "ORDER BY field_id, filter")  # fmt: skip
+    rows = query(
+        db,
+        "SELECT field_id, filter, n_good, median_mag, mad_std_mag, time_span "
+        "FROM romerea_data.rome.lightcurve_stats WHERE field='ROME-FIELD-01' "
+        "ORDER BY field_id, filter",
+    )
     assert len(rows) == len(stats)
     for row, ref in zip(rows, stats, strict=True):
         assert row[:3] == (ref["field_id"], ref["filter"], ref["n_good"])
@@ -123,17 +174,26 @@ def test_lightcurve_stats_equal_direct_computation(db, synthetic_field):
 
 def test_tap_schema_describes_every_column(db):
     for table in tap_tables():
-        cols = [r[0] for r in query(db, "SELECT column_name FROM romerea_data.tap_schema.columns WHERE "
-                                        "table_name = ? ORDER BY column_index",
-                                    [table.qualified_name])]  # fmt: skip
+        cols = [
+            r[0]
+            for r in query(
+                db,
+                "SELECT column_name FROM romerea_data.tap_schema.columns WHERE "
+                "table_name = ? ORDER BY column_index",
+                [table.qualified_name],
+            )
+        ]
         assert cols == table.column_names
-    keys = query(db, "SELECT k.from_table, k.target_table, c.from_column FROM romerea_data.tap_schema.keys k "
-                     "JOIN romerea_data.tap_schema.key_columns c USING (key_id)")  # fmt: skip
+    keys = query(
+        db,
+        "SELECT k.from_table, k.target_table, c.from_column FROM romerea_data.tap_schema.keys k "
+        "JOIN romerea_data.tap_schema.key_columns c USING (key_id)",
+    )
     assert ("rome.lightcurve_stats", "rome.field_index", "field_id") in keys
 
 
 def test_database_is_sandboxed(db):
-    with pytest.raises(duckdb.Error, match="disabled|Permission"):
+    with pytest.raises(duckdb.Error, match=r"disabled|Permission"):
         query(db, "SELECT * FROM read_csv('/etc/passwd')")
     with pytest.raises(duckdb.Error):
         query(db, "SET enable_external_access = true")

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InvalidRequestError, RomeReaError
@@ -241,7 +241,8 @@ text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}</style></head
 <p>An IVOA TAP 1.1 service (romerea-vo {__version__}). TAP URL: <code>{html.escape(tap)}</code></p>
 <ul><li><a href="{tap}/capabilities">capabilities</a></li>
 <li><a href="{tap}/tables">tables</a></li><li><a href="{tap}/examples">examples</a></li>
-<li><a href="{tap}/availability">availability</a></li><li><a href="{tap}/async">async jobs</a></li></ul>
+<li><a href="{tap}/availability">availability</a></li>
+<li><a href="{tap}/async">async jobs</a></li></ul>
 <h2>Connect</h2>
 <p>TOPCAT: <i>VO &rarr; Table Access Protocol (TAP) Query</i>, enter the TAP URL above.</p>
 <pre>import pyvo
@@ -269,7 +270,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/tables", service.tables),
         Route("/tap/tables/{name}", service.table),
         Route("/tap/examples", service.examples),
-        Mount("/tap/async", routes=uws_routes(service.jobs, read_params=service.read_params)),
+        *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
     ]
 
     @contextlib.asynccontextmanager

@@ -6,6 +6,7 @@ Shared by the sync endpoint and the async (UWS) job runner.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
 import threading
 from collections.abc import Iterator
@@ -125,7 +126,7 @@ class TapEngine:
     def register_uploads(
         self, params: DaliParams, cursor: duckdb.DuckDBPyConnection
     ) -> tuple[Catalog, list[str]]:
-        pairs = parse_upload_param(params.getall("UPLOAD"))
+        pairs = parse_upload_param(params.getall("UPLOAD"), params.files)
         if not pairs:
             return self.catalog, []
         extra, names = [], []
@@ -209,7 +210,10 @@ class TapEngine:
         if cancel is not None and cancel.is_set():
             raise QueryCancelled("query was aborted")
         try:
-            reader = cursor.execute(prepared.sql).fetch_record_batch(BATCH_ROWS)
+            reader = cursor.sql(prepared.sql).to_arrow_reader(BATCH_ROWS)
+            # The first batch runs the query far enough for most runtime errors to show
+            # here, where they can still become a proper DALI error response.
+            first = next(iter(reader), None)
         except duckdb.InterruptException:
             if timer:
                 timer.cancel()
@@ -224,7 +228,7 @@ class TapEngine:
         def batches() -> Iterator[pa.RecordBatch]:
             remaining = prepared.maxrec
             try:
-                for batch in reader:
+                for batch in itertools.chain([first] if first is not None else [], reader):
                     if cancel is not None and cancel.is_set():
                         raise QueryCancelled("query was aborted")
                     if batch.num_rows > remaining:
@@ -287,10 +291,7 @@ def _cancel_message(expired: threading.Event, timeout: float | None) -> str:
 
 
 def _has_more(reader: pa.RecordBatchReader) -> bool:
-    for batch in reader:
-        if batch.num_rows:
-            return True
-    return False
+    return any(batch.num_rows for batch in reader)
 
 
 def _unique_names(fields: list[FieldSpec]) -> list[FieldSpec]:

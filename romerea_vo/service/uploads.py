@@ -35,7 +35,8 @@ def _column_to_arrow(name: str, col) -> pa.Array:
     if data.dtype.kind == "S":
         data = np.char.decode(data, "utf-8", errors="replace")
     if data.dtype.kind in "UO":
-        values = [None if (mask is not None and m) else str(v) for v, m in zip(data, mask if mask is not None else np.zeros(len(data), bool), strict=True)]  # fmt: skip
+        nulls = mask if mask is not None else np.zeros(len(data), bool)
+        values = [None if m else str(v) for v, m in zip(data, nulls, strict=True)]
         return pa.array(values, type=pa.string())
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))

@@ -64,7 +64,9 @@ def _check_existing_tables(con: duckdb.DuckDBPyConnection, db_path: Path) -> Non
 
 
 def _authority(con: duckdb.DuckDBPyConnection, requested: str | None) -> str:
-    row = con.execute(f"SELECT value FROM {CATALOG}.romerea.settings WHERE key = 'authority'").fetchone()
+    row = con.execute(
+        f"SELECT value FROM {CATALOG}.romerea.settings WHERE key = 'authority'"
+    ).fetchone()
     if row and requested and requested != row[0]:
         raise IngestError(
             f"the database's DIDs use the authority {row[0]!r}; re-ingesting with "
@@ -129,7 +131,8 @@ def ingest_fields(
                     for name, rows in tables.items():
                         _replace_rows(con, name, rows, field.name)
                     con.execute(
-                        f"INSERT OR REPLACE INTO {CATALOG}.romerea.fields VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT OR REPLACE INTO {CATALOG}.romerea.fields "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [
                             field.name,
                             str(field.directory.resolve()),

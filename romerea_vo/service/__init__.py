@@ -1,0 +1,1 @@
+"""ASGI service: TAP (sync, async/UWS), VOSI, DataLink, SCS, lightcurves."""

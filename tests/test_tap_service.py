@@ -1,0 +1,330 @@
+"""The TAP service end to end: a real uvicorn server on loopback, real pyvo/STILTS clients."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+
+import httpx
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io.votable import parse_single_table
+from astropy.table import Table
+
+from romerea_vo.products import open_field
+
+pyvo = pytest.importorskip("pyvo")
+STILTS = shutil.which("stilts")
+needs_stilts = pytest.mark.skipif(
+    STILTS is None, reason="STILTS not installed (apt install stilts)"
+)
+
+
+@pytest.fixture(scope="module")
+def tap(tap_server):
+    return pyvo.dal.TAPService(f"{tap_server}/tap")
+
+
+@pytest.fixture(scope="module")
+def field_positions(synthetic_field):
+    with open_field(synthetic_field) as field:
+        fi = field.field_index
+        return Table(
+            {
+                "field_id": np.asarray(fi["field_id"]),
+                "ra": np.asarray(fi["ra"]),
+                "dec": np.asarray(fi["dec"]),
+            }
+        )
+
+
+def sync(url, query, **params):
+    data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, **params}
+    return httpx.post(f"{url}/tap/sync", data=data, timeout=60)
+
+
+def error_message(response) -> str:
+    """The text of a DALI error document (asserting that it is one)."""
+    text = response.text
+    assert 'name="QUERY_STATUS"' in text and 'value="ERROR"' in text, text[:500]
+    return text
+
+
+# --- metadata ---
+
+
+def test_capabilities_and_tables_via_pyvo(tap):
+    caps = tap.capabilities
+    std_ids = {str(c.standardid) for c in caps}
+    assert "ivo://ivoa.net/std/TAP" in std_ids
+    assert "ivo://ivoa.net/std/VOSI#tables-1.1" in std_ids
+    tables = tap.tables
+    names = set(tables.keys())
+    assert {"rome.field_index", "rome.stars", "rome.lightcurve_stats"} <= names
+    ra = next(c for c in tables["rome.field_index"].columns if c.name == "ra")
+    assert ra.unit == "deg" and ra.ucd == "pos.eq.ra;meta.main"
+    assert tap.maxrec == 50_000 and tap.hardlimit == 50_000
+
+
+def test_examples_and_landing(tap_server):
+    ex = httpx.get(f"{tap_server}/tap/examples")
+    assert ex.status_code == 200 and 'property="query"' in ex.text
+    page = httpx.get(f"{tap_server}/")
+    assert page.status_code == 200 and "ROME-FIELD-01" in page.text and "/tap" in page.text
+    assert httpx.get(f"{tap_server}/tap/availability").text.count("<avl:available>true") == 1
+
+
+# --- sync queries ---
+
+
+def test_sync_values_units_and_64bit_ids(tap, synthetic_field):
+    res = tap.search(
+        "SELECT field_id, ra, dec, gaia_source_id, did FROM rome.field_index "
+        "WHERE field = 'ROME-FIELD-01' ORDER BY field_id"
+    )
+    table = res.to_table()
+    with open_field(synthetic_field) as field:
+        fi = field.field_index
+        np.testing.assert_array_equal(table["field_id"], fi["field_id"])
+        np.testing.assert_array_equal(table["ra"], fi["ra"])
+        gaia = fi["gaia_source_id"]
+        np.testing.assert_array_equal(np.ma.getmaskarray(table["gaia_source_id"]), gaia.mask)
+        np.testing.assert_array_equal(
+            table["gaia_source_id"].data[~gaia.mask], gaia.data[~gaia.mask]
+        )
+    assert table["ra"].unit == u.deg
+    assert res.fieldname_with_ucd("pos.eq.ra;meta.main") == "ra"
+    assert table["did"][0].endswith("?ROME-FIELD-01/1")
+
+
+def test_cone_matches_astropy(tap, field_positions):
+    centre = SkyCoord(
+        np.median(field_positions["ra"]), np.median(field_positions["dec"]), unit="deg"
+    )
+    radius = 2.0 / 60
+    res = tap.search(
+        "SELECT field_id FROM rome.field_index WHERE field = 'ROME-FIELD-01' AND "
+        f"1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {centre.ra.deg!r}, "
+        f"{centre.dec.deg!r}, {radius!r}))"
+    ).to_table()
+    sep = SkyCoord(field_positions["ra"], field_positions["dec"], unit="deg").separation(centre)
+    expected = set(field_positions["field_id"][sep.deg <= radius])
+    assert len(expected) > 5
+    assert set(res["field_id"]) == expected
+
+
+def test_maxrec_overflow(tap):
+    res = tap.search("SELECT field_id FROM rome.field_index", maxrec=7)
+    assert len(res) == 7 and res.query_status == "OVERFLOW"
+    exact = tap.search("SELECT TOP 7 field_id FROM rome.field_index", maxrec=7)
+    assert len(exact) == 7 and exact.query_status == "OK"
+
+
+def test_upload_join_equals_astropy(tap, field_positions):
+    rng = np.random.default_rng(3)
+    pick = field_positions[rng.choice(len(field_positions), 60, replace=False)]
+    mine = Table({"id": np.arange(60), "ra": pick["ra"] + 0.3 / 3600, "dec": pick["dec"]})
+    res = tap.search(
+        "SELECT u.id, f.field_id FROM TAP_UPLOAD.mine AS u JOIN rome.field_index AS f "
+        "ON 1 = CONTAINS(POINT('ICRS', f.ra, f.dec), CIRCLE('ICRS', u.ra, u.dec, 1.0/3600)) "
+        "WHERE f.field = 'ROME-FIELD-01'",
+        uploads={"mine": mine},
+    ).to_table()
+    c_mine = SkyCoord(mine["ra"], mine["dec"], unit="deg")
+    c_all = SkyCoord(field_positions["ra"], field_positions["dec"], unit="deg")
+    i, j, _, _ = c_all.search_around_sky(c_mine, 1 * u.arcsec)
+    expected = {
+        (int(mine["id"][a]), int(field_positions["field_id"][b])) for a, b in zip(i, j, strict=True)
+    }
+    got = {(int(a), int(b)) for a, b in zip(res["id"], res["field_id"], strict=True)}
+    assert got == expected and len(got) >= 60
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "votable",
+        "votable/td",
+        "votable/b",
+        "csv",
+        "tsv",
+        "fits",
+        "application/x-votable+xml;serialization=TABLEDATA",
+    ],
+)
+def test_output_formats_roundtrip(tap_server, fmt, tmp_path):
+    query = (
+        "SELECT TOP 50 field, field_id, ra, gaia_source_id, n_datasets_ip FROM "
+        "rome.field_index WHERE field = 'ROME-FIELD-01' ORDER BY field_id"
+    )
+    r = sync(tap_server, query, RESPONSEFORMAT=fmt)
+    assert r.status_code == 200, r.text[:300]
+    path = tmp_path / "out"
+    path.write_bytes(r.content)
+    if fmt.startswith(("votable", "application")):
+        table = parse_single_table(str(path)).to_table()
+    elif fmt == "fits":
+        table = Table.read(path, format="fits")
+    else:
+        table = Table.read(path, format="ascii.csv" if fmt == "csv" else "ascii.tab")
+    assert len(table) == 50 and list(table["field_id"]) == list(range(1, 51))
+    assert str(table["field"][0]) == "ROME-FIELD-01"
+
+
+@needs_stilts
+@pytest.mark.parametrize("fmt", ["votable", "votable/td", "votable/b"])
+def test_votlint_clean(tap_server, fmt, tmp_path):
+    r = sync(tap_server, "SELECT TOP 200 * FROM rome.stars", RESPONSEFORMAT=fmt)
+    path = tmp_path / "out.vot"
+    path.write_bytes(r.content)
+    out = subprocess.run(
+        [STILTS, "votlint", str(path)], capture_output=True, text=True, timeout=120
+    )
+    problems = [line for line in out.stdout.splitlines() if line.startswith(("ERROR", "WARNING"))]
+    assert problems == []
+
+
+# --- errors ---
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"QUERY": "SELECT FROM WHERE"}, "line 1"),
+        ({"QUERY": "SELECT nosuchcol FROM rome.field_index"}, "nosuchcol"),
+        ({"QUERY": "SELECT * FROM rome.nosuchtable"}, "nosuchtable"),
+        ({"QUERY": "SELECT * FROM read_csv('/etc/passwd')"}, "read_csv"),
+        ({"QUERY": "SELECT 1 FROM rome.field_index", "MAXREC": "-3"}, "MAXREC"),
+        ({"QUERY": "SELECT 1 FROM rome.field_index", "MAXREC": "lots"}, "MAXREC"),
+        ({"QUERY": "SELECT 1 FROM rome.field_index", "LANG": "SQL"}, "LANG"),
+        ({"QUERY": "SELECT 1 FROM rome.field_index", "RESPONSEFORMAT": "pdf"}, "pdf"),
+        ({"QUERY": ""}, "QUERY"),
+    ],
+)
+def test_bad_requests_get_dali_errors(tap_server, params, needle):
+    data = {"REQUEST": "doQuery", "LANG": "ADQL", **params}
+    r = httpx.post(f"{tap_server}/tap/sync", data=data)
+    assert r.status_code == 400
+    assert needle in error_message(r)
+
+
+def test_oversized_upload_refused_before_reading(tap_server):
+    sent = {"n": 0}
+
+    def body():
+        for _ in range(2048):  # would be 2 GB if the server read it all
+            sent["n"] += 1
+            yield b"x" * 2**20
+
+    headers = {
+        "content-type": "multipart/form-data; boundary=XyZ",
+        "content-length": str(2 * 2**30),
+    }
+    try:
+        r = httpx.post(
+            f"{tap_server}/tap/sync?REQUEST=doQuery&LANG=ADQL&QUERY=SELECT+1",
+            content=body(),
+            headers=headers,
+            timeout=60,
+        )
+        assert r.status_code in (400, 413)
+        assert "limit" in r.text
+    except httpx.HTTPError:
+        pass  # the server may close the connection instead of reading the rest
+    assert sent["n"] < 2048
+    assert sync(tap_server, "SELECT TOP 1 field_id FROM rome.field_index").status_code == 200
+
+
+# --- async ---
+
+
+def test_async_run_wait_fetch_delete(tap, tap_server):
+    job = tap.submit_job(
+        "SELECT field, COUNT(*) AS n FROM rome.field_index GROUP BY field ORDER BY field"
+    )
+    job.run()
+    job.wait(phases=["COMPLETED", "ERROR", "ABORTED"], timeout=60)
+    assert job.phase == "COMPLETED"
+    table = job.fetch_result().to_table()
+    assert dict(zip(table["field"], table["n"], strict=True))["ROME-FIELD-01"] >= 800
+    job_url = job.url
+    job.delete()
+    assert httpx.get(job_url).status_code == 404
+
+
+def test_async_execution_duration_enforced(tap_server):
+    slow = "SELECT COUNT(*) FROM rome.stars AS a, rome.stars AS b, rome.stars AS c, rome.stars AS d"
+    r = httpx.post(
+        f"{tap_server}/tap/async",
+        data={
+            "REQUEST": "doQuery",
+            "LANG": "ADQL",
+            "QUERY": slow,
+            "EXECUTIONDURATION": "1",
+            "PHASE": "RUN",
+        },
+    )
+    job_url = str(r.url) if r.status_code == 200 else r.headers.get("location")
+    assert job_url
+    for _ in range(30):
+        phase = httpx.get(f"{job_url}/phase").text.strip()
+        if phase in ("ERROR", "COMPLETED", "ABORTED"):
+            break
+        httpx.get(job_url, params={"WAIT": "2", "PHASE": phase}, timeout=10)
+    assert phase == "ERROR"
+    assert "execution duration" in httpx.get(f"{job_url}/error").text
+    httpx.delete(job_url)
+
+
+# --- concurrency ---
+
+
+def test_twenty_concurrent_clients_mixed(tap_server):
+    good = "SELECT TOP 100 * FROM rome.field_index"
+    cases = [
+        ({"QUERY": good}, 200),
+        ({"QUERY": "SELECT quadrant, COUNT(*) FROM rome.field_index GROUP BY quadrant"}, 200),
+        ({"QUERY": "SELECT oops FROM"}, 400),
+        ({"QUERY": "SELECT * FROM rome.stars", "MAXREC": "-1"}, 400),
+        ({"QUERY": "SELECT pg_sleep(1) FROM rome.stars"}, 400),
+    ]
+
+    def one(i):
+        params, status = cases[i % len(cases)]
+        r = httpx.post(
+            f"{tap_server}/tap/sync",
+            data={"REQUEST": "doQuery", "LANG": "ADQL", **params},
+            timeout=60,
+        )
+        return r.status_code == status and ("QUERY_STATUS" in r.text)
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(60)))
+    assert all(results)
+    assert sync(tap_server, good).status_code == 200
+
+
+# --- taplint ---
+
+
+@needs_stilts
+def test_taplint_zero_errors(tap_server, tmp_path):
+    out = subprocess.run(
+        [STILTS, "taplint", f"tapurl={tap_server}/tap", "format=json", "maxrepeat=20"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    report = json.loads(out.stdout)
+    errors = [
+        f"{r['code']}: {r.get('text', '')}"
+        for section in report["sections"]
+        for r in section["reports"]
+        if r.get("level") in ("E", "F")
+    ]
+    (tmp_path / "taplint.json").write_text(out.stdout)
+    assert errors == [], "\n".join(errors[:40])
