@@ -102,7 +102,13 @@ def tap_server(tap_db, tmp_path_factory):
     from romerea_vo.service.tap import TapLimits
 
     work = tmp_path_factory.mktemp("work")
-    limits = TapLimits(default_maxrec=5000, hard_maxrec=50_000, upload_bytes=20 * 2**20)
+    # private hosts allowed: the remote-upload test serves its table from loopback
+    limits = TapLimits(
+        default_maxrec=5000,
+        hard_maxrec=50_000,
+        upload_bytes=20 * 2**20,
+        remote_upload_private_hosts=True,
+    )
     app = create_app(ServiceConfig(db_path=tap_db, work_dir=work, limits=limits))
     live = LiveServer(app)
     yield live.url

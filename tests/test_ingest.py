@@ -10,7 +10,7 @@ from romerea_vo.errors import RomeReaError
 from romerea_vo.lightcurves import lightcurve_statistics
 from romerea_vo.products import open_field
 from romerea_vo.store import Database, ingest_fields
-from romerea_vo.votable.schema import tap_tables
+from romerea_vo.votable.schema import adql_column_name, tap_tables
 from tests.conftest import file_digests
 
 
@@ -183,7 +183,7 @@ def test_tap_schema_describes_every_column(db):
                 [table.qualified_name],
             )
         ]
-        assert cols == table.column_names
+        assert cols == [adql_column_name(c) for c in table.column_names]
     keys = query(
         db,
         "SELECT k.from_table, k.target_table, c.from_column FROM romerea_data.tap_schema.keys k "

@@ -115,7 +115,7 @@ class TapService:
         try:
             params = await self.read_params(request, scratch)
             cursor = self.db.cursor()
-            prepared = await run_in_threadpool(self.engine.prepare, params, cursor)
+            prepared = await run_in_threadpool(self.engine.prepare, params, cursor, scratch)
             result = await run_in_threadpool(
                 self.engine.execute,
                 prepared,
@@ -146,7 +146,7 @@ class TapService:
         cursor = self.db.cursor()
         token.on_cancel(cursor.interrupt)
         try:
-            prepared = self.engine.prepare(params, cursor)
+            prepared = self.engine.prepare(params, cursor, job.directory)
             result = self.engine.execute(prepared, cursor, timeout=None)
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
@@ -181,6 +181,7 @@ class TapService:
                 limits.hard_retention,
                 limits.upload_bytes,
             ),
+            remote_uploads=limits.remote_uploads,
         )
         return Response(body, media_type=XML_MEDIA)
 

@@ -80,7 +80,7 @@ def examples_xhtml(examples: list[Example], title: str) -> bytes:
         '"http://www.w3.org/MarkUp/DTD/xhtml-rdfa-2.dtd">',
         '<html xmlns="http://www.w3.org/1999/xhtml" version="XHTML+RDFa 1.1">',
         f"<head><title>{html.escape(title)}</title></head>",
-        '<body vocab="ivo://ivoa.net/std/DALI-examples">',
+        '<body vocab="http://www.ivoa.net/rdf/examples#">',
         f"<h1>{html.escape(title)}</h1>",
     ]
     for ex in examples:

@@ -5,6 +5,7 @@ Shared by the sync endpoint and the async (UWS) job runner.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import secrets
@@ -25,6 +26,7 @@ from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import TableSchema, tap_tables
 from ..votable.writer import FieldSpec, Info
 from .params import DaliParams, parse_upload_param
+from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
 BATCH_ROWS = 65536
@@ -43,6 +45,11 @@ class TapLimits:
     hard_retention: int = 30 * 86400
     upload_bytes: int = 100 * 2**20
     upload_rows: int = 5_000_000
+    remote_uploads: bool = True
+    """Fetch UPLOAD=name,http(s)://... tables (TAP 1.1 requires upload-http)."""
+    remote_upload_private_hosts: bool = False
+    """Also fetch from loopback/private addresses (off: a client must not make the
+    service probe hosts only it can reach)."""
 
 
 class QueryCancelled(RomeReaError):
@@ -67,7 +74,7 @@ class PreparedQuery:
     translation: object
     maxrec: int
     fmt: ResultFormat
-    uploads: list[str] = field(default_factory=list)
+    uploads: dict[str, dict[str, UploadColumn]] = field(default_factory=dict)
 
 
 class TapEngine:
@@ -118,44 +125,57 @@ class TapEngine:
 
     # --- uploads ----------------------------------------------------------------------
 
-    def _load_upload(self, name: str, path: Path) -> pa.Table:
-        from .uploads import read_upload_table
-
-        return read_upload_table(name, path, max_rows=self.limits.upload_rows)
-
     def register_uploads(
-        self, params: DaliParams, cursor: duckdb.DuckDBPyConnection
-    ) -> tuple[Catalog, list[str]]:
-        pairs = parse_upload_param(params.getall("UPLOAD"), params.files)
+        self, params: DaliParams, cursor: duckdb.DuckDBPyConnection, scratch: Path | None
+    ) -> tuple[Catalog, dict[str, dict[str, UploadColumn]]]:
+        """Read the UPLOAD tables and register them on ``cursor`` as TAP_UPLOAD.<name>."""
+        pairs = parse_upload_param(
+            params.getall("UPLOAD"), params.files, allow_remote=self.limits.remote_uploads
+        )
         if not pairs:
-            return self.catalog, []
-        extra, names = [], []
+            return self.catalog, {}
+        extra, metadata = [], {}
         for name, ref in pairs:
-            part = ref[len("param:") :]
-            if part not in params.files:
-                raise InvalidRequestError(
-                    f"UPLOAD {name!r} refers to param:{part}, but no such part was received"
+            if ref.startswith("param:"):
+                path = params.files[ref[len("param:") :]]
+            else:
+                if scratch is None:
+                    raise InvalidRequestError("remote uploads need a scratch directory")
+                path = fetch_remote_upload(
+                    name,
+                    ref,
+                    scratch / f"remote-{secrets.token_hex(6)}",
+                    max_bytes=self.limits.upload_bytes,
+                    allow_private=self.limits.remote_upload_private_hosts,
                 )
-            table = self._load_upload(name, params.files[part])
+            table, meta = read_upload_table(name, path, max_rows=self.limits.upload_rows)
             physical = f"tap_upload_{secrets.token_hex(6)}"
             cursor.register(physical, table)
+            qualified = f"TAP_UPLOAD.{name}"
             extra.append(
                 TableInfo(
-                    name=f"TAP_UPLOAD.{name}",
+                    name=qualified,
                     physical=physical,
+                    # No xtype here: the values are plain strings/numbers in DuckDB; the
+                    # uploader's xtype/unit/UCD are put back on result FIELDs instead.
                     columns=tuple(
                         ColumnInfo(f.name, _votable_datatype(f.type)) for f in table.schema
                     ),
                 )
             )
-            names.append(name)
-        return self.catalog.with_tables(extra), names
+            metadata[qualified.lower()] = meta
+        return self.catalog.with_tables(extra), metadata
 
     # --- translation and execution ----------------------------------------------------
 
-    def prepare(self, params: DaliParams, cursor: duckdb.DuckDBPyConnection) -> PreparedQuery:
+    def prepare(
+        self,
+        params: DaliParams,
+        cursor: duckdb.DuckDBPyConnection,
+        scratch: Path | None = None,
+    ) -> PreparedQuery:
         query, maxrec, fmt = self.check_query_params(params)
-        catalog, uploads = self.register_uploads(params, cursor)
+        catalog, uploads = self.register_uploads(params, cursor, scratch)
         translation = translate(query, catalog, target="duckdb")
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 
@@ -168,8 +188,18 @@ class TapEngine:
             spec = None
             if out is not None and out.source is not None:
                 table = self.schemas.get(out.source[0].lower())
+                upload = prepared.uploads.get(out.source[0].lower(), {}).get(out.source[1])
                 if table is not None and out.source[1] in table.by_name:
                     spec = FieldSpec.from_column(table.by_name[out.source[1]], name=name)
+                elif upload is not None:
+                    base = FieldSpec.from_arrow(name, af.type)
+                    spec = dataclasses.replace(
+                        base,
+                        unit=upload.unit,
+                        ucd=upload.ucd,
+                        xtype=upload.xtype or base.xtype,
+                        description=upload.description,
+                    )
             if spec is None:
                 spec = FieldSpec.from_arrow(name, af.type)
                 if out is not None and out.xtype:

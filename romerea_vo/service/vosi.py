@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..votable.schema import SCHEMA_DESCRIPTIONS, TableSchema
+from ..votable.schema import SCHEMA_DESCRIPTIONS, TableSchema, adql_column_name
 
 NS = {
     "vosi": "http://www.ivoa.net/xml/VOSICapabilities/v1.0",
@@ -64,6 +64,14 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib) -> ET.
     return el
 
 
+def _declare(root: ET.Element, *prefixes: str) -> ET.Element:
+    """Declare namespace prefixes used only inside attribute values (xsi:type QNames),
+    which ElementTree does not declare by itself."""
+    for prefix in prefixes:
+        root.set(f"xmlns:{prefix}", NS[prefix])
+    return root
+
+
 def _to_bytes(root: ET.Element) -> bytes:
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -86,12 +94,13 @@ def capabilities_xml(
     limits: Limits,
     udfs: Sequence[tuple[str, str]] = (),
     extra: Sequence[tuple[str, str]] = (),
+    remote_uploads: bool = True,
 ) -> bytes:
     """The VOSI capabilities of the TAP service at ``base_url`` (TAP 1.1, TAPRegExt 1.0).
 
     ``extra``: further (standardID, access URL) capabilities, e.g. DataLink or SCS.
     """
-    root = ET.Element(f"{{{NS['vosi']}}}capabilities")
+    root = _declare(ET.Element(f"{{{NS['vosi']}}}capabilities"), "vr", "vs", "tr")
     tap, iface = _capability(root, "ivo://ivoa.net/std/TAP", base_url, "tr:TableAccess")
     iface.set("version", "1.1")
     _sub(tap, "dataModel", "TAP_SCHEMA 1.1", **{"ivo-id": "ivo://ivoa.net/std/TAP#TAP_SCHEMA-1.1"})
@@ -125,6 +134,9 @@ def capabilities_xml(
         for alias in fmt.aliases:
             _sub(out, "alias", alias)
     _sub(tap, "uploadMethod", **{"ivo-id": "ivo://ivoa.net/std/TAPRegExt#upload-inline"})
+    if remote_uploads:
+        _sub(tap, "uploadMethod", **{"ivo-id": "ivo://ivoa.net/std/TAPRegExt#upload-http"})
+        _sub(tap, "uploadMethod", **{"ivo-id": "ivo://ivoa.net/std/TAPRegExt#upload-https"})
     for tag, default, hard in (
         ("retentionPeriod", limits.default_retention, limits.hard_retention),
         ("executionDuration", limits.default_execution_duration, limits.hard_execution_duration),
@@ -169,7 +181,7 @@ def _table_element(parent: ET.Element, table: TableSchema, detail: bool, nrows: 
         return el
     for col in table.columns:
         c = _sub(el, "column", std="true" if col.std else None)
-        _sub(c, "name", col.name)
+        _sub(c, "name", adql_column_name(col.name))
         _sub(c, "description", col.description)
         if col.unit:
             _sub(c, "unit", col.unit)
@@ -200,7 +212,7 @@ def tables_xml(
     tables: Sequence[TableSchema], *, detail: bool = True, nrows: dict[str, int] | None = None
 ) -> bytes:
     """VOSI 1.1 tableset; ``detail=False`` lists tables without columns."""
-    root = ET.Element(f"{{{NS['vtm']}}}tableset")
+    root = _declare(ET.Element(f"{{{NS['vtm']}}}tableset"), "vs")
     by_schema: dict[str, list[TableSchema]] = {}
     for t in tables:
         by_schema.setdefault(t.schema, []).append(t)
@@ -218,4 +230,4 @@ def table_xml(table: TableSchema, nrows: int | None = None) -> bytes:
     """VOSI 1.1 single-table document (``/tables/<name>``)."""
     el = _table_element(ET.Element("holder"), table, True, nrows)
     el.tag = f"{{{NS['vtm']}}}table"
-    return _to_bytes(el)
+    return _to_bytes(_declare(el, "vs"))

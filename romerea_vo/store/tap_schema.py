@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..votable.schema import SCHEMA_DESCRIPTIONS, TableSchema, load_table_schema, tap_tables
+from ..votable.schema import (
+    SCHEMA_DESCRIPTIONS,
+    TableSchema,
+    adql_column_name,
+    load_table_schema,
+    tap_tables,
+)
 from .ddl import ARROW_TYPES
 
 
@@ -44,7 +50,7 @@ def tap_schema_tables(tables: list[TableSchema] | None = None) -> dict[str, pa.T
             rows_columns.append(
                 {
                     "table_name": t.qualified_name,
-                    "column_name": c.name,
+                    "column_name": adql_column_name(c.name),
                     "datatype": c.datatype,
                     "arraysize": c.arraysize,
                     "xtype": c.xtype,

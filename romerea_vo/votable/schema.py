@@ -89,6 +89,14 @@ class TableSchema:
         return [c.name for c in self.columns]
 
 
+def adql_column_name(name: str) -> str:
+    """The column's name as ADQL must write it: delimited when it is a reserved word
+    (TAP 1.1 section 4.3: TAP_SCHEMA.columns holds ``"size"``, not ``size``)."""
+    from ..adql.reserved import is_reserved
+
+    return f'"{name}"' if is_reserved(name) else name
+
+
 def schema_dir() -> Path:
     """The installed copy inside the package, else the source checkout's folder."""
     installed = resources.files("romerea_vo") / "votable_schemas"

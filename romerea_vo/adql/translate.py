@@ -1,0 +1,84 @@
+"""The public entry point: ADQL text → SQL for one target engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .analyzer import Analyzer
+from .catalog import Catalog
+from .errors import ADQLError
+from .model import VType
+from .parser import parse
+from .targets import get_backend
+
+
+@dataclass
+class OutputColumn:
+    """One column of the result, in order. ``name`` is unique within the result."""
+
+    name: str
+    source: tuple[str, str] | None  # (qualified table name, column name) of a plain column
+    datatype: str | None
+    xtype: str | None = None
+    arraysize: str | None = None
+    unit: str | None = None
+
+
+@dataclass
+class Translation:
+    sql: str
+    columns: list[OutputColumn] = field(default_factory=list)
+    top: int | None = None  # the TOP of the outermost SELECT, if any
+
+
+def translate(
+    adql: str,
+    catalog: Catalog,
+    *,
+    target: str = "duckdb",
+    udfs: Mapping[str, int | None] | None = None,
+) -> Translation:
+    """Validate an ADQL 2.1 query against ``catalog`` and translate it for ``target``.
+
+    ``udfs`` declares user-defined functions (name → number of arguments, None for any);
+    the target must provide them under the same name. Raises :class:`ADQLError`.
+    """
+    if not isinstance(adql, str):
+        raise ADQLError("the query must be text")
+    backend = get_backend(target)
+    try:
+        tree = parse(adql)
+        out = Analyzer(adql, catalog, backend, udfs or {}).run(tree)
+        sql = backend.generate(out.sql)
+    except ADQLError:
+        raise
+    except RecursionError:
+        raise ADQLError("the query is nested too deeply") from None
+    except Exception as exc:
+        # A bug, not the user's fault; keep the cause chained for the service log.
+        raise ADQLError(
+            f"internal error while translating the query ({type(exc).__name__}: {exc}); "
+            "please report it"
+        ) from exc
+    columns = [_column(o.sql_name, o.value.type, o.value.source) for o in out.outputs]
+    return Translation(sql, columns, out.top)
+
+
+def _column(name: str, vtype: VType, source: tuple[str, str] | None) -> OutputColumn:
+    datatype = vtype.datatype
+    arraysize = vtype.arraysize
+    if datatype is None:
+        datatype, arraysize = {
+            "int": ("long", None),
+            "float": ("double", None),
+            "string": ("char", "*"),
+            "bool": ("boolean", None),
+            "timestamp": ("char", "*"),
+            "null": ("char", "*"),
+        }.get(vtype.kind, (None, None))
+    xtype = vtype.xtype
+    if vtype.kind == "timestamp" and xtype is None:
+        xtype = "timestamp"
+    unit = vtype.unit[1] if vtype.unit and vtype.unit[0] == "u" and vtype.unit[1] else None
+    return OutputColumn(name, source, datatype, xtype, arraysize, unit)
