@@ -12,15 +12,19 @@ field, PostgreSQL + q3c, measured on this class of machine) and the 5x targets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 DACHS = {  # name: (DaCHS median or range in s, target in s)
@@ -32,13 +36,59 @@ DACHS = {  # name: (DaCHS median or range in s, target in s)
 }
 
 
-def _sync(client: httpx.Client, url: str, query: str, **extra) -> bytes:
+class Client:
+    """A minimal HTTP client (urllib/http.client). http.client sends a small request's
+    headers and body in one packet; clients that send them separately (httpx does)
+    meet TCP delayed-ACK and add ~40 ms per POST on loopback, which would swamp what
+    we measure."""
+
+    def post(self, url: str, data: dict, files: dict | None = None) -> tuple[int, dict, bytes]:
+        if files:
+            boundary = uuid.uuid4().hex
+            parts = []
+            for k, v in data.items():
+                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"'
+                             f"\r\n\r\n{v}\r\n".encode())  # fmt: skip
+            for k, (fname, content) in files.items():
+                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; '
+                             f'filename="{fname}"\r\nContent-Type: application/x-votable+xml'
+                             "\r\n\r\n".encode() + content + b"\r\n")  # fmt: skip
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            ctype = f"multipart/form-data; boundary={boundary}"
+        else:
+            body = urllib.parse.urlencode(data).encode()
+            ctype = "application/x-www-form-urlencoded"
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": ctype})
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=120) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def get(self, url: str, params: dict | None = None) -> bytes:
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            return resp.read()
+
+    def delete(self, url: str) -> None:
+        req = urllib.request.Request(url, method="DELETE")
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.build_opener(_NoRedirect).open(req, timeout=60).read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _sync(client: Client, url: str, query: str, **extra) -> bytes:
     data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, **extra.pop("data", {})}
-    r = client.post(f"{url}/sync", data=data, **extra)
-    r.raise_for_status()
-    if b'value="ERROR"' in r.content[:4000]:
-        raise RuntimeError(r.content[:2000].decode(errors="replace"))
-    return r.content
+    status, _, content = client.post(f"{url}/sync", data, extra.get("files"))
+    if status != 200 or b'value="ERROR"' in content[:4000]:
+        raise RuntimeError(content[:2000].decode(errors="replace"))
+    return content
 
 
 def _votable(ra: np.ndarray, dec: np.ndarray) -> bytes:
@@ -64,7 +114,8 @@ def _time(fn, repeats: int) -> list[float]:
 def run(url: str, repeats: int, table: str = "rome.field_index") -> None:
     url = url.rstrip("/")
     rng = np.random.default_rng(1)
-    with httpx.Client(timeout=120) as client:
+    client = Client()
+    if True:
         stats = (
             _sync(
                 client,
@@ -129,25 +180,18 @@ def run(url: str, repeats: int, table: str = "rome.field_index") -> None:
             _sync(client, url, f"SELECT quadrant, COUNT(*) FROM {table} GROUP BY quadrant")
 
         def async_job():
-            r = client.post(
-                f"{url}/async",
-                data={
-                    "REQUEST": "doQuery",
-                    "LANG": "ADQL",
-                    "PHASE": "RUN",
-                    "QUERY": f"SELECT TOP 10 * FROM {table}",
-                },
-                follow_redirects=False,
-            )
-            job = r.headers["location"]
+            query = f"SELECT TOP 10 * FROM {table}"
+            data = {"REQUEST": "doQuery", "LANG": "ADQL", "PHASE": "RUN", "QUERY": query}
+            _, headers, _ = client.post(f"{url}/async", data)
+            job = headers.get("location") or headers.get("Location")
             while True:
-                phase = client.get(f"{job}/phase").text.strip()
+                phase = client.get(f"{job}/phase").decode().strip()
                 if phase in ("COMPLETED", "ERROR", "ABORTED"):
                     break
                 client.get(job, params={"WAIT": "10", "PHASE": phase})
             if phase != "COMPLETED":
                 raise RuntimeError(f"async job ended {phase}")
-            client.get(f"{job}/results/result").raise_for_status()
+            client.get(f"{job}/results/result")
             client.delete(job)
 
         cases = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -288,7 +289,9 @@ def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
         flush=True,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+        server.run(sockets=[sock])
+    print("service stopped", flush=True)
     return 0
 
 

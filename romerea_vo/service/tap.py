@@ -61,7 +61,7 @@ def _table_info(table: TableSchema) -> TableInfo:
         name=table.qualified_name,
         physical=physical_name(table),
         columns=tuple(
-            ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize)
+            ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize, unit=c.unit)
             for c in table.columns
         ),
     )
