@@ -96,12 +96,17 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def tap_server(tap_db, tmp_path_factory):
+def tap_work(tmp_path_factory) -> Path:
+    """The service's work directory (job store and upload scratch space)."""
+    return tmp_path_factory.mktemp("work")
+
+
+@pytest.fixture(scope="session")
+def tap_server(tap_db, tap_work):
     """The TAP service over ``tap_db``, served for real on loopback; yields its base URL."""
     from romerea_vo.service.app import ServiceConfig, create_app
     from romerea_vo.service.tap import TapLimits
 
-    work = tmp_path_factory.mktemp("work")
     # private hosts allowed: the remote-upload test serves its table from loopback
     limits = TapLimits(
         default_maxrec=5000,
@@ -109,7 +114,7 @@ def tap_server(tap_db, tmp_path_factory):
         upload_bytes=20 * 2**20,
         remote_upload_private_hosts=True,
     )
-    app = create_app(ServiceConfig(db_path=tap_db, work_dir=work, limits=limits))
+    app = create_app(ServiceConfig(db_path=tap_db, work_dir=tap_work, limits=limits))
     live = LiveServer(app)
     yield live.url
     live.stop()

@@ -15,6 +15,7 @@ from romerea_vo.adql import (
     OutputColumn,
     TableInfo,
     Translation,
+    check_syntax,
     translate,
 )
 from romerea_vo.adql.catalog import split_name
@@ -107,8 +108,10 @@ def test_udfs_are_declared():
 # --- validation -----------------------------------------------------------------------
 
 REJECTED = [
-    ("SELECT ra FROM rome.stars JOIN rea.stars", "JOIN needs ON (condition) or USING"),
     ("SELECT * FROM rome.stars s LEFT OUTER JOIN rea.stars t", "LEFT OUTER JOIN needs ON"),
+    ("SELECT * FROM rome.stars s RIGHT JOIN rea.stars t", "RIGHT OUTER JOIN needs ON"),
+    ("SELECT * FROM rome.stars s FULL OUTER JOIN rea.stars t", "outer join without a condition"),
+    ("SELECT * FROM rome.stars s OUTER JOIN rea.stars t", "LEFT, RIGHT or FULL OUTER JOIN"),
     ("SELECT * FROM (SELECT ra FROM rome.stars)", "a subquery in FROM needs a name"),
     ("SELECT TOP 1.5 ra FROM rome.stars", "TOP needs a non-negative whole number"),
     ("SELECT TOP -1 ra FROM rome.stars", "TOP needs a non-negative whole number"),
@@ -313,6 +316,62 @@ def test_star_expansion_and_using_merge():
     assert 'COALESCE("a"."id", "b"."id")' in t.sql
 
 
+def test_join_without_condition_is_a_cross_join():
+    """ADQL 2.1's BNF makes the join specification optional; outer joins still need one."""
+    for join in ("JOIN", "INNER JOIN", "CROSS JOIN"):
+        s = sql(f"SELECT s.id, t.id FROM rome.stars AS s {join} rea.stars AS t")
+        assert "CROSS JOIN" in s and " ON " not in s
+    s = sql("SELECT s.id FROM rome.stars AS s INNER JOIN (rea.stars AS t JOIN rome.fields AS f)")
+    assert s.count("CROSS JOIN") == 2
+
+
+CHECK_SYNTAX_ACCEPTED = [
+    # catalogue and types are not the grammar's business
+    "SELECT nosuch.x, y FROM unknown_table",
+    "SELECT x.a FROM z",
+    "SELECT dist FROM spatial JOIN spatial2 USING (ra1)",
+    "SELECT CENTROID(3) FROM t WHERE CENTROID(COUNT(*)) = 1",
+    "SELECT POINT('QUARK', 1, 'x') FROM t",
+    "SELECT REGION('Union ICRS (Circle 1 2 3 Circle 4 5 6)') FROM t",
+    "SELECT IN_UNIT(a, 'furlong'), * FROM t ORDER BY 7",
+    "SELECT * FROM (SELECT * FROM t) AS d JOIN u",
+    "SELECT my_fn(a) FROM t",
+]
+CHECK_SYNTAX_REJECTED = [
+    ("SELECT select FROM t", "syntax error"),
+    ("SELECT a FROM t WHERE a = size", "'size' is a reserved word"),
+    ("SELECT a FROM t AS size", "'size' is a reserved word"),
+    ("SELECT _a FROM t", "names starting with '_'"),
+    ("SELECT nofn(a) FROM t", "unknown function nofn"),
+    ("SELECT my_fn(a, b) FROM t", "takes 1 argument(s), not 2"),
+    ("SELECT SIN(a, b) FROM t", "SIN takes"),
+    ("SELECT TOP 1.5 a FROM t", "TOP needs"),
+    ("SELECT a FROM t OFFSET -1", "OFFSET needs"),
+    ("SELECT a FROM t LIMIT 3", "LIMIT is not ADQL"),
+    ("SELECT a FROM (SELECT a FROM t)", "needs a name"),
+    ("SELECT a FROM t LEFT OUTER JOIN u", "LEFT OUTER JOIN needs ON"),
+    ("SELECT a FROM t; SELECT b FROM u", ""),
+    ("SELECT POINT('ICRS', 1, 2) || 'x' FROM t", "'||' joins strings"),
+    ("SELECT a FROM t WHERE CIRCLE('fk5', 2, 3) = a", "a POINT is needed here"),
+    ("SELECT REGION(a) FROM t", "STC-S string literal"),
+]
+
+
+@pytest.mark.parametrize("adql", CHECK_SYNTAX_ACCEPTED)
+def test_check_syntax_accepts_without_a_catalogue(adql):
+    check_syntax(adql, udfs={"my_fn": 1})
+
+
+@pytest.mark.parametrize(("adql", "message"), CHECK_SYNTAX_REJECTED)
+def test_check_syntax_keeps_every_syntactic_rule(adql, message):
+    with pytest.raises(ADQLError) as info:
+        check_syntax(adql, udfs={"my_fn": 1})
+    assert message in str(info.value)
+    # and so does the full translator
+    with pytest.raises(ADQLError):
+        translate(adql, CATALOG, udfs={"my_fn": 1})
+
+
 def test_correlated_subquery_and_aliases_are_unique():
     s = sql(
         "SELECT s.ra FROM rome.stars AS s WHERE EXISTS (SELECT * FROM rea.stars AS s2 "
@@ -359,8 +418,12 @@ def test_targets_are_pluggable():
         def generate(self, tree):
             return super().generate(tree).upper()
 
+    from romerea_vo.adql.targets import _BACKENDS
+
     register("shouting", Shouting)
-    assert translate("SELECT ra FROM rome.stars", CATALOG, target="shouting").sql.startswith(
-        'SELECT "STARS"."RA"'
-    )
+    try:
+        t = translate("SELECT ra FROM rome.stars", CATALOG, target="shouting")
+        assert t.sql.startswith('SELECT "STARS"."RA"')
+    finally:
+        _BACKENDS.pop("shouting")
     assert isinstance(get_backend("duckdb"), DuckDBBackend)

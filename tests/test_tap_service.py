@@ -241,7 +241,7 @@ def test_oversized_upload_refused_before_reading(tap_server):
 # --- async ---
 
 
-def test_async_run_wait_fetch_delete(tap, tap_server):
+def test_async_run_wait_fetch_delete(tap, tap_server, tap_work):
     job = tap.submit_job(
         "SELECT field, COUNT(*) AS n FROM rome.field_index GROUP BY field ORDER BY field"
     )
@@ -251,8 +251,11 @@ def test_async_run_wait_fetch_delete(tap, tap_server):
     table = job.fetch_result().to_table()
     assert dict(zip(table["field"], table["n"], strict=True))["ROME-FIELD-01"] >= 800
     job_url = job.url
+    job_dir = tap_work / "jobs" / job.job_id
+    assert (job_dir / "job.json").exists()
     job.delete()
     assert httpx.get(job_url).status_code == 404
+    assert not job_dir.exists()  # nothing left behind
 
 
 def test_async_execution_duration_enforced(tap_server):
@@ -282,29 +285,52 @@ def test_async_execution_duration_enforced(tap_server):
 # --- concurrency ---
 
 
-def test_twenty_concurrent_clients_mixed(tap_server):
+def test_twenty_concurrent_clients_mixed(tap_server, tap_work):
+    """Sync queries, uploads, bad ADQL, forbidden functions, absurd MAXREC, oversized
+    uploads and async jobs that overrun their execution duration, all at once: each
+    gets its correct answer or a DALI error, and the service keeps serving."""
     good = "SELECT TOP 100 * FROM rome.field_index"
-    cases = [
-        ({"QUERY": good}, 200),
-        ({"QUERY": "SELECT quadrant, COUNT(*) FROM rome.field_index GROUP BY quadrant"}, 200),
-        ({"QUERY": "SELECT oops FROM"}, 400),
-        ({"QUERY": "SELECT * FROM rome.stars", "MAXREC": "-1"}, 400),
-        ({"QUERY": "SELECT pg_sleep(1) FROM rome.stars"}, 400),
+    upload = b"id,ra,dec\n1,268.0,-29.9\n2,268.1,-30.0\n"
+    slow = "SELECT COUNT(*) FROM rome.stars AS a, rome.stars AS b, rome.stars AS c"
+    sync_cases = [
+        ({"QUERY": good}, None, 200),
+        ({"QUERY": "SELECT quadrant, COUNT(*) FROM rome.field_index GROUP BY quadrant"}, None, 200),
+        ({"QUERY": "SELECT oops FROM"}, None, 400),
+        ({"QUERY": "SELECT * FROM rome.stars", "MAXREC": "-1"}, None, 400),
+        ({"QUERY": "SELECT pg_sleep(1) FROM rome.stars"}, None, 400),
+        ({"QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,param:t"}, upload, 200),
+        ({"QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,param:t"}, b"x" * (21 * 2**20), 400),
     ]
 
-    def one(i):
-        params, status = cases[i % len(cases)]
-        r = httpx.post(
-            f"{tap_server}/tap/sync",
-            data={"REQUEST": "doQuery", "LANG": "ADQL", **params},
-            timeout=60,
-        )
-        return r.status_code == status and ("QUERY_STATUS" in r.text)
+    def one_sync(i):
+        params, body, status = sync_cases[i % len(sync_cases)]
+        data = {"REQUEST": "doQuery", "LANG": "ADQL", **params}
+        files = {"t": ("t.csv", body)} if body else None
+        r = httpx.post(f"{tap_server}/tap/sync", data=data, files=files, timeout=120)
+        return r.status_code == status and "QUERY_STATUS" in r.text
+
+    def one_async(_):
+        data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": slow, "PHASE": "RUN",
+                "EXECUTIONDURATION": "1"}  # fmt: skip
+        r = httpx.post(f"{tap_server}/tap/async", data=data, timeout=60)
+        job = r.headers.get("location") or str(r.url)
+        phase = "QUEUED"
+        for _ in range(40):
+            phase = httpx.get(f"{job}/phase").text.strip()
+            if phase in ("ERROR", "COMPLETED", "ABORTED"):
+                break
+            httpx.get(job, params={"WAIT": "2", "PHASE": phase}, timeout=10)
+        message = httpx.get(f"{job}/error").text
+        httpx.delete(job)
+        return phase == "ERROR" and "execution duration" in message
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(one, range(60)))
-    assert all(results)
+        sync_results = pool.map(one_sync, range(56))
+        async_results = pool.map(one_async, range(4))
+        results = list(sync_results) + list(async_results)
+    assert all(results), results
     assert sync(tap_server, good).status_code == 200
+    assert not [p for p in (tap_work / "jobs").iterdir() if not p.name.startswith(".")]
 
 
 # --- taplint ---
@@ -368,3 +394,15 @@ def test_remote_upload_refuses_private_hosts_by_default(tmp_path):
             "t", "http://127.0.0.1:9/x.xml", tmp_path / "x", max_bytes=100, allow_private=False
         )
     assert not (tmp_path / "x").exists()
+
+
+@needs_stilts
+def test_votlint_clean_on_error_documents(tap_server, tmp_path):
+    r = sync(tap_server, "SELECT nosuchcol FROM rome.field_index")
+    assert r.status_code == 400
+    path = tmp_path / "error.vot"
+    path.write_bytes(r.content)
+    out = subprocess.run(
+        [STILTS, "votlint", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert [line for line in out.stdout.splitlines() if line.startswith(("ERROR", "WARNING"))] == []

@@ -7,6 +7,17 @@ Usage::
                   " CIRCLE(268.0, -29.5, 0.1))", catalog)
     t.sql, t.columns, t.top
 
+Catalogue, physical names, uploads
+----------------------------------
+:class:`TableInfo` ``name`` is the ADQL name users write (``rome.stars``,
+``TAP_SCHEMA.columns``, ``TAP_UPLOAD.mylist``; delimited parts keep their quotes);
+``physical`` is what the engine needs, parsed as DuckDB SQL (``romerea_data."rome".
+"stars"`` or a registered view name such as ``tap_upload_3f2a``). Per request,
+``catalog.with_tables([...])`` adds the TAP_UPLOAD tables without touching the shared
+catalogue. Lookups ignore case for regular identifiers; a table may be named by a
+trailing part of its name when that is unambiguous. Geometry columns are declared with
+``xtype`` point/circle/polygon and hold DALI double lists; ``unit`` enables IN_UNIT.
+
 Pipeline
 --------
 1. :mod:`.parser` tokenizes with sqlglot and enforces ADQL's lexical rules (symbols,
@@ -15,7 +26,9 @@ Pipeline
 2. :mod:`.analyzer` validates and rewrites target-independently: a whitelist of node
    types and clauses; reserved words; tables and columns resolved against the
    :class:`Catalog` through every scope; functions (ADQL's plus declared UDFs) and
-   their arity; joins (ON/USING needed unless NATURAL or CROSS); TOP/OFFSET; types.
+   their arity; joins (a JOIN without ON/USING is a cross join, an outer join needs a
+   condition); TOP/OFFSET; types. :func:`check_syntax` runs the same code without the
+   catalogue lookups and type checks: the grammar only.
    Every table gets a unique alias, every column is qualified, ``*`` is expanded,
    every output column gets a unique quoted name.
 3. A :class:`~.targets.Backend` turns what is engine-specific into SQL and generates
@@ -58,7 +71,7 @@ from __future__ import annotations
 from .catalog import Catalog, ColumnInfo, TableInfo
 from .errors import ADQLError
 from .targets import Backend, get_backend, register
-from .translate import OutputColumn, Translation, translate
+from .translate import OutputColumn, Translation, check_syntax, translate
 
 __all__ = [
     "ADQLError",
@@ -68,6 +81,7 @@ __all__ = [
     "OutputColumn",
     "TableInfo",
     "Translation",
+    "check_syntax",
     "get_backend",
     "register",
     "translate",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from .analyzer import Analyzer
+from .analyzer import Analyzer, QueryOut, SyntaxOnly
 from .catalog import Catalog
 from .errors import ADQLError
 from .model import VType
 from .parser import parse
 from .targets import get_backend
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,10 +50,35 @@ def translate(
     if not isinstance(adql, str):
         raise ADQLError("the query must be text")
     backend = get_backend(target)
+
+    def run() -> tuple[QueryOut, str]:
+        out = Analyzer(adql, catalog, backend, udfs or {}).run(parse(adql))
+        return out, backend.generate(out.sql)
+
+    out, sql = _guarded(run)
+    columns = [_column(o.sql_name, o.value.type, o.value.source) for o in out.outputs]
+    return Translation(sql, columns, out.top)
+
+
+def check_syntax(adql: str, *, udfs: Mapping[str, int | None] | None = None) -> None:
+    """Check that ``adql`` is a query of the ADQL 2.1 grammar this service accepts, without
+    a catalogue: the parser and every syntactic rule of :func:`translate` (reserved words,
+    functions and their arity, with ``udfs`` declared as for :func:`translate`, TOP/OFFSET,
+    named derived tables, join conditions, one SELECT statement...), but no table or column
+    lookups and no type checks. Raises :class:`ADQLError`."""
+    if not isinstance(adql, str):
+        raise ADQLError("the query must be text")
+
+    def run() -> None:
+        Analyzer(adql, Catalog(()), SyntaxOnly(), udfs or {}, semantic=False).run(parse(adql))
+
+    _guarded(run)
+
+
+def _guarded(run: Callable[[], T]) -> T:
+    """``run()``, with every failure turned into an ADQLError."""
     try:
-        tree = parse(adql)
-        out = Analyzer(adql, catalog, backend, udfs or {}).run(tree)
-        sql = backend.generate(out.sql)
+        return run()
     except ADQLError:
         raise
     except RecursionError:
@@ -61,8 +89,6 @@ def translate(
             f"internal error while translating the query ({type(exc).__name__}: {exc}); "
             "please report it"
         ) from exc
-    columns = [_column(o.sql_name, o.value.type, o.value.source) for o in out.outputs]
-    return Translation(sql, columns, out.top)
 
 
 def _column(name: str, vtype: VType, source: tuple[str, str] | None) -> OutputColumn:

@@ -628,8 +628,7 @@ class DuckDBBackend(Backend):
         if p.const is not None:
             return "TRUE" if sphere.contains(vs, sphere.unit(*p.const)) else "FALSE"
         orient = sphere.orientation(vs)
-        pv = self.var("p")
-        pc = _comps(pv)
+        pc = p.vec()
         terms = []
         n = len(vs)
         for k in range(n):
@@ -640,7 +639,7 @@ class DuckDBBackend(Backend):
             bp = " + ".join(f"{_num(b[j])} * {pc[j]}" for j in range(3))
             terms.append(f"atan2({num}, {_num(sphere.dot(a, b))} - ({ap}) * ({bp}))")
         winding = " + ".join(terms)
-        test = _let(f"[{', '.join(p.vec())}]", pv, f"({winding}) * {orient}.0 > pi()")
+        test = f"({winding}) * {orient}.0 > pi()"
         if not prefilter:
             return f"({test})"
         lo, hi = sphere.latitude_range(vs)
