@@ -21,11 +21,6 @@ GAIA_ZERO_POINTS = {"g": 25.6874, "bp": 25.3385, "rp": 24.7479}
 """Gaia EDR3 Vega zero points (Riello et al. 2021) for fluxes in e-/s."""
 
 
-def star_did(authority: str, field: str, field_id: int | str) -> str:
-    """Publisher DID of a star, e.g. ``ivo://romerea-vo.local/rome?ROME-FIELD-01/78284``."""
-    return f"{authority}?{field}/{field_id}"
-
-
 def _column(values, datatype: str, null: np.ndarray | None = None) -> pa.Array:
     arr = np.ma.getdata(values)
     mask = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None

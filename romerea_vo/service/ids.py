@@ -1,0 +1,36 @@
+"""Publisher DIDs of stars: ``<authority>?<field>/<field_id>``."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import InvalidRequestError
+
+_FIELD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def make_did(authority: str, field: str, field_id: int) -> str:
+    """The DID of a star (the value of ``rome.field_index.did``)."""
+    return f"{authority}?{field}/{int(field_id)}"
+
+
+def parse_did(did: str, authority: str) -> tuple[str, int]:
+    """``(field, field_id)`` of a DID minted by this service; InvalidRequestError says why
+    a string is not one (wrong authority, no ``?``, bad field name or id)."""
+    text = did.strip()
+    prefix = authority + "?"
+    if not text.startswith(prefix):
+        if "?" in text and text.startswith("ivo://"):
+            raise InvalidRequestError(
+                f"{did!r} is not a DID of this service (expected {authority}?<field>/<field_id>)"
+            )
+        raise InvalidRequestError(
+            f"malformed ID {did!r}: expected a publisher DID {authority}?<field>/<field_id>"
+        )
+    field, sep, ident = text[len(prefix) :].rpartition("/")
+    if not sep or not _FIELD.match(field) or not ident.isdigit() or int(ident) < 1:
+        raise InvalidRequestError(
+            f"malformed ID {did!r}: expected {authority}?<field>/<field_id> with a "
+            "positive integer field_id"
+        )
+    return field, int(ident)
