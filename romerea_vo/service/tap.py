@@ -26,6 +26,7 @@ from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import TableSchema, tap_tables
 from ..votable.writer import FieldSpec, Info
 from .params import DaliParams, parse_upload_param
+from .photometry import photometry_rows, references_photometry, requested_stars
 from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
@@ -57,9 +58,11 @@ class QueryCancelled(RomeReaError):
 
 
 def _table_info(table: TableSchema) -> TableInfo:
+    # A virtual table's physical name exists nowhere: only a query-time registration
+    # (see _with_photometry) makes it readable.
     return TableInfo(
         name=table.qualified_name,
-        physical=physical_name(table),
+        physical=physical_name(table) if not table.virtual else '"unrestricted_virtual_table"',
         columns=tuple(
             ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize, unit=c.unit)
             for c in table.columns
@@ -166,6 +169,17 @@ class TapEngine:
             metadata[qualified.lower()] = meta
         return self.catalog.with_tables(extra), metadata
 
+    def _with_photometry(
+        self, catalog: Catalog, query: str, cursor: duckdb.DuckDBPyConnection
+    ) -> Catalog:
+        """Materialise rome.photometry for the stars the query names (or refuse)."""
+        schema = self.schemas["rome.photometry"]
+        rows = photometry_rows(self.db, requested_stars(query), schema)
+        physical = f"rome_photometry_{secrets.token_hex(6)}"
+        cursor.register(physical, rows)
+        info = dataclasses.replace(_table_info(schema), physical=physical)
+        return Catalog([info if t.name == schema.qualified_name else t for t in catalog.tables])
+
     # --- translation and execution ----------------------------------------------------
 
     def prepare(
@@ -176,6 +190,8 @@ class TapEngine:
     ) -> PreparedQuery:
         query, maxrec, fmt = self.check_query_params(params)
         catalog, uploads = self.register_uploads(params, cursor, scratch)
+        if references_photometry(query):
+            catalog = self._with_photometry(catalog, query, cursor)
         translation = translate(query, catalog, target="duckdb")
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 

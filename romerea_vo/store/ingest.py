@@ -50,6 +50,8 @@ def _connect_for_writing(db_path: Path) -> duckdb.DuckDBPyConnection:
 
 def _check_existing_tables(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
     for table in tap_tables():
+        if table.virtual:
+            continue
         rows = con.execute(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_catalog = ? AND table_schema = ? AND table_name = ? "
@@ -123,7 +125,8 @@ def ingest_fields(
         con.execute("BEGIN TRANSACTION")
         try:
             for table in tap_tables():
-                con.execute(create_table_sql(table))
+                if not table.virtual:
+                    con.execute(create_table_sql(table))
             did_authority = _authority(con, authority)
             for directory in field_dirs:
                 with open_field(directory) as field:

@@ -23,7 +23,10 @@ _COLUMN_KEYS = {
     "name", "datatype", "description", "unit", "ucd", "arraysize", "utype", "xtype",
     "principal", "indexed", "std", "expand",
 }  # fmt: skip
-_TABLE_KEYS = {"name", "schema", "description", "utype", "primary_key", "foreign_keys", "order"}
+_TABLE_KEYS = {
+    "name", "schema", "description", "utype", "primary_key", "foreign_keys", "order",
+    "columns_from", "virtual",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class TableSchema:
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = field(default_factory=tuple)
     order: tuple[str, ...] = ()
+    virtual: bool = False
+    """Not stored in the database: its rows are made per query (rome.photometry)."""
 
     @property
     def qualified_name(self) -> str:
@@ -136,6 +141,8 @@ def load_table_schema(name: str) -> TableSchema:
     if set(table) - _TABLE_KEYS:
         raise ValueError(f"{path}: unknown [table] keys {sorted(set(table) - _TABLE_KEYS)}")
     cols = []
+    if "columns_from" in table:  # the same columns as another table, defined once there
+        cols += load_table_schema(table["columns_from"]).columns
     for i, raw in enumerate(doc.get("columns", [])):
         unknown = set(raw) - _COLUMN_KEYS
         if unknown or raw.get("datatype") not in VOTABLE_DATATYPES:
@@ -165,11 +172,13 @@ def load_table_schema(name: str) -> TableSchema:
         primary_key=tuple(table.get("primary_key", ())),
         foreign_keys=fks,
         order=tuple(table.get("order", ())),
+        virtual=bool(table.get("virtual", False)),
     )
 
 
 ROME_TABLES = (
     "field_index", "stars", "datasets", "images", "stamps", "dataset_stars", "lightcurve_stats",
+    "photometry",
 )  # fmt: skip
 """The published ``rome`` tables (file stems in votable_schemas/), in TAP_SCHEMA order."""
 

@@ -1,0 +1,160 @@
+"""``rome.photometry``: the points of a bounded set of stars, made from the cubes per query.
+
+The table is published in TAP_SCHEMA but never stored: a field has ~10^9 points. A query
+may use it when the WHERE clause of the SELECT that reads it names the stars with
+top-level conditions (``field = 'F' AND field_id IN (1, 2)``); those stars' points (all
+quality levels) are read from the HDF5 cubes into an Arrow table registered for that one
+query. Anything else gets an error explaining the restriction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from ..adql.parser import parse
+from ..errors import InvalidRequestError, StarNotFoundError
+from ..lightcurves import lightcurves
+from ..store.database import Database
+from ..store.ddl import ARROW_TYPES
+from ..votable.schema import TableSchema
+
+MAX_STARS = 1000
+RESTRICTION = (
+    "a query on rome.photometry must name its stars with top-level WHERE conditions on "
+    "that table, e.g. WHERE field = 'ROME-FIELD-01' AND field_id IN (78284, 78285) "
+    f"(at most {MAX_STARS} stars)"
+)
+
+
+def _is_photometry(table: exp.Table) -> bool:
+    return table.name.lower() == "photometry" and table.db.lower() in ("", "rome")
+
+
+def references_photometry(adql: str) -> bool:
+    """True if the query reads rome.photometry (a parse error is left to the translator)."""
+    if "photometry" not in adql.lower():
+        return False
+    try:
+        tree = parse(adql)
+    except Exception:
+        return False
+    return any(_is_photometry(t) for t in tree.find_all(exp.Table))
+
+
+def _column_of(node: exp.Expression, names: set[str], column: str) -> bool:
+    return (
+        isinstance(node, exp.Column)
+        and node.name.lower() == column
+        and (not node.table or node.table.lower() in names)
+    )
+
+
+def _literals(node: exp.Expression, kind: type) -> list | None:
+    values = node.expressions if isinstance(node, exp.Tuple) else [node]
+    out = []
+    for v in values:
+        if isinstance(v, exp.Neg) and isinstance(v.this, exp.Literal):
+            return None
+        if not isinstance(v, exp.Literal):
+            return None
+        if kind is str and v.is_string:
+            out.append(v.this)
+        elif kind is int and not v.is_string and v.this.isdigit():
+            out.append(int(v.this))
+        else:
+            return None
+    return out
+
+
+def _conjuncts(where: exp.Expression | None) -> Iterable[exp.Expression]:
+    if where is None:
+        return []
+    node = where.this if isinstance(where, exp.Where) else where
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.left), *_conjuncts(node.right)]
+    return [node]
+
+
+def _restriction(select: exp.Select, names: set[str]) -> tuple[list[str], list[int]] | None:
+    fields: list[str] | None = None
+    ids: list[int] | None = None
+    for cond in _conjuncts(select.args.get("where")):
+        if isinstance(cond, exp.EQ):
+            for col, lit in ((cond.left, cond.right), (cond.right, cond.left)):
+                if _column_of(col, names, "field") and (vals := _literals(lit, str)):
+                    fields = vals if fields is None else [f for f in fields if f in vals]
+                if _column_of(col, names, "field_id") and (vals := _literals(lit, int)):
+                    ids = vals if ids is None else [i for i in ids if i in vals]
+        elif isinstance(cond, exp.In) and not cond.args.get("query"):
+            lits = exp.Tuple(expressions=cond.expressions)
+            if _column_of(cond.this, names, "field") and (vals := _literals(lits, str)):
+                fields = vals if fields is None else [f for f in fields if f in vals]
+            if _column_of(cond.this, names, "field_id") and (vals := _literals(lits, int)):
+                ids = vals if ids is None else [i for i in ids if i in vals]
+    if fields is None or ids is None:
+        return None
+    return fields, ids
+
+
+def requested_stars(adql: str) -> dict[str, list[int]]:
+    """The stars each reference to rome.photometry is restricted to, merged by field.
+
+    Raises InvalidRequestError when any reference is not bounded."""
+    tree = parse(adql)
+    wanted: dict[str, set[int]] = {}
+    for table in tree.find_all(exp.Table):
+        if not _is_photometry(table):
+            continue
+        select = table.find_ancestor(exp.Select)
+        names = {table.alias_or_name.lower(), "photometry"}
+        found = _restriction(select, names) if select is not None else None
+        if found is None:
+            raise InvalidRequestError(f"rome.photometry is not restricted: {RESTRICTION}")
+        fields, ids = found
+        for f in fields:
+            wanted.setdefault(f, set()).update(ids)
+    total = sum(len(v) for v in wanted.values())
+    if total > MAX_STARS:
+        raise InvalidRequestError(
+            f"rome.photometry is restricted to {total} stars; the limit is {MAX_STARS}"
+        )
+    return {f: sorted(v) for f, v in wanted.items()}
+
+
+def photometry_rows(db: Database, stars: dict[str, list[int]], schema: TableSchema) -> pa.Table:
+    """The points of ``stars`` (every quality level) as an Arrow table shaped by ``schema``.
+
+    Unknown fields or field_ids simply contribute no rows, as a WHERE clause would."""
+    parts = []
+    for field_name, ids in stars.items():
+        if field_name not in db.fields:
+            continue
+        field = db.field(field_name)
+        valid = [i for i in ids if 1 <= i <= field.n_stars]
+        if not valid:
+            continue
+        try:
+            table = lightcurves(field, valid, quality="all")
+        except StarNotFoundError:
+            continue
+        parts.append(table)
+    arrays = []
+    for col in schema.columns:
+        dtype = ARROW_TYPES[col.datatype]
+        chunks = []
+        for t in parts:  # a column an older cube layout lacks is NULL for its stars
+            if col.name in t.colnames:
+                data = np.asarray(t[col.name])
+                if data.dtype.kind in "SU":
+                    data = data.astype(str).astype(object)
+                chunks.append(pa.array(data, type=dtype))
+            else:
+                chunks.append(pa.nulls(len(t), type=dtype))
+        arrays.append(pa.concat_arrays(chunks) if chunks else pa.array([], type=dtype))
+    return pa.Table.from_arrays(arrays, names=schema.column_names)
