@@ -63,3 +63,8 @@ def test_unknown_stars_give_no_rows_and_table_is_published(tap):
     assert len(res) == 0 and "normalized_mag" in res.fieldnames
     names = list(tap.tables.keys())
     assert "rome.photometry" in names
+
+
+def test_top_n_sample_like_topcat_sends(tap):
+    res = tap.search("SELECT TOP 5 * FROM rome.photometry").to_table()
+    assert len(res) == 5 and set(res["field_id"]) <= {1, 2, 3}

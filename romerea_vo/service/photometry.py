@@ -23,11 +23,15 @@ from ..store.ddl import ARROW_TYPES
 from ..votable.schema import TableSchema
 
 MAX_STARS = 1000
+MAX_SAMPLE_ROWS = 100_000
 RESTRICTION = (
     "a query on rome.photometry must name its stars with top-level WHERE conditions on "
     "that table, e.g. WHERE field = 'ROME-FIELD-01' AND field_id IN (78284, 78285) "
-    f"(at most {MAX_STARS} stars)"
+    f"(at most {MAX_STARS} stars), or be a plain SELECT TOP n (n <= {MAX_SAMPLE_ROWS}) "
+    "sample without WHERE, GROUP BY, ORDER BY or joins"
 )
+SAMPLE = "*sample*"
+"""Key of :func:`requested_stars`' result for a ``SELECT TOP n`` sample: value [n]."""
 
 
 def _is_photometry(table: exp.Table) -> bool:
@@ -102,6 +106,21 @@ def _restriction(select: exp.Select, names: set[str]) -> tuple[list[str], list[i
     return fields, ids
 
 
+def _sample_size(select: exp.Select | None, table: exp.Table) -> int | None:
+    """n for ``SELECT TOP n ... FROM rome.photometry`` with nothing else that needs every
+    row (what TOPCAT and taplint send to look at a table), else None."""
+    if select is None or table.parent is not select.args.get("from_"):
+        return None
+    if any(select.args.get(k) for k in ("where", "group", "order", "joins", "having")):
+        return None
+    limit = select.args.get("limit")
+    value = limit.expression if isinstance(limit, exp.Limit) else None
+    if not isinstance(value, exp.Literal) or value.is_string or not value.this.isdigit():
+        return None
+    n = int(value.this)
+    return n if n <= MAX_SAMPLE_ROWS else None
+
+
 def requested_stars(adql: str) -> dict[str, list[int]]:
     """The stars each reference to rome.photometry is restricted to, merged by field.
 
@@ -115,11 +134,15 @@ def requested_stars(adql: str) -> dict[str, list[int]]:
         names = {table.alias_or_name.lower(), "photometry"}
         found = _restriction(select, names) if select is not None else None
         if found is None:
-            raise InvalidRequestError(f"rome.photometry is not restricted: {RESTRICTION}")
+            n = _sample_size(select, table)
+            if n is None:
+                raise InvalidRequestError(f"rome.photometry is not restricted: {RESTRICTION}")
+            wanted.setdefault(SAMPLE, set()).add(n)
+            continue
         fields, ids = found
         for f in fields:
             wanted.setdefault(f, set()).update(ids)
-    total = sum(len(v) for v in wanted.values())
+    total = sum(len(v) for k, v in wanted.items() if k != SAMPLE)
     if total > MAX_STARS:
         raise InvalidRequestError(
             f"rome.photometry is restricted to {total} stars; the limit is {MAX_STARS}"
@@ -127,11 +150,30 @@ def requested_stars(adql: str) -> dict[str, list[int]]:
     return {f: sorted(v) for f, v in wanted.items()}
 
 
+def _sample(db: Database, n_rows: int) -> list:
+    """The first stars of the first field(s), enough for ``n_rows`` points."""
+    parts, have = [], 0
+    for name in db.fields:
+        field = db.field(name)
+        start = 1
+        while have < n_rows and start <= min(field.n_stars, MAX_STARS):
+            ids = list(range(start, min(field.n_stars, start + 49) + 1))
+            table = lightcurves(field, ids, quality="all")
+            parts.append(table)
+            have += len(table)
+            start += 50
+        if have >= n_rows:
+            break
+    return parts
+
+
 def photometry_rows(db: Database, stars: dict[str, list[int]], schema: TableSchema) -> pa.Table:
     """The points of ``stars`` (every quality level) as an Arrow table shaped by ``schema``.
 
     Unknown fields or field_ids simply contribute no rows, as a WHERE clause would."""
     parts = []
+    if SAMPLE in stars:
+        parts += _sample(db, max(stars[SAMPLE]))
     for field_name, ids in stars.items():
         if field_name not in db.fields:
             continue
