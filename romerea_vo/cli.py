@@ -161,6 +161,10 @@ def _export_table(table, path: Path) -> None:
 
 
 def cmd_lightcurve(args: argparse.Namespace) -> int:
+    if args.url:
+        return _remote_lightcurve(args)
+    if not args.field_dir:
+        raise InvalidRequestError("give FIELD_DIR, or --url SERVICE for a lightcurve service")
     from . import lightcurves
     from .products import open_field
 
@@ -191,6 +195,148 @@ def cmd_lightcurve(args: argparse.Namespace) -> int:
         print(f"{summary} -> {args.output}")
     else:
         print(summary)
+        table.pprint(max_lines=40, max_width=200)
+    return 0
+
+
+# --- remote lightcurves (--url) -------------------------------------------------------
+
+_REMOTE_FORMATS = {"votable": "votable", "ascii.csv": "csv", "fits": "fits", "png": "png"}
+"""Output formats (OUTPUT_FORMATS values) the service writes itself: RESPONSEFORMAT."""
+
+
+def _http_get(url: str, params: list[tuple[str, str]]) -> bytes:
+    """GET ``url?params``; a DALI error document or an HTTP failure raises RomeReaError."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    full = f"{url}?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(full, timeout=120) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        raise RomeReaError(_dali_message(body) or f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise RomeReaError(f"cannot reach {url}: {reason}") from None
+
+
+def _dali_message(body: bytes) -> str | None:
+    """The QUERY_STATUS=ERROR text of a DALI error document, if ``body`` is one."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        is_info = el.tag.rsplit("}", 1)[-1] == "INFO" and el.get("name") == "QUERY_STATUS"
+        if is_info and el.get("value") == "ERROR":
+            return (el.text or "").strip() or "the service reported an error"
+    return None
+
+
+def _tap_rows(base: str, query: str) -> list[dict[str, str]]:
+    """Rows of a TAP sync query on the service at ``base`` (CSV, as text)."""
+    import csv
+    import io
+
+    body = _http_get(
+        f"{base}/tap/sync",
+        [("REQUEST", "doQuery"), ("LANG", "ADQL"), ("QUERY", query), ("RESPONSEFORMAT", "csv")],
+    )
+    return list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+
+
+def _adql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _remote_star(args: argparse.Namespace, base: str) -> tuple[str, str]:
+    """(DID, description) of the star asked for, resolved with TAP on the service."""
+    where_field = f" AND field = {_adql_string(args.field)}" if args.field else ""
+    if args.field_id is not None:
+        rows = _tap_rows(
+            base,
+            f"SELECT field, field_id, did FROM rome.field_index WHERE field_id = "
+            f"{int(args.field_id)}{where_field}",
+        )
+        if not rows:
+            where = f" in field {args.field}" if args.field else ""
+            raise RomeReaError(f"{base}: no star with field_id {args.field_id}{where}")
+        if len(rows) > 1:
+            fields = ", ".join(r["field"] for r in rows)
+            raise InvalidRequestError(
+                f"field_id {args.field_id} exists in several fields ({fields}); add --field"
+            )
+        row = rows[0]
+        return row["did"], f"{row['field']} field_id {row['field_id']}"
+    radius = float(args.radius.to_value(u.deg))
+    point = f"POINT('ICRS', {float(args.ra)!r}, {float(args.dec)!r})"
+    rows = _tap_rows(
+        base,
+        f"SELECT TOP 1 field, field_id, did, DISTANCE(POINT('ICRS', ra, dec), {point}) AS dist "
+        f"FROM rome.field_index WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), "
+        f"CIRCLE('ICRS', {float(args.ra)!r}, {float(args.dec)!r}, {radius!r})){where_field} "
+        "ORDER BY dist",
+    )
+    if not rows:
+        raise RomeReaError(f"{base}: no star within {args.radius} of RA {args.ra}, Dec {args.dec}")
+    row = rows[0]
+    sep = float(row["dist"]) * 3600
+    return row["did"], f"{row['field']} field_id {row['field_id']} ({sep:.3f} arcsec away)"
+
+
+def _remote_lightcurve(args: argparse.Namespace) -> int:
+    """``romerea-vo lightcurve --url``: the same lightcurve from a running service."""
+    import io
+
+    from .votable.reader import votable_to_table
+
+    if args.mag_column:
+        raise InvalidRequestError("--mag-column is not supported with --url")
+    base = args.url.rstrip("/")
+    if base.endswith("/tap"):
+        base = base[: -len("/tap")]
+    did, who = _remote_star(args, base)
+    params = [("ID", did), ("QUALITY", args.qc)]
+    params += [("BAND", b) for b in _split(args.filter) or ()]
+    params += [("DATASET", d) for d in _split(args.dataset) or ()]
+    out = Path(args.output) if args.output else None
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower()) if out else "votable"
+    if fmt is None:
+        raise InvalidRequestError(
+            f"cannot tell the output format of {out.name}; use one of "
+            f"{', '.join(sorted(OUTPUT_FORMATS))}"
+        )
+    direct = _REMOTE_FORMATS.get(fmt) if out else None
+    body = _http_get(f"{base}/lightcurve", [*params, ("RESPONSEFORMAT", direct or "votable")])
+    if direct == "png":
+        out.write_bytes(body)
+        print(f"{who}: {did} -> {out}")
+        return 0
+    if direct is not None:
+        out.write_bytes(body)
+        if direct == "votable":
+            n = len(votable_to_table(io.BytesIO(body)))
+        elif direct == "csv":
+            n = max(0, body.count(b"\n") - 1)
+        else:
+            from astropy.io import fits
+
+            with fits.open(io.BytesIO(body)) as hdul:
+                n = hdul[1].header["NAXIS2"]
+        print(f"{who}: {n} {args.qc} points -> {out}")
+        return 0
+    table = votable_to_table(io.BytesIO(body))
+    summary = f"{who}: {len(table)} {args.qc} points"
+    if out:
+        table.write(out, format=fmt, overwrite=True)
+        print(f"{summary} -> {out}")
+    else:
+        print(f"{summary} ({did})")
         table.pprint(max_lines=40, max_width=200)
     return 0
 
@@ -277,6 +423,7 @@ def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
         sock.bind((host, port))
     except OSError as exc:
         raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)  # connections made after the URL is printed queue until uvicorn runs
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
@@ -376,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("lightcurve", help="extract one star's lightcurve")
-    p.add_argument("field_dir")
+    p.add_argument("field_dir", nargs="?", metavar="FIELD_DIR",
+                   help="field directory (not needed with --url)")  # fmt: skip
+    p.add_argument("--url", help="read from a romerea-vo service instead, e.g. "
+                   "http://host:8000 (the TAP URL works too)")  # fmt: skip
+    p.add_argument("--field", help="field name for --field-id/--ra with --url")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--field-id", type=int, help="the star's field_id")
     who.add_argument("--ra", type=float, help="RA in degrees (with --dec): nearest star")

@@ -43,18 +43,26 @@ class QCFlag(enum.IntFlag):
     """Per-point quality bits of the cube's ``qc_flag`` column (§4.4); 0 = no problem."""
 
     NO_VALID_MEASUREMENT = 1
-    """No valid photometric measurement by stage 6 (calibrated_mag <= 0)."""
     HIGH_IMAGE_RESIDUAL = 2
-    """The image's mean photometric residual exceeds 0.15 mag."""
     LOW_PHOT_SCALE = 4
-    """phot_scale_factor x ref_exptime / exptime < 0.7."""
     BAD_RESAMPLING = 8
-    """Unreliable resampling: a warp-matrix coefficient > 100."""
     POOR_DIFFERENCE_IMAGE = 16
-    """Poor difference image: stamp standard deviation > 1500 ADU."""
 
 
-QC_FLAG_DESCRIPTION = "; ".join(f"{int(b)} = {b.__doc__}" for b in QCFlag) + " (values are sums)"
+QC_FLAG_MEANINGS = {
+    QCFlag.NO_VALID_MEASUREMENT: "no valid photometric measurement (calibrated_mag <= 0)",
+    QCFlag.HIGH_IMAGE_RESIDUAL: "the image's mean photometric residual exceeds 0.15 mag",
+    QCFlag.LOW_PHOT_SCALE: "low photometric scale factor (x ref_exptime / exptime < 0.7)",
+    QCFlag.BAD_RESAMPLING: "unreliable resampling (a warp-matrix coefficient > 100)",
+    QCFlag.POOR_DIFFERENCE_IMAGE: "poor difference image (stamp std > 1500 ADU)",
+}
+"""What each qc bit means (enum member docstrings are not kept by Python, hence a dict)."""
+
+QC_FLAG_DESCRIPTION = (
+    "Quality bits, summed (0 = no problem): "
+    + "; ".join(f"{int(b)} = {b.name}: {QC_FLAG_MEANINGS[b]}" for b in QCFlag)
+    + "."
+)
 
 
 @dataclass(frozen=True)

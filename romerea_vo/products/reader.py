@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,7 @@ class Field:
         self.primary_ref_id = _keyword_text(header, "PRIREFID")
         self.gaia_release = _keyword_text(header, "GAIA_DR")
         self._cubes: dict[int, QuadrantCube] = {}
+        self._cube_lock = threading.Lock()
         self._image_selections: dict[tuple, np.ndarray] = {}
         self._quadrant_ids: dict[int, np.ndarray] = {}
 
@@ -368,9 +370,13 @@ class Field:
             raise InvalidRequestError(f"quadrant must be 1-4, not {quadrant}")
         cube = self._cubes.get(quadrant)
         if cube is None:
-            path = self.directory / layout.quadrant_filename(self.name, quadrant)
-            cube = QuadrantCube(path, quadrant, self.quadrant_counts[quadrant], self.n_images)
-            self._cubes[quadrant] = cube
+            with self._cube_lock:  # services open cubes from several threads
+                cube = self._cubes.get(quadrant)
+                if cube is None:
+                    path = self.directory / layout.quadrant_filename(self.name, quadrant)
+                    counts = self.quadrant_counts[quadrant]
+                    cube = QuadrantCube(path, quadrant, counts, self.n_images)
+                    self._cubes[quadrant] = cube
         return cube
 
     @functools.cached_property

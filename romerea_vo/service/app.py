@@ -26,8 +26,11 @@ from ..store.ddl import CATALOG, physical_name
 from ..votable.formats import RESULT_FORMATS
 from ..votable.writer import error_votable
 from . import vosi
+from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import examples_xhtml, rome_examples
+from .lightcurve_service import LightcurveService
 from .params import DaliParams, read_dali_params
+from .scs import SCS_STANDARD_ID, ConeSearchService
 from .tap import QueryCancelled, TapEngine, TapLimits
 from .uws import JobStore, uws_routes
 
@@ -78,11 +81,18 @@ class TapService:
             max_destruction=dt.timedelta(seconds=limits.hard_retention),
         )
         self.nrows = self._table_rows()
+        self.datalink = DataLinkService(self.db)
+        self.scs = ConeSearchService(self.db, limits)
+        self.public_url: str | None = None
+        """Root URL of the service as the last request named it: async jobs (which have no
+        request) use it for their DataLink service descriptors."""
 
     def _table_rows(self) -> dict[str, int]:
         cur = self.db.cursor()
         out = {}
         for table in self.engine.tables:
+            if table.virtual:
+                continue
             (n,) = cur.execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
             out[table.qualified_name] = n
         cur.close()
@@ -97,6 +107,7 @@ class TapService:
     # --- params -----------------------------------------------------------------------
 
     async def read_params(self, request: Request, directory: Path) -> DaliParams:
+        self.public_url = str(request.base_url).rstrip("/")
         return await read_dali_params(
             request, directory, max_upload_bytes=self.config.limits.upload_bytes
         )
@@ -121,6 +132,7 @@ class TapService:
                 prepared,
                 cursor,
                 timeout=self.config.limits.sync_execution_duration,
+                base_url=str(request.base_url).rstrip("/"),
             )
         except RomeReaError as exc:
             cleanup()
@@ -147,7 +159,7 @@ class TapService:
         token.on_cancel(cursor.interrupt)
         try:
             prepared = self.engine.prepare(params, cursor, job.directory)
-            result = self.engine.execute(prepared, cursor, timeout=None)
+            result = self.engine.execute(prepared, cursor, timeout=None, base_url=self.public_url)
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
             with path.open("wb") as fh:
@@ -182,6 +194,10 @@ class TapService:
                 limits.upload_bytes,
             ),
             remote_uploads=limits.remote_uploads,
+            extra=[
+                (LINKS_STANDARD_ID, str(request.base_url).rstrip("/") + "/datalink/links"),
+                (SCS_STANDARD_ID, str(request.base_url).rstrip("/") + "/scs"),
+            ],
         )
         return Response(body, media_type=XML_MEDIA)
 
@@ -271,7 +287,10 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/tables", service.tables),
         Route("/tap/tables/{name}", service.table),
         Route("/tap/examples", service.examples),
+        Route("/lightcurve", LightcurveService(service.db).endpoint, methods=["GET", "POST"]),
         *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
+        Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
+        Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
     ]
 
     @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ from ..store.ddl import ARROW_TYPES, physical_name
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import TableSchema, tap_tables
 from ..votable.writer import FieldSpec, Info
+from .datalink import attach_descriptor
 from .params import DaliParams, parse_upload_param
 from .photometry import photometry_rows, references_photometry, requested_stars
 from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
@@ -238,10 +239,12 @@ class TapEngine:
         *,
         timeout: float | None,
         cancel: threading.Event | None = None,
+        base_url: str | None = None,
     ) -> QueryResult:
         """Run the query. Errors before the first row raise; later ones (the execution
         duration running out while streaming) end the table with a QUERY_STATUS=ERROR INFO
-        and are recorded in ``QueryResult.error``."""
+        and are recorded in ``QueryResult.error``. With ``base_url`` (the service root), a
+        VOTable result holding publisher DIDs gets a DataLink service descriptor."""
         expired = threading.Event()
         timer = None
         if timeout:
@@ -270,6 +273,11 @@ class TapEngine:
             raise InvalidRequestError(f"query failed: {_duckdb_message(exc)}") from None
         result = QueryResult(media_type=prepared.fmt.media_type, chunks=iter(()))
         fields = self._fields(prepared, reader.schema)
+        descriptors: list[str] = []
+        if base_url and prepared.fmt.serializer == "votable":
+            outs = list(prepared.translation.columns)
+            sources = [o.source for o in outs] if len(outs) == len(fields) else []
+            fields, descriptors = attach_descriptor(fields, sources, base_url)
 
         def batches() -> Iterator[pa.RecordBatch]:
             remaining = prepared.maxrec
@@ -314,7 +322,12 @@ class TapEngine:
             Info("SERVICE", f"romerea-vo {__version__}"),
         ]
         result.chunks = write_result(
-            batches(), fields, prepared.fmt, resource_infos=infos, post_infos=post_infos
+            batches(),
+            fields,
+            prepared.fmt,
+            resource_infos=infos,
+            post_infos=post_infos,
+            extra_resources=descriptors,
         )
         return result
 

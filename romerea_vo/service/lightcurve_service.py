@@ -1,0 +1,512 @@
+"""The lightcurve service: ``GET /lightcurve?ID=<DID>[&BAND=..][&DATASET=..][&QUALITY=..]``.
+
+Points are read on demand from the field's quadrant HDF5 cubes (the numpy fast path of
+:mod:`romerea_vo.lightcurves`), turned into Arrow arrays and written by the streaming
+VOTable writer; nothing is copied into the database.
+
+* One ID: one table of the star's points, every band (or the BANDs asked for) with a
+  ``filter`` column, sorted by time; the star's identity as PARAMs.
+* Several IDs (repeat ``ID``): one table, stars in the order given (duplicates dropped),
+  each sorted by time, identity columns (``id``, field, field_id, ra, dec,
+  gaia_source_id) first. Streamed star by star.
+* VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), CSV, TSV, FITS or a
+  PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
+  timeorigin 0); magnitude UCDs name the band when exactly one BAND is asked for.
+* Errors are DALI error documents: 400 for missing or malformed parameters, 404 for a
+  well-formed DID naming no star here (unknown field or field_id), 500 when a field's
+  files cannot be read (e.g. a photometry cube missing on disk) - other fields are
+  served as usual.
+
+astropy (8.x) keeps TIMESYS elements but does not turn the FIELDs that refer to them
+into ``Time`` columns (astropy issue 8724); :func:`romerea_vo.votable.reader.votable_to_table`
+does.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import FieldFormatError, InvalidRequestError, RomeReaError, StarNotFoundError
+from ..lightcurves import IMAGE_METADATA_COLUMNS, QUALITIES, PointArrays, read_points
+from ..products import layout
+from ..products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
+from ..products.lookup import StarRef
+from ..products.reader import Field
+from ..store.database import Database
+from ..votable.formats import ResultFormat, resolve_format, write_result
+from ..votable.schema import load_table_schema
+from ..votable.writer import FieldSpec, Info, Param, TimeSys
+from .ids import make_did, parse_did
+from .params import read_dali_params
+
+__all__ = [
+    "BAND_UCDS",
+    "MAX_IDS",
+    "TIMESYS",
+    "LightcurveService",
+    "qc_flag_description",
+    "quality_rule",
+]
+
+VOTABLE_MEDIA = "application/x-votable+xml"
+MAX_IDS = 1000
+"""Most stars one request may ask for."""
+
+TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
+"""HJD: Julian days (origin JD 0) in UTC, at the barycentre-free heliocentre (DESIGN.md)."""
+
+BAND_UCDS = {"gp": "em.opt.B", "rp": "em.opt.R", "ip": "em.opt.I"}
+"""Spectral-band UCD word of each LCO filter (SDSS g' 477 nm, r' 623 nm, i' 763 nm)."""
+
+_PNG_NAMES = {"png", "image/png"}
+_INTEGER_COLUMNS = {"qc_flag": pa.int16(), "stamp_index": pa.int16()}
+
+
+def qc_flag_description() -> str:
+    """The qc_flag FIELD description: every QCFlag bit with its meaning."""
+    return QC_FLAG_DESCRIPTION
+
+
+def quality_rule(quality: str, lay: PhotometryLayout) -> str:
+    """Human-readable statement of a quality cut for a cube layout."""
+    mag = lay.science_mag
+    valid = f"a valid measurement ({mag} > 0, {mag}_err > 0, hjd > 0)"
+    if quality == "good":
+        if lay.has_qc:
+            return f"good points only: qc_flag = 0 and {valid}"
+        return f"good points only: {valid} (era {lay.era} cubes have no qc_flag)"
+    if quality == "valid":
+        return f"every point with {valid}, whatever its qc_flag"
+    return (
+        "every point the pipeline attempted, flagged points and failed fits (-9999.99) "
+        "included; non-detections (0.0 fill) and images without photometry left out"
+    )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class LightcurveRequest:
+    """Validated parameters of one request."""
+
+    ids: tuple[str, ...]
+    bands: tuple[str, ...] | None
+    datasets: tuple[str, ...] | None
+    quality: str
+    fmt: ResultFormat | None  # None: PNG
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
+    """Check the DALI parameters (upper-cased names) of a lightcurve request."""
+    ids = list(dict.fromkeys(v.strip() for v in values.get("ID", ()) if v.strip()))
+    if not ids:
+        raise InvalidRequestError(
+            "missing parameter ID: give the publisher DID of a star, e.g. "
+            "ID=ivo://<authority>/rome?ROME-FIELD-01/1 (repeat ID for several stars)"
+        )
+    if len(ids) > MAX_IDS:
+        raise InvalidRequestError(f"{len(ids)} IDs given; at most {MAX_IDS} per request")
+    bands = None
+    if "BAND" in values:
+        bands = [b.lower() for b in _split(values["BAND"])]
+        bad = [b for b in bands if b not in layout.FILTERS]
+        if bad or not bands:
+            raise InvalidRequestError(
+                f"BAND={','.join(bad) or '(empty)'} is not a ROME band; use gp, rp or ip "
+                "(repeat BAND or separate with commas)"
+            )
+        bands = tuple(dict.fromkeys(bands))
+    datasets = None
+    if "DATASET" in values:
+        datasets = tuple(dict.fromkeys(_split(values["DATASET"])))
+        if not datasets:
+            raise InvalidRequestError("DATASET is empty; give dataset codes or leave it out")
+    quality = (values.get("QUALITY") or ["good"])[0].strip().lower() or "good"
+    if quality not in QUALITIES:
+        raise InvalidRequestError(
+            f"QUALITY={quality!r} is not supported; use one of {', '.join(QUALITIES)}"
+        )
+    raw_format = (values.get("RESPONSEFORMAT") or values.get("FORMAT") or [None])[0]
+    if raw_format is not None and raw_format.strip().lower() in _PNG_NAMES:
+        fmt = None
+        if len(ids) > 1:
+            raise InvalidRequestError("RESPONSEFORMAT=png plots one star: give a single ID")
+    else:
+        try:
+            fmt = resolve_format(raw_format)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(f"{exc}, image/png") from None
+    return LightcurveRequest(tuple(ids), bands, datasets, quality, fmt)
+
+
+# --------------------------------------------------------------------------- per field
+
+
+class _FieldColumns:
+    """Per-field Arrow arrays of the IMAGES metadata attached to every point."""
+
+    def __init__(self, field: Field):
+        images = field.images
+        self.filter = pa.array(np.asarray(images["filter"]).astype(str), pa.large_string())
+        self.dataset_code = pa.array(
+            np.asarray(images["dataset_code"]).astype(str), pa.large_string()
+        )
+        self.image = pa.array(np.asarray(images["filename"]).astype(str), pa.large_string())
+        self.metadata = {
+            name: np.ascontiguousarray(images[name], dtype=float)
+            for name in IMAGE_METADATA_COLUMNS
+            if name in images.colnames
+        }
+        self.dataset_codes = frozenset(field.dataset_codes)
+
+
+@dataclass
+class _Star:
+    did: str
+    field: Field
+    ref: StarRef
+    columns: _FieldColumns
+
+
+class _Schema:
+    """FIELDs (and column order) of a table of points for one cube layout."""
+
+    def __init__(self, lay: PhotometryLayout, metadata: Sequence[str], band: str | None, multi):
+        points = load_table_schema("lightcurve_points").by_name
+        index = load_table_schema("field_index").by_name
+        self.identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
+        self.cube_columns = lay.columns[1:]
+        self.metadata = tuple(metadata)
+        names = ("hjd", "filter", "dataset_code", "image", "image_index")
+        names += self.cube_columns + self.metadata
+        fields = []
+        for name in self.identity:
+            if name == "id":
+                fields.append(FieldSpec.from_column(index["did"], name="id"))
+            else:
+                fields.append(FieldSpec.from_column(index[name]))
+        for name in names:
+            spec = FieldSpec.from_column(points[name])
+            if name == "hjd":
+                spec = replace(spec, ref=TIMESYS.ID)
+            elif name == "qc_flag":
+                spec = replace(spec, description=qc_flag_description())
+            elif band and spec.ucd in ("phot.mag", "stat.error;phot.mag"):
+                spec = replace(spec, ucd=f"{spec.ucd};{BAND_UCDS[band]}")
+            fields.append(spec)
+        self.fields = fields
+
+
+# --------------------------------------------------------------------------- service
+
+
+class LightcurveService:
+    """The ``/lightcurve`` endpoint over an ingested database's fields."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.authority = db.authority
+        self._lock = threading.Lock()
+        self._columns: dict[str, _FieldColumns] = {}
+        self._schemas: dict[tuple, _Schema] = {}
+
+    # ----- look-ups (worker threads)
+
+    def _field(self, name: str) -> tuple[Field, _FieldColumns]:
+        try:
+            field = self.db.field(name)
+        except FieldFormatError as exc:
+            raise _Unavailable(f"field {name} cannot be read on the server: {exc}") from None
+        cols = self._columns.get(name)
+        if cols is None:
+            with self._lock:
+                cols = self._columns.get(name)
+                if cols is None:
+                    cols = self._columns[name] = _FieldColumns(field)
+        return field, cols
+
+    def _open_cube(self, field: Field, quadrant: int):
+        """The quadrant's cube (Field.cube is thread-safe); a missing file becomes a clear
+        service error that names the file but not the server's paths."""
+        try:
+            return field.cube(quadrant)
+        except FieldFormatError as exc:
+            name = layout.quadrant_filename(field.name, quadrant)
+            if not (field.directory / name).exists():
+                msg = (
+                    f"the photometry cube {name} of field {field.name} (quadrant "
+                    f"{quadrant}) is missing on the server; its stars' lightcurves "
+                    "cannot be served until it is restored"
+                )
+            else:
+                msg = str(exc).replace(str(field.directory) + "/", "")
+                msg = f"the photometry of field {field.name} cannot be read: {msg}"
+            raise _Unavailable(msg) from None
+
+    def resolve(self, did: str) -> _Star:
+        """The star a DID names (400 malformed, 404 unknown, 500 unreadable)."""
+        field_name, field_id = parse_did(did, self.authority)
+        if field_name not in self.db.fields:
+            known = ", ".join(self.db.fields) or "none"
+            raise _NotFound(f"unknown field {field_name!r} in ID {did!r}; fields here: {known}")
+        field, cols = self._field(field_name)
+        try:
+            ref = field.star(field_id)
+        except StarNotFoundError as exc:
+            raise _NotFound(f"no such star (ID {did!r}): {exc}") from None
+        self._open_cube(field, ref.quadrant)
+        return _Star(make_did(self.authority, field_name, field_id), field, ref, cols)
+
+    def _schema(self, lay: PhotometryLayout, cols: _FieldColumns, band, multi) -> _Schema:
+        key = (lay, tuple(cols.metadata), band, multi)
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = self._schemas[key] = _Schema(lay, list(cols.metadata), band, multi)
+        return schema
+
+    def _datasets_for(self, star: _Star, datasets: tuple[str, ...] | None):
+        if datasets is None:
+            return None
+        return [d for d in datasets if d in star.columns.dataset_codes]
+
+    def _check_datasets(self, stars: Sequence[_Star], datasets: tuple[str, ...] | None) -> None:
+        if datasets is None:
+            return
+        known = set().union(*(s.columns.dataset_codes for s in stars))
+        bad = [d for d in datasets if d not in known]
+        if bad:
+            raise InvalidRequestError(
+                f"unknown DATASET {', '.join(bad)}; datasets of the requested field(s): "
+                f"{', '.join(sorted(known))}"
+            )
+
+    def points(self, star: _Star, req: LightcurveRequest) -> PointArrays:
+        """The star's selected points (numpy fast path)."""
+        datasets = self._datasets_for(star, req.datasets)
+        if datasets is not None and not datasets:  # none of the DATASETs is in this field
+            lay = self._open_cube(star.field, star.ref.quadrant).layout
+            return PointArrays(star.ref, np.empty(0, np.int64), np.empty((0, lay.width)), lay)
+        return read_points(
+            star.field, star.ref, filters=req.bands, datasets=datasets, quality=req.quality
+        )
+
+    def batch(self, star: _Star, pts: PointArrays, schema: _Schema) -> pa.RecordBatch:
+        """Arrow columns of one star's points, in ``schema`` order."""
+        n = len(pts)
+        idx = pa.array(pts.image_index.astype(np.int64, copy=False))
+        cols = star.columns
+        arrays: list[pa.Array] = []
+        if schema.identity:
+            ref = star.ref
+            gaia = ref.gaia_source_id
+            arrays += [
+                pa.array(np.full(n, star.did, dtype=object), pa.large_string()),
+                pa.array(np.full(n, ref.field, dtype=object), pa.large_string()),
+                pa.array(np.full(n, ref.field_id, np.int64)),
+                pa.array(np.full(n, ref.ra, float)),
+                pa.array(np.full(n, ref.dec, float)),
+                pa.nulls(n, pa.int64()) if gaia is None else pa.array(np.full(n, gaia, np.int64)),
+            ]
+        data = np.ascontiguousarray(pts.data.T)
+        arrays += [
+            pa.array(data[0]),
+            cols.filter.take(idx),
+            cols.dataset_code.take(idx),
+            cols.image.take(idx),
+            pa.array(pts.image_index.astype(np.int32)),
+        ]
+        for j, name in enumerate(schema.cube_columns, start=1):
+            kind = _INTEGER_COLUMNS.get(name)
+            arrays.append(pa.array(data[j] if kind is None else data[j].astype(np.int16)))
+        for name in schema.metadata:
+            arrays.append(pa.array(cols.metadata[name][pts.image_index]))
+        return pa.RecordBatch.from_arrays(arrays, names=[f.name for f in schema.fields])
+
+    # ----- documents
+
+    def _infos(self, req: LightcurveRequest, lay: PhotometryLayout, n_ids: int) -> list[Info]:
+        infos = [
+            Info("QUERY_STATUS", "OK"),
+            Info("quality", req.quality, quality_rule(req.quality, lay)),
+            Info("mag_column", lay.science_mag, "the science magnitude column of these cubes"),
+            Info("bands", ",".join(req.bands or layout.FILTERS)),
+        ]
+        if req.datasets:
+            infos.append(Info("datasets", ",".join(req.datasets)))
+        if n_ids > 1:
+            infos.append(Info("stars", str(n_ids)))
+        return infos
+
+    def _params(self, star: _Star) -> list[Param]:
+        index = load_table_schema("field_index").by_name
+        ref = star.ref
+        values = {
+            "field": ref.field,
+            "field_id": ref.field_id,
+            "did": star.did,
+            "ra": ref.ra,
+            "dec": ref.dec,
+            "gaia_source_id": ref.gaia_source_id,
+            "quadrant": ref.quadrant,
+            "quadrant_id": ref.quadrant_id,
+        }
+        params = []
+        for name, value in values.items():
+            spec = FieldSpec.from_column(index[name])
+            params.append(Param(**{**spec.__dict__, "value": value}))
+        return params
+
+    def single(self, req: LightcurveRequest) -> tuple[bytes, str, str]:
+        """One star's whole response: (body, media type, file name). Worker thread."""
+        star = self.resolve(req.ids[0])
+        self._check_datasets([star], req.datasets)
+        pts = self.points(star, req)
+        base = f"{star.ref.field}_{star.ref.field_id}"
+        if req.fmt is None:
+            return self._png(star, pts, req), "image/png", base + ".png"
+        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
+        schema = self._schema(pts.layout, star.columns, band, False)
+        batch = self.batch(star, pts, schema)
+        body = b"".join(
+            write_result(
+                batch,
+                schema.fields,
+                req.fmt,
+                resource_infos=self._infos(req, pts.layout, 1),
+                table_name="lightcurve",
+                table_description=_description(star, req),
+                params=self._params(star),
+                timesys=[TIMESYS],
+            )
+        )
+        return body, req.fmt.media_type, f"{base}.{req.fmt.extension}"
+
+    def many(self, req: LightcurveRequest) -> tuple[Iterator[bytes], str, str]:
+        """Several stars: resolve them all (errors before any byte is sent), then stream."""
+        stars = [self.resolve(did) for did in req.ids]
+        self._check_datasets(stars, req.datasets)
+        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
+        first = self._open_cube(stars[0].field, stars[0].ref.quadrant).layout
+        layouts = {self._open_cube(s.field, s.ref.quadrant).layout for s in stars}
+        metas = {tuple(s.columns.metadata) for s in stars}
+        if len(layouts) > 1 or len(metas) > 1:
+            raise InvalidRequestError(
+                "these stars' fields have different photometry layouts (format eras "
+                f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
+            )
+        schema = self._schema(first, stars[0].columns, band, True)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for star in stars:
+                yield self.batch(star, self.points(star, req), schema)
+
+        chunks = write_result(
+            batches(),
+            schema.fields,
+            req.fmt,
+            resource_infos=self._infos(req, first, len(stars)),
+            table_name="lightcurves",
+            table_description=f"Lightcurves of {len(stars)} ROME/REA stars, each sorted by "
+            "time; the id column holds each star's publisher DID.",
+            timesys=[TIMESYS],
+        )
+        return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
+    def _png(self, star: _Star, pts: PointArrays, req: LightcurveRequest) -> bytes:
+        from astropy.table import Table
+
+        from ..plotting import plot_lightcurve
+
+        mag = pts.layout.science_mag
+        table = Table(
+            {
+                "hjd": pts.hjd,
+                "filter": star.columns.filter.take(pa.array(pts.image_index)).to_numpy(
+                    zero_copy_only=False
+                ),
+                mag: pts.column(mag),
+                f"{mag}_err": pts.column(f"{mag}_err"),
+            },
+            meta={
+                "field": star.ref.field,
+                "field_id": star.ref.field_id,
+                "quality": req.quality,
+                "mag_column": mag,
+            },
+        )
+        out = io.BytesIO()
+        plot_lightcurve(table, out)
+        return out.getvalue()
+
+    # ----- HTTP
+
+    async def endpoint(self, request: Request) -> Response:
+        """``GET|POST /lightcurve``."""
+        from .app import dali_error
+
+        t0 = time.perf_counter()
+        try:
+            params = await read_dali_params(request, None, max_upload_bytes=0)
+            req = parse_request(params.values)
+            if len(req.ids) == 1:
+                body, media, name = await run_in_threadpool(self.single, req)
+            else:
+                chunks, media, name = await run_in_threadpool(self.many, req)
+                headers = {"Content-Disposition": f'inline; filename="{name}"'}
+                return StreamingResponse(
+                    iterate_in_threadpool(chunks), media_type=media, headers=headers
+                )
+        except _NotFound as exc:
+            return dali_error(str(exc), 404)
+        except _Unavailable as exc:
+            return dali_error(str(exc), 500)
+        except InvalidRequestError as exc:
+            return dali_error(str(exc), 400)
+        except StarNotFoundError as exc:
+            return dali_error(str(exc), 404)
+        except RomeReaError as exc:
+            return dali_error(str(exc), 500)
+        except Exception as exc:  # a bug: report it as a DALI error and keep serving
+            import logging
+
+            logging.getLogger("romerea_vo.service").exception("lightcurve request failed")
+            return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        elapsed = (time.perf_counter() - t0) * 1000
+        headers = {
+            "Content-Disposition": f'inline; filename="{name}"',
+            "Server-Timing": f"app;dur={elapsed:.2f}",
+        }
+        return Response(body, media_type=media, headers=headers)
+
+
+class _NotFound(RomeReaError):
+    """A well-formed ID that names no star of this service (HTTP 404)."""
+
+
+class _Unavailable(RomeReaError):
+    """A field's files cannot be read on the server (HTTP 500)."""
+
+
+def _description(star: _Star, req: LightcurveRequest) -> str:
+    ref = star.ref
+    bands = ", ".join(req.bands or layout.FILTERS)
+    return (
+        f"Lightcurve of ROME/REA star {ref.field} {ref.field_id} ({star.did}), bands {bands}, "
+        f"{req.quality} points, sorted by HJD; read from the quadrant {ref.quadrant} "
+        "photometry cube."
+    )
