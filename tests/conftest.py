@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,3 +119,21 @@ def tap_server(tap_db, tap_work):
     live = LiveServer(app)
     yield live.url
     live.stop()
+
+
+@pytest.fixture(scope="session")
+def field_positions(synthetic_field):
+    """field_id, ra, dec of the synthetic field's stars, read from its FITS file."""
+    from astropy.table import Table
+
+    from romerea_vo.products import open_field
+
+    with open_field(synthetic_field) as field:
+        fi = field.field_index
+        return Table(
+            {
+                "field_id": np.asarray(fi["field_id"]),
+                "ra": np.asarray(fi["ra"]),
+                "dec": np.asarray(fi["dec"]),
+            }
+        )

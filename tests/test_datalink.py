@@ -15,8 +15,6 @@ from astropy.coordinates import SkyCoord
 from astropy.io.votable import parse, parse_single_table
 from astropy.table import Table
 
-from romerea_vo.products import open_field
-
 pyvo = pytest.importorskip("pyvo")
 STILTS = shutil.which("stilts")
 needs_stilts = pytest.mark.skipif(
@@ -333,19 +331,6 @@ def test_capabilities_list_datalink_and_scs(tap_server):
 
 
 # --- Simple Cone Search ---
-
-
-@pytest.fixture(scope="module")
-def field_positions(synthetic_field):
-    with open_field(synthetic_field) as field:
-        fi = field.field_index
-        return Table(
-            {
-                "field_id": np.asarray(fi["field_id"]),
-                "ra": np.asarray(fi["ra"]),
-                "dec": np.asarray(fi["dec"]),
-            }
-        )
 
 
 def test_scs_matches_astropy(tap_server, field_positions):

@@ -31,19 +31,6 @@ def tap(tap_server):
     return pyvo.dal.TAPService(f"{tap_server}/tap")
 
 
-@pytest.fixture(scope="module")
-def field_positions(synthetic_field):
-    with open_field(synthetic_field) as field:
-        fi = field.field_index
-        return Table(
-            {
-                "field_id": np.asarray(fi["field_id"]),
-                "ra": np.asarray(fi["ra"]),
-                "dec": np.asarray(fi["dec"]),
-            }
-        )
-
-
 def sync(url, query, **params):
     data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, **params}
     return httpx.post(f"{url}/tap/sync", data=data, timeout=60)

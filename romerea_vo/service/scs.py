@@ -36,7 +36,7 @@ from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, error_votable
 from .datalink import attach_descriptor
 from .params import read_dali_params
-from .tap import TapLimits
+from .tap import TapLimits, parse_maxrec
 
 __all__ = ["SCS_STANDARD_ID", "VERB_COLUMNS", "ConeSearchService"]
 
@@ -97,16 +97,7 @@ class ConeSearchService:
         return spec
 
     def _maxrec(self, params) -> int:
-        raw = params.get("MAXREC")
-        if raw is None or not raw.strip():
-            return self.limits.default_maxrec
-        try:
-            value = int(raw)
-        except ValueError:
-            raise InvalidRequestError(f"MAXREC={raw!r} is not a non-negative integer") from None
-        if value < 0:
-            raise InvalidRequestError(f"MAXREC={raw!r} is not a non-negative integer")
-        return min(value, self.limits.hard_maxrec)
+        return parse_maxrec(params, self.limits)
 
     def search(self, ra: float, dec: float, sr: float, verb: int, maxrec: int):
         """(Arrow table of the stars within ``sr`` of (ra, dec), nearest first, at most

@@ -54,6 +54,20 @@ class TapLimits:
     service probe hosts only it can reach)."""
 
 
+def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
+    """DALI MAXREC: the default when absent, clamped to the hard limit, errors otherwise."""
+    raw = params.get("MAXREC")
+    if raw is None or raw.strip() == "":
+        return limits.default_maxrec
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidRequestError(f"MAXREC must be a non-negative integer, not {raw!r}") from None
+    if value < 0:
+        raise InvalidRequestError(f"MAXREC must be a non-negative integer, not {value}")
+    return min(value, limits.hard_maxrec)
+
+
 class QueryCancelled(RomeReaError):
     """The query was interrupted (execution duration exceeded, or aborted)."""
 
@@ -93,20 +107,6 @@ class TapEngine:
 
     # --- parameters -----------------------------------------------------------------
 
-    def _maxrec(self, params: DaliParams) -> int:
-        raw = params.get("MAXREC")
-        if raw is None or raw.strip() == "":
-            return self.limits.default_maxrec
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise InvalidRequestError(
-                f"MAXREC must be a non-negative integer, not {raw!r}"
-            ) from None
-        if value < 0:
-            raise InvalidRequestError(f"MAXREC must be a non-negative integer, not {value}")
-        return min(value, self.limits.hard_maxrec)
-
     def check_query_params(self, params: DaliParams) -> tuple[str, int, ResultFormat]:
         """Validate REQUEST/LANG/QUERY/MAXREC/RESPONSEFORMAT; returns (query, maxrec, format)."""
         request = params.get("REQUEST")
@@ -125,7 +125,7 @@ class TapEngine:
         if query is None or not query.strip():
             raise InvalidRequestError("QUERY is missing or empty")
         fmt_value = params.get("RESPONSEFORMAT") or params.get("FORMAT")
-        return query, self._maxrec(params), resolve_format(fmt_value)
+        return query, parse_maxrec(params, self.limits), resolve_format(fmt_value)
 
     # --- uploads ----------------------------------------------------------------------
 
