@@ -81,7 +81,7 @@ def topcat(tmp_path_factory):
                         return cid
             return None
 
-        yield client, _wait(topcat_id, 90, "TOPCAT to register with the hub")
+        yield client, _wait(topcat_id, 180, "TOPCAT to register with the hub")
     finally:
         if client.is_connected:
             client.disconnect()
