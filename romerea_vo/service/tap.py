@@ -220,15 +220,15 @@ class TapEngine:
             if spec is None:
                 spec = FieldSpec.from_arrow(name, af.type)
                 if out is not None and out.xtype:
-                    spec = FieldSpec(
-                        name=name,
-                        datatype=spec.datatype,
+                    geometry = out.xtype in ("point", "circle", "polygon")
+                    spec = dataclasses.replace(
+                        spec,
                         arraysize=out.arraysize or spec.arraysize,
                         xtype=out.xtype,
-                        unit="deg",
-                        ucd=spec.ucd,
-                        description=spec.description,
+                        unit=out.unit or ("deg" if geometry else None),
                     )
+                elif out is not None and out.unit:
+                    spec = dataclasses.replace(spec, unit=out.unit)
             fields.append(spec)
         return _unique_names(fields)
 
