@@ -378,12 +378,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
     db_path = cache / "demo" / "demo.duckdb"
-    _ensure_ingested(db_path, [directory], quiet=args.quiet)
+    _ensure_ingested(db_path, [directory], quiet=args.quiet, owned=True)
     return _serve(db_path, args.host, args.port, work_dir=None)
 
 
-def _ensure_ingested(db_path: Path, directories: list[Path], quiet: bool = False) -> None:
-    """Ingest ``directories`` into ``db_path`` unless it already holds them, up to date."""
+def _ensure_ingested(
+    db_path: Path, directories: list[Path], quiet: bool = False, owned: bool = False
+) -> None:
+    """Ingest ``directories`` into ``db_path`` unless it already holds them, up to date.
+
+    ``owned``: the database is our cache (demo, serve FIELD_DIR), so one made by another
+    version of romerea-vo is rebuilt rather than reported."""
     from .store import ingest_fields
     from .store.database import Database, DatabaseError
 
@@ -391,15 +396,20 @@ def _ensure_ingested(db_path: Path, directories: list[Path], quiet: bool = False
         try:
             db = Database(db_path)
             known = {f.directory for f in db.fields.values()}
+            current = db.metadata_is_current()
             db.close()
         except DatabaseError:
+            known, current = set(), False
+        if not current and owned:
+            db_path.unlink()
+            db_path.with_name(db_path.name + ".wal").unlink(missing_ok=True)
             known = set()
         newest = max(
             (p.stat().st_mtime for d in directories for p in Path(d).iterdir() if p.is_file()),
             default=0,
         )
         wanted = {Path(d).resolve() for d in directories}
-        if wanted <= known and newest < db_path.stat().st_mtime:
+        if current and wanted <= known and newest < db_path.stat().st_mtime:
             return
     if not quiet:
         print(f"ingesting {len(directories)} field(s) into {db_path} ...", flush=True)
@@ -465,7 +475,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif dirs:
         key = hashlib.sha256("\n".join(sorted(str(d.resolve()) for d in dirs)).encode())
         db_path = _default_cache() / "serve" / f"{key.hexdigest()[:16]}.duckdb"
-        _ensure_ingested(db_path, dirs, quiet=args.quiet)
+        _ensure_ingested(db_path, dirs, quiet=args.quiet, owned=True)
     else:
         raise InvalidRequestError("give --db PATH, field directories, or both")
     return _serve(db_path, args.host, args.port, args.work_dir)

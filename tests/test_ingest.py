@@ -223,3 +223,22 @@ def test_reingest_replaces_and_failed_ingest_changes_nothing(tmp_path, second_fi
     with pytest.raises(RomeReaError):
         ingest_fields(tmp_path / "new.duckdb", [bad])
     assert not (tmp_path / "new.duckdb").exists()
+
+
+def test_service_refuses_a_database_with_other_metadata(tmp_path, tap_db):
+    from romerea_vo.service.app import ServiceConfig, create_app
+    from romerea_vo.store.database import DatabaseError
+
+    copy = tmp_path / "old.duckdb"
+    copy.write_bytes(tap_db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute("UPDATE tap_schema.columns SET description = 'old' WHERE column_name = 'ra'")
+    con.close()
+    db = Database(copy)
+    assert not db.metadata_is_current()
+    db.close()
+    with pytest.raises(DatabaseError, match="ingest the fields again"):
+        create_app(ServiceConfig(db_path=copy))
+    fresh = Database(tap_db)
+    assert fresh.metadata_is_current()
+    fresh.close()

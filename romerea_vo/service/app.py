@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InvalidRequestError, RomeReaError
-from ..store.database import Database
+from ..store.database import Database, DatabaseError
 from ..store.ddl import CATALOG, physical_name
 from ..votable.formats import RESULT_FORMATS
 from ..votable.writer import error_votable
@@ -64,6 +64,13 @@ class TapService:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self.db = Database(config.db_path)
+        if not self.db.metadata_is_current():
+            self.db.close()
+            raise DatabaseError(
+                f"{config.db_path} was ingested by another version of romerea-vo (its "
+                "TAP_SCHEMA differs from votable_schemas/); ingest the fields again into a "
+                "new database file"
+            )
         self.engine = TapEngine(self.db, config.limits)
         self.started = dt.datetime.now(dt.UTC)
         self._own_work_dir = config.work_dir is None

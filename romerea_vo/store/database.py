@@ -93,6 +93,26 @@ class Database:
                 self._open_fields[name] = open_field(self.fields[name].directory, name)
             return self._open_fields[name]
 
+    def metadata_is_current(self) -> bool:
+        """Whether the database's TAP_SCHEMA is what this version generates from
+        votable_schemas/ (a database ingested by another version may differ)."""
+        from .tap_schema import tap_schema_tables
+
+        expected = tap_schema_tables()["tap_schema.columns"]
+        cols = ["table_name", "column_name", "datatype", "unit", "ucd", "description"]
+        want = list(zip(*(expected.column(c).to_pylist() for c in cols), strict=True))
+        cur = self.cursor()
+        try:
+            have = cur.execute(
+                f"SELECT {', '.join(cols)} FROM {CATALOG}.tap_schema.columns "
+                "ORDER BY table_name, column_index"
+            ).fetchall()
+        except duckdb.Error:
+            return False
+        finally:
+            cur.close()
+        return sorted(have, key=lambda r: r[0]) == sorted(want, key=lambda r: r[0])
+
     def close(self) -> None:
         with self._lock:
             for f in self._open_fields.values():
