@@ -481,6 +481,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _serve(db_path, args.host, args.port, args.work_dir)
 
 
+def cmd_samp(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from .samp.bridge import Bridge
+    from .samp.sources import open_source
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    source = open_source(service=args.service, field_dirs=args.field_dirs, db=args.db)
+    try:
+        with Bridge(
+            source,
+            hub=args.hub,
+            radius_arcsec=args.radius.to_value(u.arcsec),
+            max_stars=args.max_stars,
+            allow_dirs=args.allow_dir or (),
+            per_star=args.per_star,
+        ) as bridge:
+            print(
+                f"romerea-vo SAMP bridge registered as {bridge.client_id} "
+                f"(hub {bridge.hub_params.get('samp.hub.xmlrpc.url')}); Ctrl-C to stop",
+                flush=True,
+            )
+            bridge.serve_forever(stop)
+    finally:
+        source.close()
+    print("SAMP bridge stopped", flush=True)
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -551,6 +588,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mag-column", help="magnitude column (default normalized_mag if present)")
     p.add_argument("-o", "--output", help="OUT.vot|.csv|.fits|.ecsv|.png (default: print)")
     p.set_defaults(func=cmd_lightcurve)
+
+    p = sub.add_parser("samp", help="SAMP bridge: stars selected in TOPCAT/Aladin -> lightcurves")
+    p.add_argument("field_dirs", nargs="*", metavar="FIELD_DIR")
+    p.add_argument("--service", help="a romerea-vo service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--db", help="database file (made by ingest)")
+    p.add_argument("--hub", choices=("auto", "connect", "start"), default="auto",
+                   help="connect to the running hub, start one, or auto (default)")  # fmt: skip
+    p.add_argument("--radius", type=_radius, default=_radius("1arcsec"),
+                   help="position match radius (default 1arcsec)")  # fmt: skip
+    p.add_argument("--max-stars", type=int, default=500,
+                   help="most stars sent for one selection (default %(default)s)")  # fmt: skip
+    p.add_argument("--allow-dir", action="append", metavar="DIR",
+                   help="directory whose file: URLs may be read (repeatable)")  # fmt: skip
+    p.add_argument("--per-star", action="store_true", help="one table per star for selections")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.set_defaults(func=cmd_samp)
     return parser
 
 

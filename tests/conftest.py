@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -137,3 +138,95 @@ def field_positions(synthetic_field):
                 "dec": np.asarray(fi["dec"]),
             }
         )
+
+
+@pytest.fixture(scope="session")
+def topcat(tmp_path_factory):
+    """Xvfb + pyvo SAMP hub + TOPCAT, once per session (TOPCAT tests skip without them);
+    yields a connected pyvo SAMP client and TOPCAT's client id."""
+    import os
+    import signal
+    import subprocess
+
+    from pyvo.samp import SAMPHubServer, SAMPIntegratedClient
+    from pyvo.samp.lockfile_helpers import read_lockfile
+
+    from tests.test_topcat_samp import TOPCAT_JAR, _wait
+
+    root = tmp_path_factory.mktemp("samp")
+    home = root / "home"
+    home.mkdir()
+    lockfile = home / ".samp"
+    procs: list[subprocess.Popen] = []
+    logs = {"xvfb": root / "xvfb.log", "topcat": root / "topcat.log"}
+
+    def start_display() -> tuple[subprocess.Popen, str]:
+        read_fd, write_fd = os.pipe()
+        proc = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24",
+             "-nolisten", "tcp", "-noreset"],
+            pass_fds=(write_fd,), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=logs["xvfb"].open("ab"),
+        )  # fmt: skip
+        procs.append(proc)
+        os.close(write_fd)
+        display = os.read(read_fd, 16).decode().strip()
+        os.close(read_fd)
+        _wait(lambda: Path(f"/tmp/.X11-unix/X{display}").exists() or proc.poll() is not None,
+              10, f"Xvfb on :{display}")  # fmt: skip
+        return proc, display
+
+    def start_topcat(display: str) -> subprocess.Popen:
+        env = {**os.environ, "DISPLAY": f":{display}", "HOME": str(home),
+               "SAMP_HUB": f"std-lockurl:file://{lockfile}"}  # fmt: skip
+        proc = subprocess.Popen(
+            ["java", "-Xmx512m", f"-Duser.home={home}", "-cp", str(TOPCAT_JAR),
+             "uk.ac.starlink.topcat.Driver", "-samp", "-nohub"],
+            env=env, start_new_session=True,
+            stdout=logs["topcat"].open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    hub = SAMPHubServer(lockfile=str(lockfile), web_profile=False, addr="127.0.0.1")
+    hub.start()
+    client = SAMPIntegratedClient(name="romerea-vo test", addr="127.0.0.1")
+    try:
+        client.connect(hub_params=read_lockfile(str(lockfile)))
+
+        def topcat_id():
+            for cid in client.get_registered_clients():
+                meta = client.get_metadata(cid)
+                if meta.get("samp.name", "").lower() == "topcat":
+                    subs = client.get_subscriptions(cid)
+                    if "table.load.votable" in subs and "table.get.stil" in subs:
+                        return cid
+            return None
+
+        # Seen on a loaded machine: an Xvfb gone before TOPCAT connected, and TOPCAT
+        # giving up on the hub at start-up. A second attempt starts both afresh.
+        xvfb, found = None, None
+        for attempt in (1, 2):
+            if xvfb is None or xvfb.poll() is not None:
+                xvfb, display = start_display()
+            proc = start_topcat(display)
+            try:
+                found = _wait(topcat_id, 90, f"TOPCAT to register (attempt {attempt})")
+                break
+            except TimeoutError as exc:
+                os.killpg(proc.pid, signal.SIGKILL)
+                if attempt == 2:
+                    tails = {k: v.read_text(errors="replace")[-1500:] for k, v in logs.items()}
+                    raise TimeoutError(f"{exc}; logs: {tails}") from None
+        yield client, found
+    finally:
+        if client.is_connected:
+            client.disconnect()
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        hub.stop()

@@ -1,0 +1,509 @@
+"""The SAMP bridge with a real pyvo hub and scripted pyvo clients standing in for TOPCAT.
+
+The last tests run real TOPCAT under Xvfb (skipped when absent), with the fixture of
+tests/test_topcat_samp.py.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import queue
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+from astropy.io.votable import parse_single_table
+
+from romerea_vo.samp.bridge import LC_MTYPE, SUBSCRIBED, Bridge
+from romerea_vo.samp.http import DocumentServer
+from romerea_vo.samp.sources import open_source
+
+from .test_topcat_samp import _wait, needs_topcat
+
+AUTH = "ivo://romerea-vo.local/rome"
+FIELD = "ROME-FIELD-01"
+
+
+def fetch_table(url: str):
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        return parse_single_table(io.BytesIO(resp.read())).to_table()
+
+
+def did(field_id: int, field: str = FIELD) -> str:
+    return f"{AUTH}?{field}/{field_id}"
+
+
+class Scripted:
+    """A pyvo client standing in for TOPCAT: records every table.load.votable it gets."""
+
+    def __init__(self, hub_params: dict, name: str = "scripted", load: bool = True):
+        from pyvo.samp import SAMPIntegratedClient
+
+        self.loads: queue.Queue = queue.Queue()
+        self.client = SAMPIntegratedClient(name=name, addr="127.0.0.1")
+        self.client.connect(hub_params=hub_params)
+        if load:
+            self.client.bind_receive_call("table.load.votable", self._on_call, declare=False)
+            self.client.bind_receive_notification(
+                "table.load.votable", self._on_notify, declare=False
+            )
+            self.client.declare_subscriptions()
+
+    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):
+        self.loads.put(dict(params))
+        self.client.reply(msg_id, {"samp.status": "samp.ok", "samp.result": {}})
+
+    def _on_notify(self, private_key, sender_id, mtype, params, extra):
+        self.loads.put(dict(params))
+
+    def call(self, recipient: str, mtype: str, params: dict, timeout: int = 60) -> dict:
+        message = {"samp.mtype": mtype, "samp.params": params}
+        return self.client.call_and_wait(recipient, message, str(timeout))
+
+    def notify(self, recipient: str, mtype: str, params: dict) -> None:
+        self.client.notify(recipient, {"samp.mtype": mtype, "samp.params": params})
+
+    def next_load(self, timeout: float = 30) -> dict:
+        return self.loads.get(timeout=timeout)
+
+    def drain(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                out.append(self.loads.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        if self.client.is_connected:
+            self.client.disconnect()
+
+
+def start_hub(lockfile):
+    from pyvo.samp import SAMPHubServer
+
+    hub = SAMPHubServer(lockfile=str(lockfile), web_profile=False, addr="127.0.0.1")
+    hub.start()
+    return hub
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    hub = start_hub(tmp_path_factory.mktemp("samphub") / ".samp")
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="module")
+def service_source(tap_server):
+    source = open_source(service=tap_server)
+    yield source
+    source.close()
+
+
+@pytest.fixture(scope="module")
+def bridge(hub, service_source):
+    with Bridge(service_source, hub="connect", hub_params=hub.params) as b:
+        yield b
+
+
+@pytest.fixture
+def scripted(hub, bridge):
+    s = Scripted(hub.params)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def tap_result(tap_server):
+    """URL of a TAP result (10 stars of ROME-FIELD-01) and the table itself."""
+    query = (
+        f"SELECT TOP 10 did, field, field_id, ra, dec FROM rome.field_index "
+        f"WHERE field = '{FIELD}' ORDER BY field_id"
+    )
+    url = f"{tap_server}/tap/sync?" + urllib.parse.urlencode(
+        {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query}
+    )
+    return url, fetch_table(url)
+
+
+@pytest.fixture(scope="module")
+def good_points(tap_server):
+    """Number of good points of a star, from the service itself."""
+    cache: dict[str, int] = {}
+
+    def count(star_did: str) -> int:
+        if star_did not in cache:
+            q = urllib.parse.urlencode({"ID": star_did})
+            cache[star_did] = len(fetch_table(f"{tap_server}/lightcurve?{q}"))
+        return cache[star_did]
+
+    return count
+
+
+@pytest.fixture(scope="module")
+def foreign_table(tmp_path_factory, field_positions):
+    """A loopback-served VOTable with only ra/dec (rows 0..4: field_id 11..15, 0.3" off)."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(3)
+    sel = field_positions[10:15]
+    jitter = 0.3 / 3600 / np.sqrt(2)
+    dec = np.asarray(sel["dec"]) + jitter * rng.choice([-1, 1], len(sel))
+    ra = np.asarray(sel["ra"]) + jitter * rng.choice([-1, 1], len(sel)) / np.cos(np.radians(dec))
+    directory = tmp_path_factory.mktemp("foreign")
+    Table({"ra": ra, "dec": dec}).write(directory / "events.vot", format="votable")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(directory), **kw)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/events.vot", list(sel["field_id"])
+    server.shutdown()
+
+
+# --- registration and ping -------------------------------------------------------------
+
+
+def test_registers_with_metadata_and_one_subscription_set(bridge, scripted):
+    c = scripted.client
+    meta = c.get_metadata(bridge.client_id)
+    assert meta["samp.name"] == "romerea-vo"
+    assert meta["samp.description.text"]
+    with urllib.request.urlopen(meta["samp.icon.url"], timeout=10) as resp:
+        assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
+    with urllib.request.urlopen(meta["samp.documentation.url"], timeout=10) as resp:
+        assert LC_MTYPE.encode() in resp.read()
+    subs = c.get_subscriptions(bridge.client_id)
+    assert set(SUBSCRIBED) <= set(subs)
+
+
+def test_ping(bridge, scripted):
+    reply = scripted.call(bridge.client_id, "samp.app.ping", {})
+    assert reply["samp.status"] == "samp.ok"
+
+
+# --- selections and highlights ------------------------------------------------------------
+
+
+def test_select_rowlist_call_on_a_tap_result(bridge, scripted, tap_result, good_points):
+    url, table = tap_result
+    rows = [0, 2, 5]
+    reply = scripted.call(
+        bridge.client_id,
+        "table.select.rowList",
+        {"row-list": [str(r) for r in rows], "table-id": "tap-1", "url": url},
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    assert reply["samp.result"]["message"].startswith("3 of 3 rows matched")
+    load = scripted.next_load()
+    assert load["name"] == "ROME lightcurves (3 stars)"
+    assert load["table-id"].startswith("romerea-lc-")
+    assert reply["samp.result"]["table-id"] == load["table-id"]
+    lc = fetch_table(load["url"])
+    dids = [str(table["did"][r]) for r in rows]
+    assert len(lc) == sum(good_points(d) for d in dids)
+    assert set(map(str, lc["id"])) == set(dids)
+
+
+def test_select_notify_by_learned_table_id(bridge, scripted, tap_result):
+    url, table = tap_result
+    reply = scripted.call(
+        bridge.client_id, "table.load.votable", {"url": url, "table-id": "learned-7"}
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    assert reply["samp.result"]["rows"] == str(len(table))
+    scripted.notify(
+        bridge.client_id, "table.select.rowList", {"row-list": ["1", "3"], "table-id": "learned-7"}
+    )
+    load = scripted.next_load()
+    assert load["name"] == "ROME lightcurves (2 stars)"
+    assert set(map(str, fetch_table(load["url"])["id"])) == {
+        str(table["did"][1]),
+        str(table["did"][3]),
+    }
+
+
+def test_highlight_sends_one_star(bridge, scripted, tap_result, good_points):
+    url, table = tap_result
+    reply = scripted.call(
+        bridge.client_id, "table.highlight.row", {"row": "4", "table-id": "tap-1", "url": url}
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    load = scripted.next_load()
+    assert load["name"] == f"{FIELD} {int(table['field_id'][4])} lc"
+    assert len(fetch_table(load["url"])) == good_points(str(table["did"][4]))
+
+
+def test_foreign_table_matched_by_position(bridge, scripted, foreign_table):
+    url, field_ids = foreign_table
+    reply = scripted.call(
+        bridge.client_id,
+        "table.select.rowList",
+        {"row-list": ["0", "1", "2", "3", "4"], "url": url, "table-id": "ogle"},
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    assert reply["samp.result"]["message"].startswith("5 of 5 rows matched")
+    lc = fetch_table(scripted.next_load()["url"])
+    assert set(map(str, lc["id"])) == {did(int(f)) for f in field_ids}
+
+
+def test_unknown_table_is_an_error(bridge, scripted):
+    reply = scripted.call(
+        bridge.client_id, "table.select.rowList", {"row-list": ["0"], "table-id": "nope"}
+    )
+    assert reply["samp.status"] == "samp.error"
+    assert "unknown table" in reply["samp.error"]["samp.errortxt"]
+    assert "nope" in reply["samp.error"]["samp.errortxt"]
+
+
+def test_refused_url_says_why(bridge, scripted):
+    reply = scripted.call(
+        bridge.client_id,
+        "table.select.rowList",
+        {"row-list": ["0"], "url": "http://example.org/x.vot", "table-id": "x"},
+    )
+    assert reply["samp.status"] == "samp.error"
+    text = reply["samp.error"]["samp.errortxt"]
+    assert "example.org" in text and "loopback" in text
+    assert scripted.drain() == []
+
+
+def test_point_at_sky(bridge, scripted, field_positions, good_points):
+    star = field_positions[20]
+    reply = scripted.call(
+        bridge.client_id,
+        "coord.pointAt.sky",
+        {"ra": str(float(star["ra"])), "dec": str(float(star["dec"]))},
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    load = scripted.next_load()
+    assert load["name"] == f"{FIELD} {int(star['field_id'])} lc"
+    assert len(fetch_table(load["url"])) == good_points(did(int(star["field_id"])))
+    far = scripted.call(bridge.client_id, "coord.pointAt.sky", {"ra": "10.0", "dec": "-80.0"})
+    assert far["samp.status"] == "samp.warning"
+    assert "no ROME star within" in far["samp.error"]["samp.errortxt"]
+
+
+def test_lightcurves_send_ids_and_positions(bridge, scripted, field_positions):
+    reply = scripted.call(
+        bridge.client_id, LC_MTYPE, {"ids": [did(1), did(2), f"{AUTH}?{FIELD}/99999999"]}
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    assert reply["samp.result"]["matched"] == "2"
+    assert set(map(str, fetch_table(scripted.next_load()["url"])["id"])) == {did(1), did(2)}
+
+    pos = [[float(r["ra"]), float(r["dec"])] for r in field_positions[30:32]]
+    reply = scripted.call(
+        bridge.client_id, LC_MTYPE, {"positions": pos, "target": "scripted", "quality": "all"}
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    ids = set(map(str, fetch_table(scripted.next_load()["url"])["id"]))
+    assert ids == {did(int(f)) for f in field_positions["field_id"][30:32]}
+
+    bad = scripted.call(bridge.client_id, LC_MTYPE, {})
+    assert bad["samp.status"] == "samp.error"
+
+
+def test_highlight_storm_sends_only_the_last(bridge, scripted, tap_result):
+    url, table = tap_result
+    scripted.drain()
+    for i in range(20):
+        scripted.notify(
+            bridge.client_id,
+            "table.highlight.row",
+            {"row": str(i % 10), "table-id": "tap-1", "url": url},
+        )
+        time.sleep(0.01)
+    load = scripted.next_load()
+    time.sleep(1.0)
+    assert scripted.drain() == []
+    assert load["name"] == f"{FIELD} {int(table['field_id'][9])} lc"
+
+
+def test_selection_over_the_cap_is_a_warning(hub, service_source, scripted, tap_result):
+    url, _ = tap_result
+    with Bridge(service_source, hub="connect", hub_params=hub.params, max_stars=3) as small:
+        reply = scripted.call(
+            small.client_id,
+            "table.select.rowList",
+            {"row-list": [str(r) for r in range(8)], "url": url, "table-id": "tap-1"},
+        )
+        assert reply["samp.status"] == "samp.warning", reply
+        assert "limit of 3" in reply["samp.error"]["samp.errortxt"]
+        assert scripted.next_load()["name"] == "ROME lightcurves (3 stars)"
+        gone = small.client_id
+    assert gone not in scripted.client.get_registered_clients()
+
+
+def test_local_source_is_served_by_the_bridge(hub, tap_db, scripted, good_points):
+    with (
+        open_source(db=tap_db) as source,
+        Bridge(source, hub="connect", hub_params=hub.params) as local,
+    ):
+        reply = scripted.call(local.client_id, LC_MTYPE, {"ids": [did(5)]})
+        assert reply["samp.status"] == "samp.ok", reply
+        load = scripted.next_load()
+        assert load["url"].startswith("http://127.0.0.1:")
+        assert "/lightcurve" not in load["url"]
+        assert len(fetch_table(load["url"])) == good_points(did(5))
+
+
+def test_hub_restart(tmp_path, service_source):
+    lockfile = tmp_path / ".samp"
+    hub = start_hub(lockfile)
+    with Bridge(service_source, hub="connect", lockfile=lockfile, ping_interval=0.3) as b:
+        first = b.client_id
+        hub.stop()
+        time.sleep(0.5)
+        hub = start_hub(lockfile)
+        try:
+            _wait(lambda: b.reconnects >= 1 and b.client_id, 10, "the bridge to reconnect")
+            assert b.hub_params["samp.hub.xmlrpc.url"] == hub.params["samp.hub.xmlrpc.url"]
+            s = Scripted(hub.params)
+            try:
+                assert b.client_id in s.client.get_registered_clients()
+                reply = s.call(b.client_id, LC_MTYPE, {"ids": [did(3)]})
+                assert reply["samp.status"] == "samp.ok", reply
+                assert s.next_load()["name"] == f"{FIELD} 3 lc"
+            finally:
+                s.close()
+        finally:
+            hub.stop()
+    assert first
+
+
+def test_hub_start_mode(tmp_path, service_source):
+    lockfile = tmp_path / ".samp"
+    with Bridge(service_source, hub="start", lockfile=lockfile) as b:
+        assert lockfile.exists()
+        s = Scripted(b.hub_params)
+        try:
+            assert s.call(b.client_id, "samp.app.ping", {})["samp.status"] == "samp.ok"
+        finally:
+            s.close()
+    assert not lockfile.exists()
+
+
+def test_document_server_expires_and_serves_only_its_documents():
+    docs = DocumentServer(ttl=0.3)
+    try:
+        url = docs.publish(b"<VOTABLE/>", "t.vot")
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.read() == b"<VOTABLE/>"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(docs.base_url + "/t.vot", timeout=5)
+        time.sleep(0.4)
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url, timeout=5)
+    finally:
+        docs.close()
+
+
+# --- real TOPCAT ----------------------------------------------------------------------------
+
+
+def _topcat_rows(client, topcat_id) -> int | None:
+    r = client.call_and_wait(
+        topcat_id,
+        {"samp.mtype": "table.get.stil", "samp.params": {"format": "votable", "index": "0"}},
+        "60",
+    )
+    if r["samp.status"] != "samp.ok":
+        return None
+    return len(fetch_table(r["samp.result"]["url"]))
+
+
+@needs_topcat
+def test_topcat_gets_the_lightcurves_of_a_selection(topcat, tap_server, tap_result, good_points):
+    client, topcat_id = topcat
+    url, table = tap_result
+    reply = client.call_and_wait(
+        topcat_id,
+        {"samp.mtype": "table.load.votable",
+         "samp.params": {"url": url, "table-id": "tap-topcat", "name": "ROME stars"}},
+        "120",
+    )  # fmt: skip
+    assert reply["samp.status"] == "samp.ok", reply
+    source = open_source(service=tap_server)
+    with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
+        # exactly what TOPCAT sends for a subset (vo_clients README §2.4); our pyvo client
+        # does not accept table.load.votable, so the bridge sends to TOPCAT
+        rows = ["1", "3", "6"]
+        reply = client.call_and_wait(
+            b.client_id,
+            {"samp.mtype": "table.select.rowList",
+             "samp.params": {"row-list": rows, "table-id": "tap-topcat", "url": url}},
+            "120",
+        )  # fmt: skip
+        assert reply["samp.status"] == "samp.ok", reply
+        assert b.sent[-1].recipients == [topcat_id]
+        expected = sum(good_points(str(table["did"][int(r)])) for r in rows)
+        _wait(lambda: _topcat_rows(client, topcat_id) == expected, 30, "TOPCAT's lightcurve")
+
+        reply = client.call_and_wait(
+            b.client_id,
+            {"samp.mtype": "table.highlight.row",
+             "samp.params": {"row": "7", "table-id": "tap-topcat", "url": url}},
+            "120",
+        )  # fmt: skip
+        assert reply["samp.status"] == "samp.ok", reply
+        single = good_points(str(table["did"][7]))
+        _wait(lambda: _topcat_rows(client, topcat_id) == single, 30, "TOPCAT's lightcurve")
+        # the table-id TOPCAT got is usable once it has registered it (gotcha 4)
+        sent = b.sent[-1]
+        assert b.highlight_when_ready(topcat_id, sent.table_id, sent.url, 0, timeout=2)
+    source.close()
+
+
+def test_cli_samp_starts_a_hub_and_stops_on_sigint(tmp_path, tap_db):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pyvo.samp.lockfile_helpers import read_lockfile
+
+    env = {k: v for k, v in os.environ.items() if k != "SAMP_HUB"}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "romerea_vo.cli", "samp", "--db", str(tap_db), "--hub", "start"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lockfile = tmp_path / ".samp"
+    try:
+        _wait(lambda: lockfile.exists(), 30, "the hub's lockfile")
+        s = Scripted(read_lockfile(str(lockfile)), load=False)
+        try:
+
+            def bridge_id():
+                for cid in s.client.get_registered_clients():
+                    if s.client.get_metadata(cid).get("samp.name") == "romerea-vo":
+                        return cid
+                return None
+
+            cid = _wait(bridge_id, 30, "the bridge to register")
+            assert s.call(cid, "samp.app.ping", {})["samp.status"] == "samp.ok"
+        finally:
+            s.close()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "unregistered" in out and "stopped" in out
+    assert not lockfile.exists()
