@@ -66,6 +66,18 @@ def tap_db(tmp_path_factory, synthetic_field, second_field) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def authority(tap_db) -> str:
+    """The publisher DID authority of ``tap_db``."""
+    from romerea_vo.store import Database
+
+    db = Database(tap_db)
+    try:
+        return db.authority
+    finally:
+        db.close()
+
+
 class LiveServer:
     """A real uvicorn server on 127.0.0.1 in a background thread."""
 

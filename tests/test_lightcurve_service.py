@@ -28,15 +28,6 @@ needs_stilts = pytest.mark.skipif(STILTS is None, reason="STILTS not installed")
 
 
 @pytest.fixture(scope="module")
-def authority(tap_db) -> str:
-    db = Database(tap_db)
-    try:
-        return db.authority
-    finally:
-        db.close()
-
-
-@pytest.fixture(scope="module")
 def did(authority):
     def make(field: str, field_id: int) -> str:
         return f"{authority}?{field}/{field_id}"

@@ -23,18 +23,8 @@ from romerea_vo.samp.sources import (
     is_loopback_host,
     open_source,
 )
-from romerea_vo.store.database import Database
 
 F1, F2 = "ROME-FIELD-01", "ROME-FIELD-02"
-
-
-@pytest.fixture(scope="module")
-def authority(tap_db) -> str:
-    db = Database(tap_db)
-    try:
-        return db.authority
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")
