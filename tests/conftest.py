@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -152,6 +154,31 @@ def field_positions(synthetic_field):
         )
 
 
+TOPCAT_REMOTE_SOURCE = REPO.parent / "shared" / "vo_clients" / "java" / "TopcatRemote.java"
+
+
+class TopcatSession(NamedTuple):
+    client: object  # pyvo SAMPIntegratedClient, connected to the session's hub
+    topcat_id: str
+    control_port: int | None  # TopcatRemote's loopback control port, when available
+
+
+def topcat_command(port: int, command: str) -> dict:
+    """Send one TopcatRemote command; its one-line JSON answer."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.decode())
+
+
 @pytest.fixture(scope="session")
 def topcat(tmp_path_factory):
     """Xvfb + pyvo SAMP hub + TOPCAT, once per session (TOPCAT tests skip without them);
@@ -188,13 +215,34 @@ def topcat(tmp_path_factory):
               10, f"Xvfb on :{display}")  # fmt: skip
         return proc, display
 
+    # TopcatRemote (../shared/vo_clients) wraps the unmodified TOPCAT with a loopback
+    # control port that makes TOPCAT itself send selections and highlights; without it,
+    # plain TOPCAT runs and the tests that need TOPCAT to send are skipped.
+    remote_classes = None
+    if TOPCAT_REMOTE_SOURCE.exists() and shutil.which("javac"):
+        build = root / "remote"
+        made = subprocess.run(
+            ["javac", "-nowarn", "-cp", str(TOPCAT_JAR), "-d", str(build),
+             str(TOPCAT_REMOTE_SOURCE)],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        remote_classes = build if made.returncode == 0 else None
+    port_file = root / "topcat.port"
+
     def start_topcat(display: str) -> subprocess.Popen:
         env = {**os.environ, "DISPLAY": f":{display}", "HOME": str(home),
                "SAMP_HUB": f"std-lockurl:file://{lockfile}"}  # fmt: skip
+        if remote_classes is not None:
+            port_file.unlink(missing_ok=True)
+            cmd = ["java", "-Xmx512m", f"-Duser.home={home}",
+                   f"-Dtopcat.remote.portfile={port_file}",
+                   "-cp", f"{remote_classes}:{TOPCAT_JAR}",
+                   "TopcatRemote", "-samp", "-nohub"]  # fmt: skip
+        else:
+            cmd = ["java", "-Xmx512m", f"-Duser.home={home}", "-cp", str(TOPCAT_JAR),
+                   "uk.ac.starlink.topcat.Driver", "-samp", "-nohub"]  # fmt: skip
         proc = subprocess.Popen(
-            ["java", "-Xmx512m", f"-Duser.home={home}", "-cp", str(TOPCAT_JAR),
-             "uk.ac.starlink.topcat.Driver", "-samp", "-nohub"],
-            env=env, start_new_session=True,
+            cmd, env=env, start_new_session=True,
             stdout=logs["topcat"].open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         procs.append(proc)
@@ -230,7 +278,11 @@ def topcat(tmp_path_factory):
                 if attempt == 2:
                     tails = {k: v.read_text(errors="replace")[-1500:] for k, v in logs.items()}
                     raise TimeoutError(f"{exc}; logs: {tails}") from None
-        yield client, found
+        control = None
+        if remote_classes is not None:
+            _wait(port_file.exists, 30, "TopcatRemote's control port")
+            control = int(port_file.read_text().strip())
+        yield TopcatSession(client, found, control)
     finally:
         if client.is_connected:
             client.disconnect()

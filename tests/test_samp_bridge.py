@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import queue
 import threading
 import time
@@ -425,7 +426,7 @@ def _topcat_rows(client, topcat_id) -> int | None:
 
 @needs_topcat
 def test_topcat_gets_the_lightcurves_of_a_selection(topcat, tap_server, tap_result, good_points):
-    client, topcat_id = topcat
+    client, topcat_id, _ = topcat
     url, table = tap_result
     reply = client.call_and_wait(
         topcat_id,
@@ -507,3 +508,48 @@ def test_cli_samp_starts_a_hub_and_stops_on_sigint(tmp_path, tap_db):
     assert proc.returncode == 0, out
     assert "unregistered" in out and "stopped" in out
     assert not lockfile.exists()
+
+
+@needs_topcat
+def test_topcat_itself_sends_the_selection(topcat, tap_server, tap_result, good_points):
+    """TOPCAT (through TopcatRemote, which calls TOPCAT's own sending code) broadcasts a
+    3-row subset and a row highlight; the bridge answers and TOPCAT ends up holding the
+    lightcurves."""
+    from tests.conftest import topcat_command
+
+    client, topcat_id, control = topcat
+    if control is None:
+        pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
+    url, table = tap_result
+    reply = client.call_and_wait(
+        topcat_id,
+        {"samp.mtype": "table.load.votable",
+         "samp.params": {"url": url, "table-id": "tap-remote", "name": "ROME stars (remote)"}},
+        "120",
+    )  # fmt: skip
+    assert reply["samp.status"] == "samp.ok", reply
+
+    def tap_table_id():
+        for t in topcat_command(control, "list").get("tables", []):
+            if t.get("label") == "ROME stars (remote)" or t.get("name") == "ROME stars (remote)":
+                return str(t["id"])
+        return None
+
+    tid = _wait(tap_table_id, 30, "TOPCAT to list the TAP result")
+    source = open_source(service=tap_server)
+    with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
+        _wait(
+            lambda: "romerea-vo" in json.dumps(topcat_command(control, "clients")),
+            30,
+            "TOPCAT to see the bridge",
+        )
+        answer = topcat_command(control, f"select {tid} 0,2,4")
+        assert answer.get("ok", True), answer
+        expected = sum(good_points(str(table["did"][r])) for r in (0, 2, 4))
+        _wait(lambda: _topcat_rows(client, topcat_id) == expected, 60, "TOPCAT's lightcurves")
+        assert b.sent[-1].recipients == [topcat_id] and len(b.sent[-1].stars) == 3
+        answer = topcat_command(control, f"highlight {tid} 5")
+        assert answer.get("ok", True), answer
+        single = good_points(str(table["did"][5]))
+        _wait(lambda: _topcat_rows(client, topcat_id) == single, 60, "TOPCAT's lightcurve")
+    source.close()

@@ -46,7 +46,7 @@ def count_rows(url: str) -> int:
 
 @needs_topcat
 def test_topcat_loads_a_lightcurve_over_samp(topcat, tap_server):
-    client, topcat_id = topcat
+    client, topcat_id, _ = topcat
     url = f"{tap_server}/lightcurve?ID=ivo://romerea-vo.local/rome?ROME-FIELD-01/3"
     expected = count_rows(url)
     assert expected > 10
