@@ -1,0 +1,269 @@
+"""Positional cross-match of two catalogues: a declination-zone range join.
+
+The second catalogue is sorted once by ``(zone, ra)`` where zones are declination
+bands at least one match radius high.  Every source of the first catalogue then
+looks up the three neighbouring zones and, inside each, an RA window wide enough
+for the radius at its declination (the whole zone when the circle reaches a
+pole, both sides of RA = 0/360 when the window wraps).  The window bounds are
+found with :func:`numpy.searchsorted`, the candidate pairs are expanded with
+vectorised index arithmetic, and the exact great-circle separation (haversine,
+stable at small separations) decides.  Python loops run only over chunks of the
+first catalogue, so memory stays bounded whatever the catalogue sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from romerea_vo.errors import InvalidRequestError
+
+__all__ = ["MAX_RADIUS_ARCSEC", "MODES", "MatchResult", "crossmatch", "propagate"]
+
+MODES = ("all", "best", "best-unique")
+MAX_RADIUS_ARCSEC = 3600.0
+
+#: Zones are never lower than this (degrees) so ``zone * _KEY_STRIDE + ra`` keeps
+#: sub-milliarcsecond resolution in float64 even for tiny radii.
+_MIN_ZONE_HEIGHT_DEG = 1.0 / 3600.0
+#: Stride between zones in the combined sort key; larger than any RA value.
+_KEY_STRIDE = 512.0
+#: Padding (degrees) added to RA windows and the polar test; the exact test follows.
+_PAD_DEG = 1e-6
+#: Rows of the first catalogue handled per chunk.
+_CHUNK_ROWS = 65536
+#: Candidate pairs handled at once (a single row may exceed it).
+_MAX_CANDIDATES = 4_000_000
+
+
+@dataclass
+class MatchResult:
+    """Matched pairs: row indices into each catalogue and their separation."""
+
+    left: np.ndarray  # int64 row indices into the first catalogue
+    right: np.ndarray  # int64 row indices into the second catalogue
+    sep_arcsec: np.ndarray  # float64 great-circle separation
+
+    def __len__(self) -> int:
+        return int(self.left.size)
+
+    @classmethod
+    def empty(cls) -> MatchResult:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+
+
+def _coords(ra, dec, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (ra in [0, 360), dec, valid mask) as float64 1-D arrays."""
+    ra = np.atleast_1d(np.asarray(ra, dtype=np.float64))
+    dec = np.atleast_1d(np.asarray(dec, dtype=np.float64))
+    if ra.ndim != 1 or dec.ndim != 1:
+        raise InvalidRequestError(f"{which} catalogue: ra and dec must be one-dimensional")
+    if ra.shape != dec.shape:
+        raise InvalidRequestError(
+            f"{which} catalogue: ra and dec have different lengths ({ra.size} and {dec.size})"
+        )
+    with np.errstate(invalid="ignore"):
+        valid = (
+            np.isfinite(ra)
+            & np.isfinite(dec)
+            & (ra >= 0.0)
+            & (ra <= 360.0)
+            & (dec >= -90.0)
+            & (dec <= 90.0)
+        )
+    ra = np.where(valid, np.where(ra >= 360.0, ra - 360.0, ra), 0.0)
+    dec = np.where(valid, dec, 0.0)
+    return ra, dec, valid
+
+
+def _check_radius(radius_arcsec) -> float:
+    if isinstance(radius_arcsec, bool):
+        raise InvalidRequestError(f"radius must be a number of arcseconds, not {radius_arcsec!r}")
+    try:
+        radius = float(radius_arcsec)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(
+            f"radius must be a number of arcseconds, not {radius_arcsec!r}"
+        ) from None
+    if not np.isfinite(radius) or radius <= 0.0 or radius > MAX_RADIUS_ARCSEC:
+        raise InvalidRequestError(
+            f"radius must be > 0 and <= {MAX_RADIUS_ARCSEC:g} arcsec (1 degree); "
+            f"got {radius_arcsec!r}"
+        )
+    return radius
+
+
+def _haversine_rad(ra1, dec1, ra2, dec2) -> np.ndarray:
+    """Great-circle separation in radians; inputs in degrees."""
+    ra1, dec1, ra2, dec2 = (np.radians(a) for a in (ra1, dec1, ra2, dec2))
+    s_dec = np.sin(0.5 * (dec2 - dec1))
+    s_ra = np.sin(0.5 * (ra2 - ra1))
+    h = s_dec * s_dec + np.cos(dec1) * np.cos(dec2) * s_ra * s_ra
+    return 2.0 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def _first_per_group(group: np.ndarray, sep: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Indices of the smallest ``sep`` per ``group`` (ties: smallest ``other``)."""
+    if group.size == 0:
+        return np.empty(0, np.int64)
+    order = np.lexsort((other, sep, group))
+    g = group[order]
+    first = np.ones(g.size, dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    return order[first]
+
+
+def crossmatch(ra1, dec1, ra2, dec2, radius_arcsec: float, *, mode: str = "all") -> MatchResult:
+    """Match catalogue 1 against catalogue 2 within ``radius_arcsec`` (degrees in, ICRS).
+
+    ``mode``: ``"all"`` every pair within the radius; ``"best"`` the nearest row of
+    catalogue 2 for each row of catalogue 1; ``"best-unique"`` only pairs that are
+    each other's nearest.  Rows with NaN or out-of-range coordinates never match.
+    Pairs come out sorted by left index, then separation, then right index.
+    """
+    radius = _check_radius(radius_arcsec)
+    if mode not in MODES:
+        raise InvalidRequestError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    ra1, dec1, ok1 = _coords(ra1, dec1, "first")
+    ra2, dec2, ok2 = _coords(ra2, dec2, "second")
+
+    idx2 = np.flatnonzero(ok2)
+    idx1 = np.flatnonzero(ok1)
+    if idx1.size == 0 or idx2.size == 0:
+        return MatchResult.empty()
+
+    r_deg = radius / 3600.0
+    r_rad = np.radians(r_deg)
+    height = max(r_deg, _MIN_ZONE_HEIGHT_DEG)
+
+    # Build the sorted zone/RA index of catalogue 2.
+    z2 = np.floor((dec2[idx2] + 90.0) / height)
+    key2 = z2 * _KEY_STRIDE + ra2[idx2]
+    order2 = np.argsort(key2)
+    key2 = key2[order2]
+    rows2 = idx2[order2]  # original row of each sorted entry
+    sra2 = ra2[rows2]
+    sdec2 = dec2[rows2]
+
+    # Visit catalogue 1 in the same (zone, ra) order: cache-friendly look-ups.
+    z1 = np.floor((dec1[idx1] + 90.0) / height)
+    idx1 = idx1[np.argsort(z1 * _KEY_STRIDE + ra1[idx1])]
+
+    lefts, rights, seps = [], [], []
+    for c0 in range(0, idx1.size, _CHUNK_ROWS):
+        rows1 = idx1[c0 : c0 + _CHUNK_ROWS]
+        starts, counts = _candidate_ranges(ra1[rows1], dec1[rows1], key2, r_deg, height)
+        per_row = counts.sum(axis=1)
+        # Split the chunk so that each block expands to at most _MAX_CANDIDATES pairs.
+        cum = np.cumsum(per_row)
+        b0 = 0
+        while b0 < rows1.size:
+            base = cum[b0 - 1] if b0 else 0
+            b1 = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
+            b1 = max(b1, b0 + 1)
+            li, ri = _expand(rows1[b0:b1], starts[b0:b1], counts[b0:b1])
+            b0 = b1
+            if li.size == 0:
+                continue
+            sep = _haversine_rad(ra1[li], dec1[li], sra2[ri], sdec2[ri])
+            keep = sep <= r_rad
+            li, ri, sep = li[keep], rows2[ri[keep]], sep[keep]
+            if mode == "best":
+                sel = _first_per_group(li, sep, ri)
+                li, ri, sep = li[sel], ri[sel], sep[sel]
+            lefts.append(li)
+            rights.append(ri)
+            seps.append(sep)
+
+    if not lefts:
+        return MatchResult.empty()
+    left = np.concatenate(lefts).astype(np.int64, copy=False)
+    right = np.concatenate(rights).astype(np.int64, copy=False)
+    sep = np.concatenate(seps)
+
+    if mode == "best-unique":
+        best_l = _first_per_group(left, sep, right)
+        best_r = _first_per_group(right, sep, left)
+        mutual = np.intersect1d(best_l, best_r, assume_unique=True)
+        left, right, sep = left[mutual], right[mutual], sep[mutual]
+
+    order = np.lexsort((right, sep, left))
+    return MatchResult(left[order], right[order], np.degrees(sep[order]) * 3600.0)
+
+
+def _candidate_ranges(ra, dec, key2, r_deg, height):
+    """Start positions and counts (n, 9) in ``key2`` for 3 zones x 3 RA intervals."""
+    n = ra.size
+    zone = np.floor((dec + 90.0) / height)
+    # Half-width of the RA window; the whole circle when the cap reaches a pole.
+    cosd = np.cos(np.radians(dec))
+    polar = np.abs(dec) + r_deg + _PAD_DEG >= 90.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.sin(np.radians(r_deg)) / cosd
+    full = polar | ~(ratio < 0.999)
+    w = np.degrees(np.arcsin(np.where(full, 0.0, ratio))) * (1.0 + 1e-9) + _PAD_DEG
+    full |= w >= 90.0
+    lo = ra - w
+    hi = ra + w
+    inf = np.inf
+    # Three RA intervals: main (clipped) and the two wrapped parts, empty if unused.
+    main_lo = np.where(full, -1.0, np.maximum(lo, -1.0))
+    main_hi = np.where(full, 361.0, np.minimum(hi, 361.0))
+    wl_lo = np.where(~full & (lo < 0.0), lo + 360.0, inf)
+    wl_hi = np.where(~full & (lo < 0.0), 361.0, -inf)
+    wh_lo = np.where(~full & (hi >= 360.0), -1.0, inf)
+    wh_hi = np.where(~full & (hi >= 360.0), hi - 360.0, -inf)
+    ivl_lo = np.stack([main_lo, wl_lo, wh_lo], axis=1)  # (n, 3)
+    ivl_hi = np.stack([main_hi, wl_hi, wh_hi], axis=1)
+    zones = zone[:, None] + np.array([-1.0, 0.0, 1.0])[None, :]  # (n, 3)
+    base = (zones * _KEY_STRIDE)[:, :, None]  # (n, 3, 1)
+    klo = (base + ivl_lo[:, None, :]).reshape(n, 9)
+    khi = (base + ivl_hi[:, None, :]).reshape(n, 9)
+    starts = np.searchsorted(key2, klo, side="left")
+    ends = np.searchsorted(key2, khi, side="right")
+    counts = np.maximum(ends - starts, 0)
+    return starts, counts
+
+
+def _expand(rows, starts, counts):
+    """Expand (row, start, count) ranges into flat candidate index pairs."""
+    counts = counts.ravel()
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    li = np.repeat(np.repeat(rows, starts.shape[1]), counts)
+    offsets = np.cumsum(counts) - counts
+    ri = np.repeat(starts.ravel() - offsets, counts) + np.arange(total)
+    return li, ri
+
+
+def propagate(
+    ra, dec, pmra_masyr, pmdec_masyr, from_epoch: float, to_epoch: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move positions linearly on the sphere from ``from_epoch`` to ``to_epoch`` (years).
+
+    ``pmra_masyr`` includes the cos(dec) factor.  The displacement is applied along
+    the local east/north tangent vectors and the result renormalised onto the
+    sphere.  Rows whose proper motion is NaN keep their position.
+    """
+    ra = np.asarray(ra, dtype=np.float64)
+    dec = np.asarray(dec, dtype=np.float64)
+    pmra = np.broadcast_to(np.asarray(pmra_masyr, dtype=np.float64), ra.shape)
+    pmdec = np.broadcast_to(np.asarray(pmdec_masyr, dtype=np.float64), ra.shape)
+    dt = float(to_epoch) - float(from_epoch)
+    mas = np.pi / (180.0 * 3600.0 * 1000.0)
+    has_pm = np.isfinite(pmra) & np.isfinite(pmdec)
+    da = np.where(has_pm, pmra, 0.0) * mas * dt
+    dd = np.where(has_pm, pmdec, 0.0) * mas * dt
+    a = np.radians(ra)
+    d = np.radians(dec)
+    sa, ca, sd, cd = np.sin(a), np.cos(a), np.sin(d), np.cos(d)
+    x = cd * ca - da * sa - dd * sd * ca
+    y = cd * sa + da * ca - dd * sd * sa
+    z = sd + dd * cd
+    new_ra = np.degrees(np.arctan2(y, x)) % 360.0
+    new_dec = np.degrees(np.arctan2(z, np.hypot(x, y)))
+    new_ra = np.where(has_pm, new_ra, ra)
+    new_dec = np.where(has_pm, new_dec, dec)
+    return new_ra, new_dec
