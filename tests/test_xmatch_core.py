@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import astropy.units as u
 import numpy as np
 import pytest
@@ -209,31 +207,21 @@ def test_propagate():
     assert np.all(sep_back[:3] < 1e-3)
 
 
-def test_timing_against_astropy():
-    """Not asserted: 10,000 x 400,000 within 1 arcsec around a ROME field."""
+def test_field_sized_match_equals_astropy():
+    """10,000 x 400,000 within 1 arcsec around a ROME field: the same pairs as astropy.
+    (Its speed is measured in benchmarks/bench_xmatch.py, not here.)"""
     rng = np.random.default_rng(2024)
     ra2, dec2 = _cloud(rng, 400_000, 268.0, -29.5, 0.7)
     ra1a, dec1a = _pairs_with_jitter(rng, ra2, dec2, 5000, 1.2)
     ra1b, dec1b = _cloud(rng, 5000, 268.0, -29.5, 0.7)
     ra1, dec1 = np.r_[ra1a, ra1b], np.r_[dec1a, dec1b]
-
-    t0 = time.perf_counter()
     res = crossmatch(ra1, dec1, ra2, dec2, 1.0)
-    t_ours = time.perf_counter() - t0
-
-    c1 = SkyCoord(ra1 * u.deg, dec1 * u.deg)
-    c2 = SkyCoord(ra2 * u.deg, dec2 * u.deg)
-    t0 = time.perf_counter()
-    i1, i2, _, _ = search_around_sky(c1, c2, 1.0 * u.arcsec)
-    t_astropy = time.perf_counter() - t0
-
+    i1, i2, _, _ = search_around_sky(
+        SkyCoord(ra1 * u.deg, dec1 * u.deg), SkyCoord(ra2 * u.deg, dec2 * u.deg), 1.0 * u.arcsec
+    )
+    assert len(res) > 1000
     assert set(zip(res.left.tolist(), res.right.tolist(), strict=True)) == set(
         zip(i1.tolist(), i2.tolist(), strict=True)
-    )
-    print(
-        f"\nxmatch 10,000 x 400,000 within 1 arcsec: {len(res)} pairs; "
-        f"romerea_vo {t_ours * 1e3:.1f} ms, astropy search_around_sky {t_astropy * 1e3:.1f} ms "
-        f"({t_astropy / t_ours:.1f}x)"
     )
 
 

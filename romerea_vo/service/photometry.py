@@ -38,15 +38,16 @@ def _is_photometry(table: exp.Table) -> bool:
     return table.name.lower() == "photometry" and table.db.lower() in ("", "rome")
 
 
-def references_photometry(adql: str) -> bool:
-    """True if the query reads rome.photometry (a parse error is left to the translator)."""
+def photometry_query(adql: str) -> exp.Expression | None:
+    """The parsed query if it reads rome.photometry, else None (a parse error is left to
+    the translator, which reports it with its position)."""
     if "photometry" not in adql.lower():
-        return False
+        return None
     try:
         tree = parse(adql)
     except Exception:
-        return False
-    return any(_is_photometry(t) for t in tree.find_all(exp.Table))
+        return None
+    return tree if any(_is_photometry(t) for t in tree.find_all(exp.Table)) else None
 
 
 def _column_of(node: exp.Expression, names: set[str], column: str) -> bool:
@@ -121,11 +122,12 @@ def _sample_size(select: exp.Select | None, table: exp.Table) -> int | None:
     return n if n <= MAX_SAMPLE_ROWS else None
 
 
-def requested_stars(adql: str) -> dict[str, list[int]]:
+def requested_stars(adql: str | exp.Expression) -> dict[str, list[int]]:
     """The stars each reference to rome.photometry is restricted to, merged by field.
+    ``adql``: the query text or its tree from :func:`photometry_query`.
 
     Raises InvalidRequestError when any reference is not bounded."""
-    tree = parse(adql)
+    tree = parse(adql) if isinstance(adql, str) else adql
     wanted: dict[str, set[int]] = {}
     for table in tree.find_all(exp.Table):
         if not _is_photometry(table):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+from sqlglot import exp
 
 from .. import __version__
 from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
@@ -27,7 +28,7 @@ from ..votable.schema import TableSchema, tap_tables
 from ..votable.writer import FieldSpec, Info
 from .datalink import attach_descriptor
 from .params import DaliParams, parse_upload_param
-from .photometry import photometry_rows, references_photometry, requested_stars
+from .photometry import photometry_query, photometry_rows, requested_stars
 from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
@@ -171,7 +172,7 @@ class TapEngine:
         return self.catalog.with_tables(extra), metadata
 
     def _with_photometry(
-        self, catalog: Catalog, query: str, cursor: duckdb.DuckDBPyConnection
+        self, catalog: Catalog, query: exp.Expression, cursor: duckdb.DuckDBPyConnection
     ) -> Catalog:
         """Materialise rome.photometry for the stars the query names (or refuse)."""
         schema = self.schemas["rome.photometry"]
@@ -191,8 +192,9 @@ class TapEngine:
     ) -> PreparedQuery:
         query, maxrec, fmt = self.check_query_params(params)
         catalog, uploads = self.register_uploads(params, cursor, scratch)
-        if references_photometry(query):
-            catalog = self._with_photometry(catalog, query, cursor)
+        photometry_tree = photometry_query(query)
+        if photometry_tree is not None:
+            catalog = self._with_photometry(catalog, photometry_tree, cursor)
         translation = translate(query, catalog, target="duckdb")
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 
