@@ -226,7 +226,7 @@ def test_field_sized_match_equals_astropy():
 
 
 def test_small_chunks_give_same_result(monkeypatch):
-    import romerea_vo.xmatch as xm
+    import romerea_vo.xmatch.core as xm
 
     rng = np.random.default_rng(11)
     ra2, dec2 = _cloud(rng, 2000, 0.0, -29.5, 0.05)
