@@ -26,11 +26,14 @@ class ColumnInfo:
 class TableInfo:
     """A published table: ``name`` as ADQL users write it (``rome.stars``,
     ``TAP_UPLOAD.mylist``; delimited parts keep their double quotes), ``physical`` as the
-    engine's SQL needs it (already quoted), and its columns."""
+    engine's SQL needs it (already quoted), and its columns. ``row_key``: the name of
+    a column that identifies each row (``rowid`` of a stored table, a numbering column of
+    an upload), which lets a target run positional joins of the table outside SQL."""
 
     name: str
     physical: str
     columns: tuple[ColumnInfo, ...]
+    row_key: str | None = None
 
     @property
     def parts(self) -> tuple[tuple[str, bool], ...]:

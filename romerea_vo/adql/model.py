@@ -149,3 +149,30 @@ def shape_of(g: Geometry) -> str:
     if isinstance(g, Polygon):
         return "polygon"
     return g.shape
+
+
+# --- positional joins run outside SQL ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpatialJoinSide:
+    """One table of a positional join: its physical name, row key and position columns
+    (SQL text, already quoted)."""
+
+    physical: str
+    row_key: str
+    ra: str
+    dec: str
+
+
+@dataclass(frozen=True)
+class SpatialJoin:
+    """A positional join the translated SQL expects as a relation named ``pairs`` with
+    columns ``l`` and ``r``: the row keys of every (left, right) pair whose positions are
+    within ``radius_deg`` (strictly, with ``strict``)."""
+
+    pairs: str
+    left: SpatialJoinSide
+    right: SpatialJoinSide
+    radius_deg: float
+    strict: bool

@@ -9,7 +9,7 @@ from typing import TypeVar
 from .analyzer import Analyzer, QueryOut, SyntaxOnly
 from .catalog import Catalog
 from .errors import ADQLError
-from .model import VType
+from .model import SpatialJoin, VType
 from .parser import parse
 from .targets import get_backend
 
@@ -33,6 +33,8 @@ class Translation:
     sql: str
     columns: list[OutputColumn] = field(default_factory=list)
     top: int | None = None  # the TOP of the outermost SELECT, if any
+    spatial_joins: list[SpatialJoin] = field(default_factory=list)
+    """Positional joins the caller must provide as relations (``spatial_join_core``)."""
 
 
 def translate(
@@ -41,15 +43,21 @@ def translate(
     *,
     target: str = "duckdb",
     udfs: Mapping[str, int | None] | None = None,
+    spatial_join_core: bool = False,
 ) -> Translation:
     """Validate an ADQL 2.1 query against ``catalog`` and translate it for ``target``.
 
     ``udfs`` declares user-defined functions (name → number of arguments, None for any);
-    the target must provide them under the same name. Raises :class:`ADQLError`.
+    the target must provide them under the same name. With ``spatial_join_core`` (and a
+    target that supports it), positional joins between tables with a ``row_key`` read
+    their pairs from relations listed in ``Translation.spatial_joins``, which the caller
+    computes (:mod:`.spatial_join`). Raises :class:`ADQLError`.
     """
     if not isinstance(adql, str):
         raise ADQLError("the query must be text")
     backend = get_backend(target)
+    if spatial_join_core and hasattr(backend, "spatial_join_core"):
+        backend.spatial_join_core = True
 
     def run() -> tuple[QueryOut, str]:
         out = Analyzer(adql, catalog, backend, udfs or {}).run(parse(adql))
@@ -57,7 +65,7 @@ def translate(
 
     out, sql = _guarded(run)
     columns = [_column(o.sql_name, o.value.type, o.value.source) for o in out.outputs]
-    return Translation(sql, columns, out.top)
+    return Translation(sql, columns, out.top, list(getattr(backend, "spatial_joins", [])))
 
 
 def check_syntax(adql: str, *, udfs: Mapping[str, int | None] | None = None) -> None:

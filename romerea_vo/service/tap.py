@@ -24,11 +24,12 @@ from ..errors import InvalidRequestError, RomeReaError
 from ..store.database import Database
 from ..store.ddl import ARROW_TYPES, physical_name
 from ..votable.formats import ResultFormat, resolve_format, write_result
-from ..votable.schema import TableSchema, tap_tables
+from ..votable.schema import TableSchema
 from ..votable.writer import FieldSpec, Info
 from .datalink import attach_descriptor
 from .params import DaliParams, parse_upload_param
 from .photometry import photometry_query, photometry_rows, requested_stars
+from .spatial_joins import SpatialJoinRunner
 from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
@@ -83,6 +84,7 @@ def _table_info(table: TableSchema) -> TableInfo:
             ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize, unit=c.unit)
             for c in table.columns
         ),
+        row_key=None if table.virtual else "rowid",
     )
 
 
@@ -102,9 +104,10 @@ class TapEngine:
     def __init__(self, db: Database, limits: TapLimits | None = None):
         self.db = db
         self.limits = limits or TapLimits()
-        self.tables = tap_tables()
+        self.tables = db.tables  # ROME (if present), external catalogues, TAP_SCHEMA
         self.schemas = {t.qualified_name.lower(): t for t in self.tables}
         self.catalog = Catalog([_table_info(t) for t in self.tables])
+        self.spatial_joins = SpatialJoinRunner()
 
     # --- parameters -----------------------------------------------------------------
 
@@ -155,19 +158,15 @@ class TapEngine:
                 )
             table, meta = read_upload_table(name, path, max_rows=self.limits.upload_rows)
             physical = f"tap_upload_{secrets.token_hex(6)}"
+            # No xtype here: the values are plain strings/numbers in DuckDB; the
+            # uploader's xtype/unit/UCD are put back on result FIELDs instead.
+            columns = tuple(ColumnInfo(f.name, _votable_datatype(f.type)) for f in table.schema)
+            # A row number ADQL cannot see, for positional joins run by the xmatch core.
+            row_key = _unused_name("romerea_row", table.schema.names)
+            table = table.append_column(row_key, pa.array(range(table.num_rows), pa.int64()))
             cursor.register(physical, table)
             qualified = f"TAP_UPLOAD.{name}"
-            extra.append(
-                TableInfo(
-                    name=qualified,
-                    physical=physical,
-                    # No xtype here: the values are plain strings/numbers in DuckDB; the
-                    # uploader's xtype/unit/UCD are put back on result FIELDs instead.
-                    columns=tuple(
-                        ColumnInfo(f.name, _votable_datatype(f.type)) for f in table.schema
-                    ),
-                )
-            )
+            extra.append(TableInfo(qualified, physical, columns, row_key=row_key))
             metadata[qualified.lower()] = meta
         return self.catalog.with_tables(extra), metadata
 
@@ -195,7 +194,10 @@ class TapEngine:
         photometry_tree = photometry_query(query)
         if photometry_tree is not None:
             catalog = self._with_photometry(catalog, photometry_tree, cursor)
-        translation = translate(query, catalog, target="duckdb")
+        translation = translate(query, catalog, target="duckdb", spatial_join_core=True)
+        if translation.spatial_joins:
+            per_query = {t.physical for t in catalog.tables if t.name.lower() in uploads}
+            self.spatial_joins.register(cursor, translation.spatial_joins, per_query)
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 
     def _fields(self, prepared: PreparedQuery, schema: pa.Schema) -> list[FieldSpec]:
@@ -367,6 +369,14 @@ def _unique_names(fields: list[FieldSpec]) -> list[FieldSpec]:
             seen[key] = 0
         out.append(f)
     return out
+
+
+def _unused_name(base: str, taken: list[str]) -> str:
+    lowered = {n.lower() for n in taken}
+    name, k = base, 1
+    while name.lower() in lowered:
+        name, k = f"{base}_{k}", k + 1
+    return name
 
 
 def _votable_datatype(t: pa.DataType) -> str:

@@ -19,7 +19,16 @@ import numpy as np
 
 from romerea_vo.errors import InvalidRequestError
 
-__all__ = ["MAX_RADIUS_ARCSEC", "MODES", "MatchResult", "crossmatch", "propagate"]
+__all__ = [
+    "MAX_RADIUS_ARCSEC",
+    "MODES",
+    "MatchResult",
+    "SkyIndex",
+    "TooManyPairs",
+    "crossmatch",
+    "propagate",
+    "zone_height",
+]
 
 MODES = ("all", "best", "best-unique")
 MAX_RADIUS_ARCSEC = 3600.0
@@ -35,6 +44,10 @@ _PAD_DEG = 1e-6
 _CHUNK_ROWS = 65536
 #: Candidate pairs handled at once (a single row may exceed it).
 _MAX_CANDIDATES = 4_000_000
+
+
+class TooManyPairs(InvalidRequestError):
+    """A match would produce more pairs than the caller allows."""
 
 
 @dataclass
@@ -114,6 +127,117 @@ def _first_per_group(group: np.ndarray, sep: np.ndarray, other: np.ndarray) -> n
     return order[first]
 
 
+def zone_height(radius_arcsec: float) -> float:
+    """The declination-zone height (degrees) an index needs for matches within the radius."""
+    return max(_check_radius(radius_arcsec) / 3600.0, _MIN_ZONE_HEIGHT_DEG)
+
+
+class SkyIndex:
+    """A catalogue sorted once by ``(zone, ra)``, to be matched against repeatedly.
+
+    An index built with zone height ``h`` (:func:`zone_height`) serves every radius up to
+    ``h``; the TAP service keeps indexes of its (read-only) tables between queries.
+    """
+
+    def __init__(self, ra, dec, height_deg: float):
+        ra, dec, ok = _coords(ra, dec, "second")
+        self.size = int(ra.size)
+        self.height = float(height_deg)
+        idx = np.flatnonzero(ok)
+        key = np.floor((dec[idx] + 90.0) / self.height) * _KEY_STRIDE + ra[idx]
+        order = np.argsort(key)
+        self.key = key[order]
+        self.rows = idx[order]  # original row of each sorted entry
+        self.ra = ra[self.rows]
+        self.dec = dec[self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.key.nbytes + self.rows.nbytes + self.ra.nbytes + self.dec.nbytes
+
+    def match(
+        self,
+        ra,
+        dec,
+        radius_arcsec: float,
+        *,
+        mode: str = "all",
+        strict: bool = False,
+        max_pairs: int | None = None,
+    ) -> MatchResult:
+        """Match ``(ra, dec)`` (the first catalogue) against the index (the second).
+
+        Same modes and output as :func:`crossmatch`; ``strict`` keeps only separations
+        strictly below the radius (ADQL ``DISTANCE(...) < r``); more than ``max_pairs``
+        pairs raise :class:`TooManyPairs` (memory stays bounded until then).
+        """
+        radius = _check_radius(radius_arcsec)
+        if mode not in MODES:
+            raise InvalidRequestError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        r_deg = radius / 3600.0
+        if r_deg > self.height * (1.0 + 1e-12):
+            raise ValueError(f"index zones ({self.height} deg) are lower than the radius")
+        ra1, dec1, ok1 = _coords(ra, dec, "first")
+        idx1 = np.flatnonzero(ok1)
+        if idx1.size == 0 or self.key.size == 0:
+            return MatchResult.empty()
+        r_rad = np.radians(r_deg)
+
+        # Visit catalogue 1 in the same (zone, ra) order: cache-friendly look-ups.
+        z1 = np.floor((dec1[idx1] + 90.0) / self.height)
+        idx1 = idx1[np.argsort(z1 * _KEY_STRIDE + ra1[idx1])]
+
+        lefts, rights, seps = [], [], []
+        found = 0
+        for c0 in range(0, idx1.size, _CHUNK_ROWS):
+            rows1 = idx1[c0 : c0 + _CHUNK_ROWS]
+            starts, counts = _candidate_ranges(
+                ra1[rows1], dec1[rows1], self.key, r_deg, self.height
+            )
+            per_row = counts.sum(axis=1)
+            # Split the chunk so that each block expands to at most _MAX_CANDIDATES pairs.
+            cum = np.cumsum(per_row)
+            b0 = 0
+            while b0 < rows1.size:
+                base = cum[b0 - 1] if b0 else 0
+                b1 = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
+                b1 = max(b1, b0 + 1)
+                li, ri = _expand(rows1[b0:b1], starts[b0:b1], counts[b0:b1])
+                b0 = b1
+                if li.size == 0:
+                    continue
+                sep = _haversine_rad(ra1[li], dec1[li], self.ra[ri], self.dec[ri])
+                keep = sep < r_rad if strict else sep <= r_rad
+                li, ri, sep = li[keep], self.rows[ri[keep]], sep[keep]
+                if mode == "best":
+                    sel = _first_per_group(li, sep, ri)
+                    li, ri, sep = li[sel], ri[sel], sep[sel]
+                lefts.append(li)
+                rights.append(ri)
+                seps.append(sep)
+                found += li.size
+                if max_pairs is not None and found > max_pairs:
+                    raise TooManyPairs(
+                        f"the positional match yields more than {max_pairs:,} pairs; "
+                        "use a smaller radius or fewer rows"
+                    )
+
+        if not lefts:
+            return MatchResult.empty()
+        left = np.concatenate(lefts).astype(np.int64, copy=False)
+        right = np.concatenate(rights).astype(np.int64, copy=False)
+        sep = np.concatenate(seps)
+
+        if mode == "best-unique":
+            best_l = _first_per_group(left, sep, right)
+            best_r = _first_per_group(right, sep, left)
+            mutual = np.intersect1d(best_l, best_r, assume_unique=True)
+            left, right, sep = left[mutual], right[mutual], sep[mutual]
+
+        order = np.lexsort((right, sep, left))
+        return MatchResult(left[order], right[order], np.degrees(sep[order]) * 3600.0)
+
+
 def crossmatch(ra1, dec1, ra2, dec2, radius_arcsec: float, *, mode: str = "all") -> MatchResult:
     """Match catalogue 1 against catalogue 2 within ``radius_arcsec`` (degrees in, ICRS).
 
@@ -122,74 +246,10 @@ def crossmatch(ra1, dec1, ra2, dec2, radius_arcsec: float, *, mode: str = "all")
     each other's nearest.  Rows with NaN or out-of-range coordinates never match.
     Pairs come out sorted by left index, then separation, then right index.
     """
-    radius = _check_radius(radius_arcsec)
+    height = zone_height(radius_arcsec)
     if mode not in MODES:
         raise InvalidRequestError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    ra1, dec1, ok1 = _coords(ra1, dec1, "first")
-    ra2, dec2, ok2 = _coords(ra2, dec2, "second")
-
-    idx2 = np.flatnonzero(ok2)
-    idx1 = np.flatnonzero(ok1)
-    if idx1.size == 0 or idx2.size == 0:
-        return MatchResult.empty()
-
-    r_deg = radius / 3600.0
-    r_rad = np.radians(r_deg)
-    height = max(r_deg, _MIN_ZONE_HEIGHT_DEG)
-
-    # Build the sorted zone/RA index of catalogue 2.
-    z2 = np.floor((dec2[idx2] + 90.0) / height)
-    key2 = z2 * _KEY_STRIDE + ra2[idx2]
-    order2 = np.argsort(key2)
-    key2 = key2[order2]
-    rows2 = idx2[order2]  # original row of each sorted entry
-    sra2 = ra2[rows2]
-    sdec2 = dec2[rows2]
-
-    # Visit catalogue 1 in the same (zone, ra) order: cache-friendly look-ups.
-    z1 = np.floor((dec1[idx1] + 90.0) / height)
-    idx1 = idx1[np.argsort(z1 * _KEY_STRIDE + ra1[idx1])]
-
-    lefts, rights, seps = [], [], []
-    for c0 in range(0, idx1.size, _CHUNK_ROWS):
-        rows1 = idx1[c0 : c0 + _CHUNK_ROWS]
-        starts, counts = _candidate_ranges(ra1[rows1], dec1[rows1], key2, r_deg, height)
-        per_row = counts.sum(axis=1)
-        # Split the chunk so that each block expands to at most _MAX_CANDIDATES pairs.
-        cum = np.cumsum(per_row)
-        b0 = 0
-        while b0 < rows1.size:
-            base = cum[b0 - 1] if b0 else 0
-            b1 = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
-            b1 = max(b1, b0 + 1)
-            li, ri = _expand(rows1[b0:b1], starts[b0:b1], counts[b0:b1])
-            b0 = b1
-            if li.size == 0:
-                continue
-            sep = _haversine_rad(ra1[li], dec1[li], sra2[ri], sdec2[ri])
-            keep = sep <= r_rad
-            li, ri, sep = li[keep], rows2[ri[keep]], sep[keep]
-            if mode == "best":
-                sel = _first_per_group(li, sep, ri)
-                li, ri, sep = li[sel], ri[sel], sep[sel]
-            lefts.append(li)
-            rights.append(ri)
-            seps.append(sep)
-
-    if not lefts:
-        return MatchResult.empty()
-    left = np.concatenate(lefts).astype(np.int64, copy=False)
-    right = np.concatenate(rights).astype(np.int64, copy=False)
-    sep = np.concatenate(seps)
-
-    if mode == "best-unique":
-        best_l = _first_per_group(left, sep, right)
-        best_r = _first_per_group(right, sep, left)
-        mutual = np.intersect1d(best_l, best_r, assume_unique=True)
-        left, right, sep = left[mutual], right[mutual], sep[mutual]
-
-    order = np.lexsort((right, sep, left))
-    return MatchResult(left[order], right[order], np.degrees(sep[order]) * 3600.0)
+    return SkyIndex(ra2, dec2, height).match(ra1, dec1, radius_arcsec, mode=mode)
 
 
 def _candidate_ranges(ra, dec, key2, r_deg, height):

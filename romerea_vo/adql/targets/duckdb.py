@@ -19,14 +19,16 @@ not follow, and on a dec-sorted table the declination band does the pruning.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
+import duckdb
 from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.generators.duckdb import DuckDBGenerator
 
-from .. import sphere
+from .. import spatial_join, sphere
 from ..catalog import TableInfo
 from ..frames import ICRS, ROTATIONS
 from ..model import (
@@ -37,6 +39,7 @@ from ..model import (
     Geometry,
     Point,
     Polygon,
+    SpatialJoin,
     Stored,
     Value,
     geometry_type,
@@ -50,6 +53,8 @@ class _Dialect(DuckDB):
         TRANSFORMS: ClassVar = {
             **DuckDBGenerator.TRANSFORMS,
             Raw: lambda self, e: f"({e.this})",
+            # A positional-join marker generated as such is its plain SQL condition.
+            spatial_join.Marker: lambda self, e: self.sql(e, "this"),
         }
 
 
@@ -184,11 +189,41 @@ def _vec_angle(a: list[str], b: list[str]) -> str:
     return f"degrees(atan2(sqrt({_dot(c, c)}), {_dot(a, b)}))"
 
 
+def _marker(sql: exp.Expression, candidate: spatial_join.Candidate) -> exp.Expression:
+    marker = spatial_join.Marker(this=sql)
+    marker.meta["candidate"] = candidate
+    return marker
+
+
+_CONSTANTS: duckdb.DuckDBPyConnection | None = None
+_CONSTANTS_LOCK = threading.Lock()
+
+
+def _evaluate_constant(sql: str) -> float | None:
+    """Evaluate a column-free numeric expression of translated ADQL (only ADQL's own
+    functions can occur) on a private in-memory DuckDB without file or network access."""
+    global _CONSTANTS
+    with _CONSTANTS_LOCK:
+        if _CONSTANTS is None:
+            con = duckdb.connect(":memory:")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            _CONSTANTS = con
+        try:
+            row = _CONSTANTS.execute(f"SELECT CAST({sql} AS DOUBLE)").fetchone()
+        except duckdb.Error:
+            return None
+    return None if row is None or row[0] is None else float(row[0])
+
+
 class DuckDBBackend(Backend):
     name: ClassVar[str] = "duckdb"
 
     def __init__(self) -> None:
         self._var = 0
+        self.spatial_join_core = False
+        """Emit positional joins for the cross-match core (see :mod:`..spatial_join`)."""
+        self.spatial_joins: list[SpatialJoin] = []
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -196,7 +231,27 @@ class DuckDBBackend(Backend):
         return _DIALECT.generate(node, identify=True, comments=False)
 
     def generate(self, tree: exp.Expression) -> str:
+        for marker in list(tree.find_all(spatial_join.Marker)):
+            candidate = marker.meta["candidate"]
+            radius = self.constant(candidate.radius)
+            placed = None
+            if radius is not None:
+                pairs = f"romerea_xmatch_{len(self.spatial_joins) + 1}"
+                placed = spatial_join.place(marker, candidate, pairs, radius)
+            if placed is None:
+                marker.replace(marker.this)
+            else:
+                self.spatial_joins.append(placed)
         return self.sql(tree)
+
+    def constant(self, value: Value) -> float | None:
+        """The value of a constant numeric expression, computed as DuckDB would."""
+        if value.is_const:
+            return float(value.const)
+        tree = spatial_join.radius_tree_of(value)
+        if tree is None:
+            return None
+        return _evaluate_constant(self.sql(tree))
 
     def var(self, base: str) -> str:
         self._var += 1
@@ -210,7 +265,10 @@ class DuckDBBackend(Backend):
     # --- scalars ----------------------------------------------------------------------
 
     def table(self, info: TableInfo) -> exp.Expression:
-        return exp.to_table(info.physical, dialect=_DIALECT)
+        table = exp.to_table(info.physical, dialect=_DIALECT)
+        table.meta["physical"] = info.physical
+        table.meta["row_key"] = info.row_key
+        return table
 
     def number(self, text: str, integer: bool) -> exp.Expression:
         if integer:
@@ -466,7 +524,12 @@ class DuckDBBackend(Backend):
         self, name: str, a: Geometry, b: Geometry, truth: bool
     ) -> exp.Expression:
         if truth:
-            return Raw(this=self.predicate(name, a, b, prefilter=True))
+            sql = Raw(this=self.predicate(name, a, b, prefilter=True))
+            if self.spatial_join_core:
+                candidate = spatial_join.contains_candidate(name, a, b, truth)
+                if candidate is not None:
+                    return _marker(sql, candidate)
+            return sql
         return Raw(this=f"NOT {self.predicate(name, a, b)}")
 
     def distance_predicate(
@@ -477,7 +540,12 @@ class DuckDBBackend(Backend):
         p, q = self.as_point(a), self.as_point(b)
         r = self.text(radius)
         rc = float(radius.const) if radius.is_const else None
-        return Raw(this=self.cone(p, q, r, rc, strict=op == "<"))
+        sql = Raw(this=self.cone(p, q, r, rc, strict=op == "<"))
+        if self.spatial_join_core:
+            candidate = spatial_join.distance_candidate(a, b, op, radius)
+            if candidate is not None:
+                return _marker(sql, candidate)
+        return sql
 
     def predicate(self, name: str, a: Geometry, b: Geometry, prefilter: bool = False) -> str:
         sa, sb = shape_of(a), shape_of(b)
