@@ -240,3 +240,16 @@ def test_small_chunks_give_same_result(monkeypatch):
         np.testing.assert_array_equal(got.right, ref[m].right)
         np.testing.assert_array_equal(got.sep_arcsec, ref[m].sep_arcsec)
     _check_all_and_best(ra1, dec1, ra2, dec2, 5.0)
+
+
+def test_pair_order_equals_lexsort():
+    """The run-aware ordering of 'all' pairs is exactly (left, sep, right)."""
+    from romerea_vo.xmatch.core import _pair_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        runs = rng.integers(1, 4, 50)
+        left = np.repeat(rng.permutation(50), runs)
+        sep = rng.integers(0, 3, left.size).astype(float)  # ties in sep on purpose
+        right = rng.permutation(left.size)
+        assert (_pair_order(left, right, sep) == np.lexsort((right, sep, left))).all()

@@ -127,6 +127,39 @@ def _first_per_group(group: np.ndarray, sep: np.ndarray, other: np.ndarray) -> n
     return order[first]
 
 
+def _first_per_run(group: np.ndarray, sep: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """As :func:`_first_per_group` when equal ``group`` values are contiguous (pairs of one
+    row come out together); linear instead of a sort."""
+    if group.size == 0:
+        return np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    lengths = np.diff(np.r_[starts, group.size])
+    is_min = sep == np.repeat(np.minimum.reduceat(sep, starts), lengths)
+    tied_other = np.where(is_min, other, np.iinfo(np.int64).max)
+    best_other = np.repeat(np.minimum.reduceat(tied_other, starts), lengths)
+    return np.flatnonzero(is_min & (other == best_other))
+
+
+def _pair_order(left: np.ndarray, right: np.ndarray, sep: np.ndarray) -> np.ndarray:
+    """The order (left, sep, right) of pairs whose equal ``left`` values are contiguous.
+
+    Equivalent to ``np.lexsort((right, sep, left))`` but sorts by (sep, right) only
+    inside the (few) runs of more than one pair, then by ``left`` with a stable integer
+    sort: several times faster for the mostly one-to-one matches of catalogues.
+    """
+    n = left.size
+    perm = np.arange(n)
+    if n < 2:
+        return perm
+    new_run = np.r_[True, left[1:] != left[:-1]]
+    run = np.cumsum(new_run)
+    lengths = np.bincount(run)
+    multi = np.flatnonzero(lengths[run] > 1)
+    if multi.size:
+        perm[multi] = multi[np.lexsort((right[multi], sep[multi], run[multi]))]
+    return perm[np.argsort(left[perm], kind="stable")]
+
+
 def zone_height(radius_arcsec: float) -> float:
     """The declination-zone height (degrees) an index needs for matches within the radius."""
     return max(_check_radius(radius_arcsec) / 3600.0, _MIN_ZONE_HEIGHT_DEG)
@@ -210,7 +243,7 @@ class SkyIndex:
                 keep = sep < r_rad if strict else sep <= r_rad
                 li, ri, sep = li[keep], self.rows[ri[keep]], sep[keep]
                 if mode == "best":
-                    sel = _first_per_group(li, sep, ri)
+                    sel = _first_per_run(li, sep, ri)
                     li, ri, sep = li[sel], ri[sel], sep[sel]
                 lefts.append(li)
                 rights.append(ri)
@@ -234,7 +267,7 @@ class SkyIndex:
             mutual = np.intersect1d(best_l, best_r, assume_unique=True)
             left, right, sep = left[mutual], right[mutual], sep[mutual]
 
-        order = np.lexsort((right, sep, left))
+        order = _pair_order(left, right, sep) if mode == "all" else np.argsort(left, kind="stable")
         return MatchResult(left[order], right[order], np.degrees(sep[order]) * 3600.0)
 
 
@@ -280,8 +313,18 @@ def _candidate_ranges(ra, dec, key2, r_deg, height):
     base = (zones * _KEY_STRIDE)[:, :, None]  # (n, 3, 1)
     klo = (base + ivl_lo[:, None, :]).reshape(n, 9)
     khi = (base + ivl_hi[:, None, :]).reshape(n, 9)
-    starts = np.searchsorted(key2, klo, side="left")
-    ends = np.searchsorted(key2, khi, side="right")
+    # Search only the intervals in use (the wrapped ones rarely are), one column at a
+    # time: each column is nearly sorted, as the rows are, which binary search exploits.
+    starts = np.zeros((n, 9), np.int64)
+    ends = np.zeros((n, 9), np.int64)
+    for c in range(9):
+        used = np.isfinite(klo[:, c])
+        if used.all():
+            starts[:, c] = np.searchsorted(key2, klo[:, c], side="left")
+            ends[:, c] = np.searchsorted(key2, khi[:, c], side="right")
+        elif used.any():
+            starts[used, c] = np.searchsorted(key2, klo[used, c], side="left")
+            ends[used, c] = np.searchsorted(key2, khi[used, c], side="right")
     counts = np.maximum(ends - starts, 0)
     return starts, counts
 
