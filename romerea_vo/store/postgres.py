@@ -1,0 +1,588 @@
+"""PostgreSQL + pgSphere store: the same tables as the DuckDB file, for many workers.
+
+``romerea-vo ingest FIELD_DIR --db postgresql://...`` creates the schemas and tables
+from votable_schemas/ (PostgreSQL types), bulk-loads the rows with COPY, indexes
+positions with pgSphere (GiST on ``spoint(radians(ra), radians(dec))``, the expression
+the pgSphere ADQL target writes, so cones and joins use the index) and runs ANALYZE.
+:class:`PostgresDatabase` is what the services open: its :meth:`~PostgresDatabase.session`
+gives a :class:`PgSession` per request, one transaction that is rolled back at the
+end, so that upload tables (temporary) vanish with it.
+
+Security: the service connects as a role that can only read (see
+``services/postgres/setup.sql``); besides, every query runs in a READ ONLY transaction
+with a statement timeout, and user SQL only ever comes out of the ADQL translator,
+which emits no function outside ADQL's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from .. import __version__
+from ..errors import RomeReaError
+from ..products import open_field
+from ..products.reader import Field
+from ..votable.schema import TableSchema, load_table_schema, tap_tables
+from .ddl import quote_ident
+from .field_tables import field_tables
+from .session import QueryFailed, QueryInterrupted
+from .tap_schema import tap_schema_tables
+
+PG_TYPES = {
+    "boolean": "boolean",
+    "unsignedByte": "smallint",
+    "short": "smallint",
+    "int": "integer",
+    "long": "bigint",
+    "float": "real",
+    "double": "double precision",
+    "char": "text",
+    "unicodeChar": "text",
+}
+
+INTERNAL_DDL = """
+CREATE EXTENSION IF NOT EXISTS pg_sphere;
+CREATE SCHEMA IF NOT EXISTS romerea;
+CREATE SCHEMA IF NOT EXISTS rome;
+CREATE SCHEMA IF NOT EXISTS tap_schema;
+CREATE TABLE IF NOT EXISTS romerea.settings (key text PRIMARY KEY, value text);
+CREATE TABLE IF NOT EXISTS romerea.fields (
+  field text PRIMARY KEY, directory text, n_stars bigint, n_images integer,
+  era text, ingested_at timestamp, software text
+);
+"""
+
+
+class PostgresError(RomeReaError):
+    """The PostgreSQL database cannot be used (connection, missing tables, ...)."""
+
+
+def is_postgres_url(text: str | os.PathLike | None) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a DuckDB file."""
+    return isinstance(text, str) and text.startswith(("postgresql://", "postgres://"))
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:  # an optional dependency
+        raise PostgresError(
+            "PostgreSQL support needs psycopg: pip install 'romerea-vo[postgres]'"
+        ) from None
+    return psycopg
+
+
+def connect(url: str, *, autocommit: bool = False):
+    """A psycopg connection, with errors turned into :class:`PostgresError`."""
+    psycopg = _psycopg()
+    try:
+        return psycopg.connect(url, autocommit=autocommit, application_name="romerea-vo")
+    except psycopg.Error as exc:
+        raise PostgresError(f"cannot connect to {_redact(url)}: {exc}".strip()) from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+# --- DDL ------------------------------------------------------------------------------
+
+
+SYSTEM_COLUMNS = frozenset({"xmin", "xmax", "cmin", "cmax", "ctid", "tableoid", "oid"})
+"""Names PostgreSQL reserves for every table's system columns (rome.stamps has xmin...)."""
+
+
+def physical_name(table: TableSchema) -> str:
+    """The name queries use: the table, or a view over it (see :func:`storage_name`)."""
+    return f"{quote_ident(table.schema.lower())}.{quote_ident(table.name)}"
+
+
+def _needs_view(table: TableSchema) -> bool:
+    return any(c.name in SYSTEM_COLUMNS for c in table.columns)
+
+
+def storage_name(table: TableSchema) -> str:
+    """Where the rows are stored. A table with a column named like a system column
+    stores it as ``name_`` in ``romerea.<schema>_<table>`` and is published as a view
+    that gives the column its name back, so the ADQL side sees the same tables."""
+    if _needs_view(table):
+        return f"romerea.{quote_ident(table.schema.lower() + '_' + table.name)}"
+    return physical_name(table)
+
+
+def stored_column(name: str) -> str:
+    return name + "_" if name in SYSTEM_COLUMNS else name
+
+
+def create_table_sql(table: TableSchema) -> list[str]:
+    cols = [f"{quote_ident(stored_column(c.name))} {PG_TYPES[c.datatype]}" for c in table.columns]
+    if table.primary_key:
+        key = ", ".join(quote_ident(stored_column(c)) for c in table.primary_key)
+        cols.append(f"PRIMARY KEY ({key})")
+    out = [f"CREATE TABLE IF NOT EXISTS {storage_name(table)} (\n  " + ",\n  ".join(cols) + "\n)"]
+    if _needs_view(table):
+        select = ", ".join(
+            f"{quote_ident(stored_column(c.name))} AS {quote_ident(c.name)}" for c in table.columns
+        )
+        out.append(
+            f"CREATE OR REPLACE VIEW {physical_name(table)} AS SELECT {select} "
+            f"FROM {storage_name(table)}"
+        )
+    return out
+
+
+def has_position(table: TableSchema) -> bool:
+    names = set(table.column_names)
+    return {"ra", "dec"} <= names and table.schema is not None and table.schema != "tap_schema"
+
+
+POSITION_EXPRESSION = 'spoint(radians("ra"), radians("dec"))'
+"""What the GiST index covers; the pgSphere ADQL target writes exactly this for the
+position columns so that PostgreSQL can use the index."""
+
+
+def index_sql(table: TableSchema) -> list[str]:
+    """Indexes of a table: pgSphere on its position, b-trees on its indexed columns."""
+    out = []
+    base = f"{table.schema.lower()}_{table.name}"
+    if has_position(table):
+        out.append(
+            f"CREATE INDEX IF NOT EXISTS {quote_ident(base + '_pos')} ON {storage_name(table)} "
+            f"USING gist ({POSITION_EXPRESSION})"
+        )
+    leading = table.primary_key[0] if table.primary_key else None
+    for col in table.columns:
+        if col.indexed and col.name != leading and col.name not in ("ra", "dec"):
+            out.append(
+                f"CREATE INDEX IF NOT EXISTS {quote_ident(base + '_' + col.name)} "
+                f"ON {storage_name(table)} ({quote_ident(stored_column(col.name))})"
+            )
+    return out
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def copy_arrow(cur, target: str, rows: pa.Table, columns: Iterable[str] | None = None) -> None:
+    """COPY an Arrow table into ``target`` as CSV written by Arrow's C++ writer.
+
+    NULL is the unquoted empty field and an empty string is ``""``, which is how
+    PostgreSQL's CSV format tells them apart; doubles are written in their shortest
+    round-trip form, so values arrive unchanged.
+    """
+    names = list(columns) if columns is not None else rows.column_names
+    cols = ", ".join(quote_ident(n) for n in names)
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT csv)") as copy:
+        for batch in rows.to_batches(max_chunksize=65536):
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_batches([batch]), buf, write_options=options)
+            copy.write(buf.getvalue())
+
+
+def _replace_rows(cur, table: TableSchema, rows: pa.Table, field: str | None) -> None:
+    target = storage_name(table)
+    if field is None:
+        cur.execute(f"DELETE FROM {target}")
+    else:
+        cur.execute(f"DELETE FROM {target} WHERE field = %s", [field])
+    if table.order:
+        rows = rows.sort_by([(c, "ascending") for c in table.order])
+    copy_arrow(cur, target, rows, [stored_column(n) for n in rows.column_names])
+
+
+def _authority(cur, requested: str | None) -> str:
+    from .ingest import DEFAULT_AUTHORITY
+
+    cur.execute("SELECT value FROM romerea.settings WHERE key = 'authority'")
+    row = cur.fetchone()
+    if row and requested and requested != row[0]:
+        raise PostgresError(
+            f"the database's DIDs use the authority {row[0]!r}; re-ingesting with "
+            f"{requested!r} would mix them (use a new database)"
+        )
+    authority = row[0] if row else (requested or DEFAULT_AUTHORITY)
+    if not authority.startswith("ivo://"):
+        raise PostgresError(f"authority {authority!r} must be an ivo:// URI")
+    cur.execute(
+        "INSERT INTO romerea.settings VALUES ('authority', %s) "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        [authority],
+    )
+    return authority
+
+
+def _check_existing_tables(cur, url: str) -> None:
+    for table in tap_tables():
+        if table.virtual:
+            continue
+        schema, name = table.schema.lower(), table.name
+        if _needs_view(table):
+            schema, name = "romerea", f"{table.schema.lower()}_{table.name}"
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s ORDER BY ordinal_position",
+            [schema, name],
+        )
+        have = [r[0] for r in cur.fetchall()]
+        want = [stored_column(n) for n in table.column_names]
+        if have and have != want:
+            raise PostgresError(
+                f"{_redact(url)}: table {table.qualified_name} has other columns than this "
+                "version of romerea-vo publishes; ingest into a new database"
+            )
+
+
+def ingest_fields_pg(
+    url: str,
+    field_dirs: Iterable[str | os.PathLike],
+    *,
+    authority: str | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Load (or replace) fields in a PostgreSQL database, in one transaction; on any error
+    nothing is changed. Returns one summary dict per field."""
+    psycopg = _psycopg()
+    con = connect(url)
+    summaries = []
+    try:
+        with con.cursor() as cur:
+            try:
+                cur.execute(INTERNAL_DDL)
+                _check_existing_tables(cur, url)
+                stored = [t for t in tap_tables() if not t.virtual]
+                for table in stored:
+                    for statement in create_table_sql(table):
+                        cur.execute(statement)
+                did_authority = _authority(cur, authority)
+                for directory in field_dirs:
+                    with open_field(directory) as field:
+                        tables = field_tables(field, authority=did_authority, progress=progress)
+                        for name, rows in tables.items():
+                            _replace_rows(cur, load_table_schema(name), rows, field.name)
+                        cur.execute(
+                            "INSERT INTO romerea.fields VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                            "ON CONFLICT (field) DO UPDATE SET directory = EXCLUDED.directory, "
+                            "n_stars = EXCLUDED.n_stars, n_images = EXCLUDED.n_images, "
+                            "era = EXCLUDED.era, ingested_at = EXCLUDED.ingested_at, "
+                            "software = EXCLUDED.software",
+                            [
+                                field.name,
+                                str(field.directory.resolve()),
+                                field.n_stars,
+                                field.n_images,
+                                field.era,
+                                dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                                f"romerea-vo {__version__}",
+                            ],
+                        )
+                        summaries.append(
+                            {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}
+                        )
+                for name, rows in tap_schema_tables().items():
+                    _replace_rows(cur, load_table_schema(name), rows, None)
+                for table in stored:
+                    for statement in index_sql(table):
+                        cur.execute(statement)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        con.autocommit = True
+        with con.cursor() as cur:
+            for table in stored:
+                cur.execute(f"ANALYZE {storage_name(table)}")
+    except psycopg.Error as exc:
+        raise PostgresError(f"ingest into {_redact(url)} failed: {exc}".strip()) from None
+    finally:
+        con.close()
+    return summaries
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    name: str
+    directory: Path
+    n_stars: int
+    n_images: int
+    era: str
+
+
+# PostgreSQL type OIDs → Arrow types of result columns (anything else: text).
+_ARROW_OF_OID = {
+    16: pa.bool_(),
+    21: pa.int16(),
+    23: pa.int32(),
+    20: pa.int64(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1700: pa.float64(),
+    25: pa.string(),
+    1043: pa.string(),
+    1042: pa.string(),
+    1021: pa.list_(pa.float32()),
+    1022: pa.list_(pa.float64()),
+    1005: pa.list_(pa.int16()),
+    1007: pa.list_(pa.int32()),
+    1016: pa.list_(pa.int64()),
+}
+
+
+class PgSession:
+    """One request's connection, inside one transaction that is rolled back at the end."""
+
+    target = "pgsphere"
+
+    def __init__(self, db: PostgresDatabase):
+        self._db = db
+        self._con = db._acquire()
+        self._cur = self._con.cursor()
+        self._temp = 0
+        self._read_only = False
+
+    # The same calls as the DuckDB session (romerea_vo.store.database.DuckDBSession).
+
+    def register(self, name: str, rows: pa.Table) -> None:
+        """Make ``rows`` readable as table ``name`` (a temporary table, analysed)."""
+        if self._read_only:
+            raise RuntimeError("tables must be registered before the first query")
+        cols = []
+        for f in rows.schema:
+            pg = _pg_type_of_arrow(f.type)
+            cols.append(f"{quote_ident(f.name)} {pg}")
+        self._cur.execute(
+            f"CREATE TEMP TABLE {quote_ident(name)} ({', '.join(cols)}) ON COMMIT DROP"
+        )
+        copy_arrow(self._cur, quote_ident(name), rows)
+        self._cur.execute(f"ANALYZE {quote_ident(name)}")
+
+    def _start_reading(self, timeout: float | None) -> None:
+        if not self._read_only:
+            self._cur.execute("SET TRANSACTION READ ONLY")
+            self._read_only = True
+        ms = int(timeout * 1000) if timeout else 0
+        self._cur.execute(f"SET LOCAL statement_timeout = {ms}")
+
+    def fetchall(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Rows of a small query of ours (``?`` placeholders)."""
+        psycopg = _psycopg()
+        self._start_reading(None)
+        try:
+            self._cur.execute(sql.replace("?", "%s"), params or [])
+            return self._cur.fetchall()
+        except psycopg.errors.QueryCanceled as exc:
+            raise QueryInterrupted(str(exc).strip()) from None
+        except psycopg.Error as exc:
+            raise QueryFailed(str(exc).strip()) from None
+
+    def arrow_table(self, sql: str, params: list | None = None) -> pa.Table:
+        schema, batches = self.arrow(sql.replace("?", "%s") if params else sql, params=params)
+        return pa.Table.from_batches(list(batches), schema=schema)
+
+    def arrow(
+        self,
+        sql: str,
+        *,
+        batch_rows: int = 65536,
+        timeout: float | None = None,
+        params: list | None = None,
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The result of ``sql`` as Arrow batches (the schema first, then the batches)."""
+        psycopg = _psycopg()
+        self._start_reading(timeout)
+        try:
+            self._cur.execute(f"SELECT * FROM ({sql}) AS romerea_q LIMIT 0", params or [])
+        except psycopg.errors.QueryCanceled as exc:
+            raise QueryInterrupted(str(exc).strip()) from None
+        except psycopg.Error as exc:
+            raise QueryFailed(str(exc).strip()) from None
+        names = [d.name for d in self._cur.description]
+        types = [_ARROW_OF_OID.get(d.type_code, pa.string()) for d in self._cur.description]
+        schema = pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)])
+        server_cursor = self._con.cursor(name=f"romerea_{self._next_name()}")
+        try:
+            server_cursor.execute(sql, params or [])
+            first = server_cursor.fetchmany(batch_rows)
+        except psycopg.errors.QueryCanceled as exc:
+            raise QueryInterrupted(str(exc).strip()) from None
+        except psycopg.Error as exc:
+            raise QueryFailed(str(exc).strip()) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            rows = first
+            try:
+                while rows:
+                    yield _batch(schema, rows)
+                    if len(rows) < batch_rows:
+                        return
+                    rows = server_cursor.fetchmany(batch_rows)
+            except psycopg.errors.QueryCanceled as exc:
+                raise QueryInterrupted(str(exc).strip()) from None
+            except psycopg.Error as exc:
+                raise QueryFailed(str(exc).strip()) from None
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    server_cursor.close()
+
+        return schema, batches()
+
+    def _next_name(self) -> int:
+        self._temp += 1
+        return self._temp
+
+    def interrupt(self) -> None:
+        """Cancel the running statement (from another thread)."""
+        self._con.cancel()
+
+    def close(self) -> None:
+        try:
+            self._con.rollback()
+        except Exception:
+            self._con.close()  # broken: not returned to the pool
+        finally:
+            self._db._release(self._con)
+
+    def __enter__(self) -> PgSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    arrays = [pa.array(list(c), type=f.type) for c, f in zip(columns, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _pg_type_of_arrow(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
+        return "smallint"
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return "integer"
+    if pa.types.is_integer(t):
+        return "bigint"
+    if pa.types.is_float32(t):
+        return "real"
+    if pa.types.is_floating(t):
+        return "double precision"
+    return "text"
+
+
+class PostgresDatabase:
+    """An ingested PostgreSQL database, for the services (same interface as
+    :class:`romerea_vo.store.database.Database`)."""
+
+    target = "pgsphere"
+
+    def __init__(self, url: str, *, pool_size: int = 8):
+        self.url = url
+        self.path = _redact(url)
+        psycopg = _psycopg()
+        con = connect(url, autocommit=True)
+        try:
+            with con.cursor() as cur:
+                cur.execute("SELECT field, directory, n_stars, n_images, era FROM romerea.fields")
+                rows = cur.fetchall()
+                cur.execute("SELECT value FROM romerea.settings WHERE key = 'authority'")
+                setting = cur.fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise PostgresError(
+                f"{self.path} is not a romerea-vo database (no romerea.fields table); "
+                f"create it with `romerea-vo ingest FIELD_DIR --db {self.path}`"
+            ) from None
+        finally:
+            con.close()
+        from .ingest import DEFAULT_AUTHORITY
+
+        self.fields = {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+        self.authority: str = setting[0] if setting else DEFAULT_AUTHORITY
+        self.has_rome = True
+        self.catalogues: list[TableSchema] = []
+        self.tables: list[TableSchema] = tap_tables()
+        self._pool: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._open_fields: dict[str, Field] = {}
+        self._lock = threading.Lock()
+
+    def physical_name(self, table: TableSchema) -> str:
+        return physical_name(table)
+
+    def session(self) -> PgSession:
+        return PgSession(self)
+
+    def _acquire(self):
+        self._slots.acquire()
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            try:
+                return connect(self.url)
+            except BaseException:
+                self._slots.release()
+                raise
+
+    def _release(self, con) -> None:
+        if con.closed or con.broken:
+            con.close()
+        else:
+            self._pool.put(con)
+        self._slots.release()
+
+    def field(self, name: str) -> Field:
+        with self._lock:
+            if name not in self._open_fields:
+                if name not in self.fields:
+                    raise PostgresError(
+                        f"unknown field {name!r}; this database has "
+                        f"{', '.join(self.fields) or 'no fields'}"
+                    )
+                self._open_fields[name] = open_field(self.fields[name].directory, name)
+            return self._open_fields[name]
+
+    def metadata_is_current(self) -> bool:
+        expected = tap_schema_tables(self.tables)["tap_schema.columns"]
+        cols = ["table_name", "column_name", "datatype", "unit", "ucd", "description"]
+        want = list(zip(*(expected.column(c).to_pylist() for c in cols), strict=True))
+        session = self.session()
+        try:
+            have = session.fetchall(f"SELECT {', '.join(cols)} FROM tap_schema.columns")
+        except Exception:
+            return False
+        finally:
+            session.close()
+        return sorted(map(repr, have)) == sorted(map(repr, want))
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._open_fields.values():
+                f.close()
+            self._open_fields.clear()
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                break
