@@ -89,10 +89,10 @@ def connect(url: str, *, autocommit: bool = False):
     try:
         return psycopg.connect(url, autocommit=autocommit, application_name="romerea-vo")
     except psycopg.Error as exc:
-        raise PostgresError(f"cannot connect to {_redact(url)}: {exc}".strip()) from None
+        raise PostgresError(f"cannot connect to {redact(url)}: {exc}".strip()) from None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password, for messages."""
     from urllib.parse import urlsplit, urlunsplit
 
@@ -133,10 +133,10 @@ def stored_column(name: str) -> str:
 
 
 def create_table_sql(table: TableSchema) -> list[str]:
+    # No PRIMARY KEY constraint (an index instead, see index_sql): the DuckDB store does
+    # not enforce keys either, and real pipeline output breaks some (pyDANDIA TEST1's
+    # IMAGES index restarts per dataset), which must not make one backend refuse a field.
     cols = [f"{quote_ident(stored_column(c.name))} {PG_TYPES[c.datatype]}" for c in table.columns]
-    if table.primary_key:
-        key = ", ".join(quote_ident(stored_column(c)) for c in table.primary_key)
-        cols.append(f"PRIMARY KEY ({key})")
     out = [f"CREATE TABLE IF NOT EXISTS {storage_name(table)} (\n  " + ",\n  ".join(cols) + "\n)"]
     if _needs_view(table):
         select = ", ".join(
@@ -169,6 +169,12 @@ def index_sql(table: TableSchema) -> list[str]:
             f"USING gist ({POSITION_EXPRESSION})"
         )
     leading = table.primary_key[0] if table.primary_key else None
+    if table.primary_key:
+        key = ", ".join(quote_ident(stored_column(c)) for c in table.primary_key)
+        out.append(
+            f"CREATE INDEX IF NOT EXISTS {quote_ident(base + '_key')} "
+            f"ON {storage_name(table)} ({key})"
+        )
     for col in table.columns:
         if col.indexed and col.name != leading and col.name not in ("ra", "dec"):
             out.append(
@@ -246,7 +252,7 @@ def _check_existing_tables(cur, url: str) -> None:
         want = [stored_column(n) for n in table.column_names]
         if have and have != want:
             raise PostgresError(
-                f"{_redact(url)}: table {table.qualified_name} has other columns than this "
+                f"{redact(url)}: table {table.qualified_name} has other columns than this "
                 "version of romerea-vo publishes; ingest into a new database"
             )
 
@@ -311,7 +317,7 @@ def ingest_fields_pg(
             for table in stored:
                 cur.execute(f"ANALYZE {storage_name(table)}")
     except psycopg.Error as exc:
-        raise PostgresError(f"ingest into {_redact(url)} failed: {exc}".strip()) from None
+        raise PostgresError(f"ingest into {redact(url)} failed: {exc}".strip()) from None
     finally:
         con.close()
     return summaries
@@ -500,7 +506,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str, *, pool_size: int = 8):
         self.url = url
-        self.path = _redact(url)
+        self.path = redact(url)
         psycopg = _psycopg()
         con = connect(url, autocommit=True)
         try:
