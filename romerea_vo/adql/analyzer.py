@@ -737,7 +737,8 @@ class Analyzer:
                 self.check_name(alias)
                 node = item.this
             value = self.value(node, scope, Ctx("select", True))
-            if value.type.kind == "bool":
+            # a boolean column is a value; a comparison or other condition is not
+            if value.type.kind == "bool" and not isinstance(node, exp.Column):
                 raise self.error(node, "a condition cannot be a column of the result")
             add(alias.name if alias is not None else (value.name or "expr"), value)
         return outputs

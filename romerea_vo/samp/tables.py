@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 import threading
@@ -28,6 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RomeReaError
+from ..xmatch.inputs import (
+    CatalogueError,
+    column_ucd,
+    describe_columns,
+    find_position_columns,
+    position_arrays,
+)
 from .sources import StarId, StarSource, is_loopback_host
 
 __all__ = [
@@ -375,46 +381,12 @@ class Resolution:
         return list(dict.fromkeys(s for s in self.stars if s is not None))
 
 
-_RA_NAMES = (
-    "ra", "ra_icrs", "raj2000", "ra_j2000", "_raj2000", "ra2000", "radeg", "ra_deg", "ra_d",
-    "raicrs", "alpha", "alpha_j2000", "alpha_icrs", "right_ascension",
-)  # fmt: skip
-_DEC_NAMES = (
-    "dec", "de", "dec_icrs", "de_icrs", "dej2000", "decj2000", "dec_j2000", "_dej2000",
-    "dec2000", "decdeg", "dec_deg", "dec_d", "deicrs", "delta", "delta_j2000", "delta_icrs",
-    "declination",
-)  # fmt: skip
-_UCD_ANY = {"ra": ("pos.eq.ra", "pos_eq_ra"), "dec": ("pos.eq.dec", "pos_eq_dec")}
-
-
-def _ucd(col) -> str:
-    meta = getattr(col.info, "meta", None) or getattr(col, "meta", None) or {}
-    return str(meta.get("ucd") or "").strip().lower()
-
-
 def _ucd_words(col) -> list[str]:
-    return [w.strip() for w in _ucd(col).split(";") if w.strip()]
+    return [w.strip() for w in column_ucd(col).split(";") if w.strip()]
 
 
 def _is_text(col) -> bool:
     return np.asarray(col).dtype.kind in "USO"
-
-
-def _find_coordinate(table, axis: str) -> str | None:
-    cols = [table[n] for n in table.colnames]
-    word, ucd1 = _UCD_ANY[axis]
-    for col in cols:
-        words = _ucd_words(col)
-        if _ucd(col) == ucd1 + "_main" or (words[:1] == [word] and "meta.main" in words):
-            return col.info.name
-    for col in cols:
-        if _ucd_words(col)[:1] == [word] or _ucd(col) == ucd1:
-            return col.info.name
-    names = {n.lower(): n for n in table.colnames}
-    for candidate in _RA_NAMES if axis == "ra" else _DEC_NAMES:
-        if candidate in names:
-            return names[candidate]
-    return None
 
 
 def _text(values) -> list[str | None]:
@@ -426,44 +398,6 @@ def _text(values) -> list[str | None]:
             s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             out.append(s.strip() or None)
     return out
-
-
-def _degrees(col, rows: np.ndarray, axis: str) -> np.ndarray:
-    """Column values at ``rows`` in degrees (NaN for masked or unparsable values)."""
-    import astropy.units as u
-    from astropy.coordinates import Angle
-
-    values = col[rows]
-    mask = np.asarray(np.ma.getmaskarray(values))
-    unit = getattr(col, "unit", None)
-    if _is_text(col):
-        default = u.hourangle if axis == "ra" else u.deg
-        if unit is not None:
-            try:
-                unit.to(u.deg)
-                default = unit
-            except (u.UnitsError, AttributeError, TypeError):
-                pass
-        out = np.full(len(rows), np.nan)
-        for i, v in enumerate(_text(np.ma.filled(values, "") if mask.any() else values)):
-            if v is None or mask[i]:
-                continue
-            with contextlib.suppress(ValueError, u.UnitsError):
-                out[i] = Angle(v, unit=default).deg
-        return out
-    try:
-        data = np.ma.filled(np.ma.asarray(values, dtype=float), np.nan)
-    except (TypeError, ValueError):
-        raise UnresolvableTable(f"column {col.info.name} holds no coordinates") from None
-    if unit is not None and str(unit) not in ("", "None"):
-        try:
-            data = (data * unit).to_value(u.deg)
-        except (u.UnitsError, TypeError):
-            raise UnresolvableTable(
-                f"column {col.info.name} has unit {unit}, not an angle; cannot use it as "
-                f"{'RA' if axis == 'ra' else 'Dec'}"
-            ) from None
-    return np.asarray(data, float)
 
 
 def _row_indices(table, rows: Sequence[int]) -> np.ndarray:
@@ -480,14 +414,6 @@ def _row_indices(table, rows: Sequence[int]) -> np.ndarray:
             raise UnresolvableTable(f"row {i} is out of range: the table has {n} rows (0..{n - 1})")
         out.append(i)
     return np.asarray(out, dtype=np.int64)
-
-
-def _column_list(table) -> str:
-    parts = []
-    for name in table.colnames:
-        ucd = _ucd(table[name])
-        parts.append(f"{name} ({ucd})" if ucd else name)
-    return ", ".join(parts) or "none"
 
 
 def _methods(table, radius_arcsec: float) -> list[tuple[str, object]]:
@@ -534,12 +460,17 @@ def _methods(table, radius_arcsec: float) -> list[tuple[str, object]]:
             return out
 
         methods.append((f"{names['field']}/{names['field_id']} columns", by_ids))
-    ra, dec = _find_coordinate(table, "ra"), _find_coordinate(table, "dec")
-    if ra is not None and dec is not None and ra != dec:
+    try:
+        ra, dec = find_position_columns(table)
+    except CatalogueError:
+        ra = dec = None
+    if ra is not None and dec is not None:
 
         def by_position(source: StarSource, idx: np.ndarray) -> list[StarId | None]:
-            ra_deg = _degrees(table[ra], idx, "ra")
-            dec_deg = _degrees(table[dec], idx, "dec")
+            try:
+                ra_deg, dec_deg, _bad = position_arrays(table[idx], ra, dec)
+            except CatalogueError as exc:
+                raise UnresolvableTable(str(exc)) from None
             return source.match_positions(ra_deg, dec_deg, radius_arcsec)
 
         methods.append(
@@ -566,7 +497,7 @@ def resolve_rows(
         raise UnresolvableTable(
             "cannot identify ROME stars in this table: it has no did column, no field and "
             "field_id columns and no RA/Dec columns (by UCD pos.eq.ra/pos.eq.dec or name); "
-            f"its columns: {_column_list(table)}"
+            f"its columns: {describe_columns(table)}"
         )
     label, stars = methods[0][0], []
     for name, method in methods if len(idx) else ():

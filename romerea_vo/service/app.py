@@ -21,18 +21,20 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InvalidRequestError, RomeReaError
+from ..store.catalog_tables import position_columns
 from ..store.database import Database, DatabaseError
-from ..store.ddl import CATALOG, physical_name
+from ..store.ddl import CATALOG, physical_name, quote_ident
 from ..votable.formats import RESULT_FORMATS
+from ..votable.schema import adql_column_name
 from ..votable.writer import error_votable
 from . import vosi
 from .datalink import LINKS_STANDARD_ID, DataLinkService
-from .examples import examples_xhtml, rome_examples
+from .examples import catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
 from .params import DaliParams, read_dali_params
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .tap import QueryCancelled, TapEngine, TapLimits
-from .uws import JobStore, uws_routes
+from .uws import JobStore, JobStoreBase, uws_routes
 
 log = logging.getLogger("romerea_vo.service")
 VOTABLE_MEDIA = "application/x-votable+xml"
@@ -48,6 +50,12 @@ class ServiceConfig:
     limits: TapLimits = field(default_factory=TapLimits)
     max_workers: int = 2
     title: str = "ROME/REA field data products"
+    jobs_db: str | None = None
+    """PostgreSQL connection string of a UWS job store shared by several service processes
+    (`PostgresJobStore`); ``work_dir`` must then be a directory they all share."""
+    public_url: str | None = None
+    """Root URL the service is published at (e.g. behind a reverse proxy); when unset,
+    each request's own URL is used."""
 
 
 def dali_error(message: str, status: int = 400) -> Response:
@@ -78,21 +86,33 @@ class TapService:
         self.upload_dir = self.work_dir / "uploads"
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         limits = config.limits
-        self.jobs = JobStore(
-            self.work_dir / "jobs",
-            self.run_job,
+        self.nrows = self._table_rows()
+        self.datalink = DataLinkService(self.db)
+        self.scs = ConeSearchService(self.db, limits)
+        self.public_url: str | None = config.public_url
+        """Root URL of the service: the configured one, else as the last request named it.
+        Async jobs (which have no request) use it for their DataLink service descriptors."""
+        store_args = dict(
             max_workers=config.max_workers,
             default_execution_duration=limits.default_execution_duration,
             max_execution_duration=limits.hard_execution_duration,
             default_destruction=dt.timedelta(seconds=limits.default_retention),
             max_destruction=dt.timedelta(seconds=limits.hard_retention),
         )
-        self.nrows = self._table_rows()
-        self.datalink = DataLinkService(self.db)
-        self.scs = ConeSearchService(self.db, limits)
-        self.public_url: str | None = None
-        """Root URL of the service as the last request named it: async jobs (which have no
-        request) use it for their DataLink service descriptors."""
+        self.jobs: JobStoreBase
+        if config.jobs_db:  # last: a shared store may start queued jobs at once
+            if self._own_work_dir:
+                self.db.close()
+                raise InvalidRequestError(
+                    "a PostgreSQL job store needs a work directory shared by all workers"
+                )
+            from .uws_pg import PostgresJobStore  # psycopg: the optional postgres extra
+
+            self.jobs = PostgresJobStore(
+                config.jobs_db, self.work_dir / "jobs", self.run_job, **store_args
+            )
+        else:
+            self.jobs = JobStore(self.work_dir / "jobs", self.run_job, **store_args)
 
     def _table_rows(self) -> dict[str, int]:
         cur = self.db.cursor()
@@ -114,7 +134,8 @@ class TapService:
     # --- params -----------------------------------------------------------------------
 
     async def read_params(self, request: Request, directory: Path) -> DaliParams:
-        self.public_url = str(request.base_url).rstrip("/")
+        if not self.config.public_url:
+            self.public_url = str(request.base_url).rstrip("/")
         return await read_dali_params(
             request, directory, max_upload_bytes=self.config.limits.upload_bytes
         )
@@ -204,7 +225,9 @@ class TapService:
             extra=[
                 (LINKS_STANDARD_ID, str(request.base_url).rstrip("/") + "/datalink/links"),
                 (SCS_STANDARD_ID, str(request.base_url).rstrip("/") + "/scs"),
-            ],
+            ]
+            if self.db.has_rome
+            else [],  # DataLink and cone search serve ROME stars only
         )
         return Response(body, media_type=XML_MEDIA)
 
@@ -227,9 +250,33 @@ class TapService:
         )
 
     async def examples(self, request: Request) -> Response:
-        field_name, ra, dec = self._example_position()
-        body = examples_xhtml(rome_examples(field_name, ra, dec), f"{self.config.title}: examples")
+        examples = []
+        if self.db.has_rome:
+            examples += rome_examples(*self._example_position())
+        for table in self.db.catalogues:
+            ra_col, dec_col = position_columns(table)
+            ra, dec = self._catalogue_position(table, ra_col, dec_col)
+            examples += catalogue_examples(
+                table.qualified_name,
+                adql_column_name(ra_col),
+                adql_column_name(dec_col),
+                ra,
+                dec,
+                rome=self.db.has_rome,
+            )
+        body = examples_xhtml(examples, f"{self.config.title}: examples")
         return Response(body, media_type="application/xhtml+xml")
+
+    def _catalogue_position(self, table, ra_col: str, dec_col: str) -> tuple[float, float]:
+        cur = self.db.cursor()
+        try:
+            row = cur.execute(
+                f"SELECT median({quote_ident(ra_col)}), median({quote_ident(dec_col)}) "
+                f"FROM {physical_name(table)}"
+            ).fetchone()
+        finally:
+            cur.close()
+        return (row[0], row[1]) if row and row[0] is not None else (0.0, 0.0)
 
     def _example_position(self) -> tuple[str, float, float]:
         cur = self.db.cursor()
@@ -257,6 +304,7 @@ class TapService:
             f"<td>{html.escape(t.description)}</td></tr>"
             for t in self.engine.tables
         )
+        first_table = self.engine.tables[0].qualified_name
         body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.config.title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .6em;
@@ -271,7 +319,7 @@ text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}</style></head
 <p>TOPCAT: <i>VO &rarr; Table Access Protocol (TAP) Query</i>, enter the TAP URL above.</p>
 <pre>import pyvo
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
-tap.search("SELECT TOP 10 * FROM rome.field_index").to_table()</pre>
+tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
 <h2>Fields</h2><table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
 {fields}</table>
 <h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>{tables}</table>
@@ -294,11 +342,14 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/tables", service.tables),
         Route("/tap/tables/{name}", service.table),
         Route("/tap/examples", service.examples),
-        Route("/lightcurve", LightcurveService(service.db).endpoint, methods=["GET", "POST"]),
         *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
-        Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
-        Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
     ]
+    if service.db.has_rome:  # a database of external catalogues only has no ROME stars
+        routes += [
+            Route("/lightcurve", LightcurveService(service.db).endpoint, methods=["GET", "POST"]),
+            Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
+            Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

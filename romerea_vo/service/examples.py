@@ -72,6 +72,38 @@ def rome_examples(field: str, ra: float, dec: float) -> list[Example]:
     ]
 
 
+def catalogue_examples(
+    table: str, ra_col: str, dec_col: str, ra: float, dec: float, *, rome: bool
+) -> list[Example]:
+    """Examples for an external catalogue ``table`` (qualified name) whose positions are
+    in ``ra_col``/``dec_col`` (as ADQL writes them), around ``ra``/``dec``; with
+    ``rome``, a cross-match against the ROME field index too."""
+    slug = table.replace(".", "-").replace('"', "")
+    point = f"POINT('ICRS', c.{ra_col}, c.{dec_col})"
+    out = [
+        Example(
+            f"cone-{slug}",
+            f"Sources of {table} within 1 arcmin of a position",
+            f"A cone search on the external catalogue {table}.",
+            f"SELECT c.*\nFROM {table} AS c\n"
+            f"WHERE 1 = CONTAINS({point}, CIRCLE('ICRS', {ra:.5f}, {dec:.5f}, 1.0/60))",
+        )
+    ]
+    if rome:
+        out.append(
+            Example(
+                f"xmatch-{slug}",
+                f"ROME stars matching {table} within 1 arcsec",
+                f"A positional join of the ROME field index with {table}, with separations.",
+                "SELECT TOP 1000 f.field, f.field_id, f.did, c.*,\n"
+                f"       DISTANCE(POINT('ICRS', f.ra, f.dec), {point}) * 3600 AS sep_arcsec\n"
+                f"FROM rome.field_index AS f JOIN {table} AS c\n"
+                f"  ON 1 = CONTAINS({point}, CIRCLE('ICRS', f.ra, f.dec, 1.0/3600))",
+            )
+        )
+    return out
+
+
 def examples_xhtml(examples: list[Example], title: str) -> bytes:
     """The DALI examples document."""
     parts = [

@@ -107,14 +107,26 @@ def _restriction(select: exp.Select, names: set[str]) -> tuple[list[str], list[i
     return fields, ids
 
 
-def _sample_size(select: exp.Select | None, table: exp.Table) -> int | None:
+def _sample_size(
+    select: exp.Select | None, table: exp.Table, maxrec: int | None = None
+) -> int | None:
     """n for ``SELECT TOP n ... FROM rome.photometry`` with nothing else that needs every
-    row (what TOPCAT and taplint send to look at a table), else None."""
+    row (what TOPCAT and taplint send to look at a table), else None. Without TOP, a
+    ``maxrec`` within the sample limit plays its part: only that many rows are returned
+    anyway (taplint sends ``SELECT col FROM table`` with MAXREC=0)."""
     if select is None or table.parent is not select.args.get("from_"):
         return None
     if any(select.args.get(k) for k in ("where", "group", "order", "joins", "having")):
         return None
     limit = select.args.get("limit")
+    if limit is None:
+        # MAXREC bounds the rows of a top-level SELECT of columns (not of an aggregate,
+        # a function or DISTINCT, which would need every row)
+        items = [e.this if isinstance(e, exp.Alias) else e for e in select.expressions]
+        plain = all(isinstance(e, exp.Column | exp.Star) for e in items)
+        if maxrec is None or not plain or select.parent or select.args.get("distinct"):
+            return None
+        return maxrec if maxrec <= MAX_SAMPLE_ROWS else None
     value = limit.expression if isinstance(limit, exp.Limit) else None
     if not isinstance(value, exp.Literal) or value.is_string or not value.this.isdigit():
         return None
@@ -122,9 +134,12 @@ def _sample_size(select: exp.Select | None, table: exp.Table) -> int | None:
     return n if n <= MAX_SAMPLE_ROWS else None
 
 
-def requested_stars(adql: str | exp.Expression) -> dict[str, list[int]]:
+def requested_stars(
+    adql: str | exp.Expression, *, maxrec: int | None = None
+) -> dict[str, list[int]]:
     """The stars each reference to rome.photometry is restricted to, merged by field.
-    ``adql``: the query text or its tree from :func:`photometry_query`.
+    ``adql``: the query text or its tree from :func:`photometry_query`; ``maxrec``: the
+    query's MAXREC, which bounds a plain top-level SELECT without TOP.
 
     Raises InvalidRequestError when any reference is not bounded."""
     tree = parse(adql) if isinstance(adql, str) else adql
@@ -136,7 +151,7 @@ def requested_stars(adql: str | exp.Expression) -> dict[str, list[int]]:
         names = {table.alias_or_name.lower(), "photometry"}
         found = _restriction(select, names) if select is not None else None
         if found is None:
-            n = _sample_size(select, table)
+            n = _sample_size(select, table, maxrec)
             if n is None:
                 raise InvalidRequestError(f"rome.photometry is not restricted: {RESTRICTION}")
             wanted.setdefault(SAMPLE, set()).add(n)

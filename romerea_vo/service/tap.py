@@ -171,11 +171,17 @@ class TapEngine:
         return self.catalog.with_tables(extra), metadata
 
     def _with_photometry(
-        self, catalog: Catalog, query: exp.Expression, cursor: duckdb.DuckDBPyConnection
+        self,
+        catalog: Catalog,
+        query: exp.Expression,
+        cursor: duckdb.DuckDBPyConnection,
+        maxrec: int | None = None,
     ) -> Catalog:
         """Materialise rome.photometry for the stars the query names (or refuse)."""
-        schema = self.schemas["rome.photometry"]
-        rows = photometry_rows(self.db, requested_stars(query), schema)
+        schema = self.schemas.get("rome.photometry")
+        if schema is None:  # a database of external catalogues only: unknown table
+            return catalog
+        rows = photometry_rows(self.db, requested_stars(query, maxrec=maxrec), schema)
         physical = f"rome_photometry_{secrets.token_hex(6)}"
         cursor.register(physical, rows)
         info = dataclasses.replace(_table_info(schema), physical=physical)
@@ -193,7 +199,7 @@ class TapEngine:
         catalog, uploads = self.register_uploads(params, cursor, scratch)
         photometry_tree = photometry_query(query)
         if photometry_tree is not None:
-            catalog = self._with_photometry(catalog, photometry_tree, cursor)
+            catalog = self._with_photometry(catalog, photometry_tree, cursor, maxrec)
         translation = translate(query, catalog, target="duckdb", spatial_join_core=True)
         if translation.spatial_joins:
             per_query = {t.physical for t in catalog.tables if t.name.lower() in uploads}

@@ -12,7 +12,10 @@ import duckdb
 from ..errors import RomeReaError
 from ..products import open_field
 from ..products.reader import Field
+from ..votable.schema import TableSchema, tap_tables
+from .catalog_tables import catalog_tables, has_rome_tables
 from .ddl import CATALOG, attach_sql
+from .ingest import DEFAULT_AUTHORITY
 
 SANDBOX_SETTINGS = (
     # User SQL must never reach the file system or the network. Applied after the
@@ -73,7 +76,14 @@ class Database:
                 f"{self.path} is not a romerea-vo database (no romerea.fields table)"
             ) from None
         self.fields = {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
-        self.authority: str = setting[0]
+        # a database holding only external catalogues has no authority set yet
+        self.authority: str = setting[0] if setting else DEFAULT_AUTHORITY
+        self.has_rome = has_rome_tables(self._con)
+        """Whether the ROME tables are here (a database may hold only external catalogues)."""
+        self.catalogues: list[TableSchema] = catalog_tables(self._con)
+        """External catalogues added by ``romerea-vo ingest-catalog``."""
+        self.tables: list[TableSchema] = tap_tables(self.catalogues, rome=self.has_rome)
+        """Every table published over TAP: ROME, external catalogues, TAP_SCHEMA."""
         self._open_fields: dict[str, Field] = {}
         self._lock = threading.Lock()
 
@@ -95,10 +105,11 @@ class Database:
 
     def metadata_is_current(self) -> bool:
         """Whether the database's TAP_SCHEMA is what this version generates from
-        votable_schemas/ (a database ingested by another version may differ)."""
+        votable_schemas/ and the stored external catalogue definitions (a database
+        ingested by another version may differ)."""
         from .tap_schema import tap_schema_tables
 
-        expected = tap_schema_tables()["tap_schema.columns"]
+        expected = tap_schema_tables(self.tables)["tap_schema.columns"]
         cols = ["table_name", "column_name", "datatype", "unit", "ucd", "description"]
         want = list(zip(*(expected.column(c).to_pylist() for c in cols), strict=True))
         cur = self.cursor()

@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import RomeReaError
 from ..products import open_field
 from ..votable.schema import load_table_schema, rome_tables, tap_tables
+from .catalog_tables import catalog_tables
 from .ddl import CATALOG, attach_sql, create_table_sql, physical_name, quote_ident
 from .field_tables import field_tables
 from .tap_schema import tap_schema_tables
@@ -149,7 +150,8 @@ def ingest_fields(
                     summaries.append(
                         {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}
                     )
-            for name, rows in tap_schema_tables().items():
+            published = tap_tables(catalog_tables(con))  # keep external catalogues
+            for name, rows in tap_schema_tables(published).items():
                 _replace_rows(con, name, rows, None)
             con.execute("COMMIT")
         except BaseException:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -94,12 +96,24 @@ class TableSchema:
         return [c.name for c in self.columns]
 
 
-def adql_column_name(name: str) -> str:
-    """The column's name as ADQL must write it: delimited when it is a reserved word
-    (TAP 1.1 section 4.3: TAP_SCHEMA.columns holds ``"size"``, not ``size``)."""
+_REGULAR_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def is_regular_identifier(name: str) -> bool:
+    """An ADQL regular identifier: a Latin letter, then letters, digits or underscores,
+    and not a reserved word."""
     from ..adql.reserved import is_reserved
 
-    return f'"{name}"' if is_reserved(name) else name
+    return bool(_REGULAR_IDENTIFIER.fullmatch(name)) and not is_reserved(name)
+
+
+def adql_column_name(name: str) -> str:
+    """The column's name as ADQL must write it: delimited when it is a reserved word or
+    not a regular identifier (TAP 1.1 section 4.3: TAP_SCHEMA.columns holds ``"size"``,
+    not ``size``; an external catalogue's ``_RAJ2000`` is ``"_RAJ2000"``)."""
+    if is_regular_identifier(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def schema_dir() -> Path:
@@ -137,20 +151,27 @@ def load_table_schema(name: str) -> TableSchema:
     path = schema_dir() / f"{name}.toml"
     with path.open("rb") as fh:
         doc = tomllib.load(fh)
+    return table_schema_from_document(doc, str(path))
+
+
+def table_schema_from_document(doc: dict, origin: str = "table definition") -> TableSchema:
+    """A :class:`TableSchema` from a document shaped like a votable_schemas/ TOML file
+    (``{"table": {...}, "columns": [...]}``), e.g. one stored in a database; errors name
+    ``origin`` and the column at fault."""
     table = doc["table"]
     if set(table) - _TABLE_KEYS:
-        raise ValueError(f"{path}: unknown [table] keys {sorted(set(table) - _TABLE_KEYS)}")
+        raise ValueError(f"{origin}: unknown [table] keys {sorted(set(table) - _TABLE_KEYS)}")
     cols = []
     if "columns_from" in table:  # the same columns as another table, defined once there
         cols += load_table_schema(table["columns_from"]).columns
     for i, raw in enumerate(doc.get("columns", [])):
         unknown = set(raw) - _COLUMN_KEYS
         if unknown or raw.get("datatype") not in VOTABLE_DATATYPES:
-            raise ValueError(f"{path}: column #{i + 1} ({raw.get('name')!r}) is malformed")
-        cols += [ColumnSchema(**c) for c in _expand(dict(raw), path, i)]
+            raise ValueError(f"{origin}: column #{i + 1} ({raw.get('name')!r}) is malformed")
+        cols += [ColumnSchema(**c) for c in _expand(dict(raw), Path(origin), i)]
     names = [c.name for c in cols]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate column names")
+        raise ValueError(f"{origin}: duplicate column names")
     fks = tuple(
         ForeignKey(
             target=fk["target"],
@@ -162,7 +183,7 @@ def load_table_schema(name: str) -> TableSchema:
     )
     for key in (*table.get("primary_key", []), *table.get("order", [])):
         if key not in names:
-            raise ValueError(f"{path}: key column {key!r} is not a column")
+            raise ValueError(f"{origin}: key column {key!r} is not a column")
     return TableSchema(
         name=table["name"],
         description=table["description"].strip(),
@@ -174,6 +195,40 @@ def load_table_schema(name: str) -> TableSchema:
         order=tuple(table.get("order", ())),
         virtual=bool(table.get("virtual", False)),
     )
+
+
+def table_schema_document(table: TableSchema) -> dict:
+    """The inverse of :func:`table_schema_from_document`: a TOML-shaped dict (JSON-safe)."""
+    head: dict = {"name": table.name, "description": table.description}
+    for key in ("schema", "utype"):
+        if getattr(table, key) is not None:
+            head[key] = getattr(table, key)
+    for key in ("primary_key", "order"):
+        if getattr(table, key):
+            head[key] = list(getattr(table, key))
+    if table.foreign_keys:
+        head["foreign_keys"] = [
+            {
+                "target": fk.target,
+                "columns": list(fk.columns),
+                "target_columns": list(fk.target_columns),
+                "description": fk.description,
+            }
+            for fk in table.foreign_keys
+        ]
+    if table.virtual:
+        head["virtual"] = True
+    columns = []
+    for col in table.columns:
+        raw: dict = {"name": col.name, "datatype": col.datatype, "description": col.description}
+        for key in ("unit", "ucd", "arraysize", "utype", "xtype"):
+            if getattr(col, key) is not None:
+                raw[key] = getattr(col, key)
+        for key in ("principal", "indexed", "std"):
+            if getattr(col, key):
+                raw[key] = True
+        columns.append(raw)
+    return {"table": head, "columns": columns}
 
 
 ROME_TABLES = (
@@ -199,6 +254,12 @@ def rome_tables() -> list[TableSchema]:
     return [load_table_schema(n) for n in ROME_TABLES]
 
 
-def tap_tables() -> list[TableSchema]:
-    """Every table the TAP service publishes: the ROME tables, then TAP_SCHEMA."""
-    return rome_tables() + [load_table_schema(n) for n in TAP_SCHEMA_TABLES]
+def tap_tables(extra: Sequence[TableSchema] = (), *, rome: bool = True) -> list[TableSchema]:
+    """Every table the TAP service publishes: the ROME tables (unless ``rome`` is false:
+    a database holding only external catalogues), the ``extra`` tables (external
+    catalogues, in the given order), then TAP_SCHEMA."""
+    return (
+        (rome_tables() if rome else [])
+        + list(extra)
+        + [load_table_schema(n) for n in TAP_SCHEMA_TABLES]
+    )
