@@ -218,7 +218,8 @@ def run(url: str, repeats: int, table: str = "rome.field_index") -> None:
             )
 
 
-def local_service(n_stars: int, images: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+def local_database(n_stars: int, images: int, workdir: Path) -> Path:
+    """A synthetic N-star field ingested into ``workdir/bench.duckdb`` (kept if present)."""
     field = workdir / "ROME-FIELD-01"
     db = workdir / "bench.duckdb"
     if not db.exists():
@@ -230,6 +231,11 @@ def local_service(n_stars: int, images: int, workdir: Path) -> tuple[subprocess.
         t1 = time.perf_counter()
         ingest_fields(db, [field], progress=True)
         print(f"synthesised in {t1 - t0:.1f} s, ingested in {time.perf_counter() - t1:.1f} s")
+    return db
+
+
+def local_service(n_stars: int, images: int, workdir: Path) -> tuple[subprocess.Popen, str]:
+    db = local_database(n_stars, images, workdir)
     proc = subprocess.Popen(
         [
             sys.executable,

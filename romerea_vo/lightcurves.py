@@ -361,14 +361,25 @@ def lightcurve_statistics(
     *,
     mag_column: str | None = None,
     filters: Iterable[str] | None = None,
+    field_ids: Iterable[int] | None = None,
     progress: bool = False,
 ) -> Table:
     """Per star and filter: number of good points, mean/median/min/max magnitude,
     scatter (std and robust MAD-based), median error, first/last HJD and time span.
 
     Streams every quadrant cube in blocks of whole rows (sequential reads, bounded
-    memory). Star/filter pairs without any good point are left out.
+    memory); with ``field_ids``, reads only those stars' rows (in row order). Star/filter
+    pairs without any good point are left out.
     """
+    wanted = None
+    if field_ids is not None:
+        wanted = np.unique(np.asarray(list(field_ids), dtype=np.int64))
+        bad = wanted[(wanted < 1) | (wanted > field.n_stars)]
+        if bad.size:
+            raise InvalidRequestError(
+                f"field {field.name} has no star with field_id {int(bad[0])} "
+                f"(field_id runs from 1 to {field.n_stars})"
+            )
     mag_col = _mag_column(field.photometry_layout, mag_column)
     filters = list(filters) if filters is not None else list(layout.FILTERS)
     selections = {f: field.select_images([f]) for f in filters}
@@ -376,17 +387,24 @@ def lightcurve_statistics(
     schema = load_table_schema("lightcurve_stats")
     stat_names = [c.name for c in schema.columns[3:]]
     collected: dict[str, list] = {name: [] for name in ["field_id", "filter", *stat_names]}
-    bar = tqdm(total=field.n_stars, unit="star", disable=not progress, desc=f"{field.name} stats")
+    total = field.n_stars if wanted is None else len(wanted)
+    bar = tqdm(total=total, unit="star", disable=not progress, desc=f"{field.name} stats")
     for quadrant in layout.QUADRANTS:
         n_rows = field.quadrant_counts[quadrant]
         if not n_rows:
             continue
         cube = field.cube(quadrant)
-        field_ids = field.quadrant_field_ids(quadrant)
+        quadrant_ids = field.quadrant_field_ids(quadrant)
         per_block = max(1, _BLOCK_BYTES // (cube.shape[1] * cube.shape[2] * 8))
-        for start in range(0, n_rows, per_block):
-            block = cube.read_block(start, min(n_rows, start + per_block))
-            ids = field_ids[start : start + len(block)]
+        if wanted is None:
+            starts = range(0, n_rows, per_block)
+            blocks = ((s, cube.read_block(s, min(n_rows, s + per_block))) for s in starts)
+            blocks = ((quadrant_ids[s : s + len(b)], b) for s, b in blocks)
+        else:
+            rows = np.flatnonzero(np.isin(quadrant_ids, wanted))
+            parts = (rows[s : s + per_block] for s in range(0, len(rows), per_block))
+            blocks = ((quadrant_ids[r], np.stack([cube.read_star(i) for i in r])) for r in parts)
+        for ids, block in blocks:
             for flt, idx in selections.items():
                 stats = _block_statistics(block[:, idx, :], cube.layout, mag_col)
                 keep = stats["n_good"] > 0
