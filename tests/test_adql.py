@@ -411,8 +411,10 @@ def test_targets_are_pluggable():
     from romerea_vo.adql import get_backend, register
     from romerea_vo.adql.targets.duckdb import DuckDBBackend
 
-    with pytest.raises(ValueError, match="unknown ADQL target 'pgsphere'; known targets: duckdb"):
-        translate("SELECT ra FROM rome.stars", CATALOG, target="pgsphere")
+    with pytest.raises(
+        ValueError, match="unknown ADQL target 'oracle'; known targets: duckdb, pgsphere"
+    ):
+        translate("SELECT ra FROM rome.stars", CATALOG, target="oracle")
 
     class Shouting(DuckDBBackend):
         def generate(self, tree):

@@ -46,8 +46,9 @@ for index-friendly rewrites), ``distance_predicate`` (``DISTANCE(...) < r``),
 ``generate``. Arguments arrive as :class:`.model.Value` (target SQL + type) and
 geometry in structured form (:mod:`.model`: Point/Circle/Polygon in the coordinate
 system written, or Stored for geometry columns). Register a new one with
-:func:`.targets.register`; a PostgreSQL+pgSphere target needs no change to the parser
-or the analyser.
+:func:`.targets.register`. Targets: ``duckdb`` (the default) and ``pgsphere``
+(PostgreSQL + pgSphere, :mod:`.targets.pgsphere`: positions as
+``spoint(radians(ra), radians(dec))``, the expression to index with GiST).
 
 Semantics worth knowing
 -----------------------

@@ -83,8 +83,10 @@ def orientation(vs: Sequence[Vec]) -> int:
 
 def area(vs: Sequence[Vec]) -> float:
     """Area of the polygon (the smaller region) in steradians."""
-    s = signed_area(vs) % FOUR_PI
-    return min(s, FOUR_PI - s)
+    s = signed_area(vs)
+    # s reduced to [-2π, 2π]: exact for a small polygon of either orientation, where
+    # (s mod 4π) and 4π minus it would lose digits to cancellation.
+    return abs(s - FOUR_PI * round(s / FOUR_PI))
 
 
 def winding(p: Vec, vs: Sequence[Vec]) -> float:

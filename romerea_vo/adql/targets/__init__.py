@@ -19,10 +19,14 @@ def get_backend(name: str) -> Backend:
         from .duckdb import DuckDBBackend
 
         register("duckdb", DuckDBBackend)
+    if name not in _BACKENDS and name == "pgsphere":
+        from .pgsphere import PgSphereBackend
+
+        register("pgsphere", PgSphereBackend)
     try:
         return _BACKENDS[name]()
     except KeyError:
-        known = ", ".join(sorted({*_BACKENDS, "duckdb"}))
+        known = ", ".join(sorted({*_BACKENDS, "duckdb", "pgsphere"}))
         raise ValueError(f"unknown ADQL target {name!r}; known targets: {known}") from None
 
 

@@ -289,9 +289,11 @@ class DuckDBBackend(Backend):
                 return exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
             return total
         if name == "MOD":
-            return exp.Anonymous(
-                this="fmod" if any(a.type.kind != "int" for a in args) else "mod", expressions=sqls
-            )
+            if all(a.type.kind == "int" for a in args):
+                return exp.Anonymous(this="mod", expressions=sqls)
+            # The remainder with the sign of x, as for integers (DuckDB's fmod floors).
+            x, y = self.text(args[0]), self.text(args[1])
+            return Raw(this=f"({x}) - trunc(({x}) / ({y})) * ({y})")
         if name == "RAND":
             # DuckDB has no per-call seed; RAND(seed) returns a random number as RAND() does.
             return exp.Anonymous(this="random", expressions=[])
@@ -455,7 +457,7 @@ class DuckDBBackend(Backend):
     def area(self, g: Geometry) -> str:
         shape = shape_of(g)
         if shape == "point":
-            return "0.0"
+            return "0.0e0"  # 0.0 would be a DECIMAL
         if shape == "circle":
             c = self.as_circle(g)
             if c.radius_const is not None:
@@ -470,8 +472,10 @@ class DuckDBBackend(Backend):
             return _num(sphere.area(poly.vectors) * sphere.SR_TO_DEG2)
         v = self.var("v")
         s = self.signed_area_sql(v)
-        m = f"((({s}) % (4 * pi())) + 4 * pi()) % (4 * pi())"
-        body = f"{_min(m, f'4 * pi() - {m}')} * {_num(sphere.SR_TO_DEG2)}"
+        # s reduced to [-2π, 2π], as sphere.area: exact for small polygons.
+        t = self.var("s")
+        reduced = f"abs({t} - 4 * pi() * round({t} / (4 * pi())))"
+        body = _let(s, t, f"{reduced} * {_num(sphere.SR_TO_DEG2)}")
         return _let(self.vectors_sql(poly.flat), v, body)  # type: ignore[arg-type]
 
     def centroid(self, g: Geometry) -> _P:
