@@ -4,8 +4,9 @@
     python benchmarks/bench_xmatch.py --n1 1000000      # issue 6: 1M external x 400k ROME
 
 Catalogue 2 is a ROME-field-sized cloud around (268, -29.5); catalogue 1 is up to half
-jittered copies of its stars (at most one per star), the rest random positions. Baselines, measured in the same run:
-astropy ``search_around_sky`` (mode ``all``) and ``match_to_catalog_sky`` (mode ``best``).
+jittered copies of its stars (at most one per star), the rest random positions.
+Baselines, measured in the same run: astropy ``search_around_sky`` (mode ``all``) and
+``match_to_catalog_sky`` (mode ``best``).
 """
 
 from __future__ import annotations

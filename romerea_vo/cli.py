@@ -418,14 +418,34 @@ def _ensure_ingested(
             print("  " + ", ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
 
 
-def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
+def _serve(
+    db_path: Path,
+    host: str,
+    port: int,
+    work_dir: str | None,
+    *,
+    workers: int = 1,
+    jobs_db: str | None = None,
+    public_url: str | None = None,
+    job_threads: int = 2,
+) -> int:
     import socket
 
     import uvicorn
 
     from .service.app import ServiceConfig, create_app
+    from .service.workers import check_config, serve_workers
 
-    app = create_app(ServiceConfig(db_path=db_path, work_dir=Path(work_dir) if work_dir else None))
+    config = ServiceConfig(
+        db_path=db_path,
+        work_dir=Path(work_dir) if work_dir else None,
+        jobs_db=jobs_db,
+        public_url=public_url.rstrip("/") if public_url else None,
+        max_workers=job_threads,
+    )
+    check_config(config, workers)
+    # several workers each build the app in their own process (serve_workers)
+    app = create_app(config) if workers == 1 else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -445,6 +465,10 @@ def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
         "Ctrl-C stops the service.",
         flush=True,
     )
+    if app is None:
+        serve_workers(config, sock, workers, listen_url=url)
+        print("service stopped", flush=True)
+        return 0
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
         server.run(sockets=[sock])
@@ -454,12 +478,53 @@ def _serve(db_path: Path, host: str, port: int, work_dir: str | None) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .store import ingest_fields
+    from .store.postgres import ingest_fields_pg, is_postgres_url, redact
 
-    summaries = ingest_fields(
-        args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
-    )
+    if is_postgres_url(args.db):
+        summaries = ingest_fields_pg(
+            args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
+        )
+        shown = redact(args.db)
+    else:
+        summaries = ingest_fields(
+            args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
+        )
+        shown = str(Path(args.db).resolve())
     for summary in summaries:
         print(", ".join(f"{k}: {v}" for k, v in summary.items()))
+    print(f"database: {shown}")
+    return 0
+
+
+def cmd_ingest_catalog(args: argparse.Namespace) -> int:
+    from .store.catalog_ingest import ingest_catalog
+    from .store.catalog_tables import position_columns
+    from .store.database import Database
+    from .store.ddl import physical_name
+
+    def warn(message: str) -> None:
+        print(f"romerea-vo: warning: {message}", file=sys.stderr)
+
+    table = ingest_catalog(
+        args.file,
+        args.db,
+        args.table,
+        ra_col=args.ra_col,
+        dec_col=args.dec_col,
+        description=args.description,
+        fmt=args.format,
+        report=warn,
+    )
+    ra, dec = position_columns(table)
+    db = Database(args.db)
+    try:
+        (n_rows,) = db.cursor().execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
+    finally:
+        db.close()
+    print(
+        f"{table.qualified_name}: {n_rows:,} rows, {len(table.columns)} columns from "
+        f"{args.file} (positions: {ra}, {dec})"
+    )
     print(f"database: {Path(args.db).resolve()}")
     return 0
 
@@ -467,8 +532,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import hashlib
 
+    from .store.postgres import is_postgres_url
+
     dirs = [Path(d) for d in args.field_dirs]
-    if args.db:
+    if args.db and is_postgres_url(args.db):
+        if dirs:
+            raise InvalidRequestError(
+                "with a PostgreSQL database, ingest the fields first (romerea-vo ingest "
+                "FIELD_DIR --db URL), then serve --db URL alone"
+            )
+        db_path = args.db
+    elif args.db:
         db_path = Path(args.db)
         if dirs:
             _ensure_ingested(db_path, dirs, quiet=args.quiet)
@@ -478,7 +552,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _ensure_ingested(db_path, dirs, quiet=args.quiet, owned=True)
     else:
         raise InvalidRequestError("give --db PATH, field directories, or both")
-    return _serve(db_path, args.host, args.port, args.work_dir)
+    return _serve(
+        db_path,
+        args.host,
+        args.port,
+        args.work_dir,
+        workers=args.workers,
+        jobs_db=args.jobs_db,
+        public_url=args.public_url,
+        job_threads=args.job_threads,
+    )
+
+
+def cmd_export_dachs(args: argparse.Namespace) -> int:
+    from .store.dachs_export import export_dachs
+
+    def report(table) -> None:
+        if not args.quiet:
+            print(f"{table.name}: {table.n_rows} rows -> {table.path}", flush=True)
+
+    result = export_dachs(
+        args.db,
+        args.outdir,
+        schema=args.schema,
+        index=args.index,
+        cone_service=args.cone_service,
+        service_url=args.service_url,
+        overwrite=args.overwrite,
+        report=report,
+    )
+    print(f"resource descriptor: {result.rd_path} (in DaCHS: dachs imp <dir>/q)")
+    return 0
 
 
 def cmd_samp(args: argparse.Namespace) -> int:
@@ -518,6 +622,12 @@ def cmd_samp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_xmatch(args: argparse.Namespace) -> int:
+    from .xmatch.command import run
+
+    return run(args)
+
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -550,17 +660,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("ingest", help="load field(s) into a DuckDB database")
+    p = sub.add_parser("ingest", help="load field(s) into a DuckDB or PostgreSQL database")
     p.add_argument("field_dirs", nargs="+", metavar="FIELD_DIR")
-    p.add_argument("--db", required=True, help="database file (created if absent)")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="DuckDB file (created if absent) or postgresql://user@host/dbname (with pgSphere)",
+    )
     p.add_argument("--authority", help="publisher DID authority, e.g. ivo://example.org/rome")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "ingest-catalog",
+        help="add an external catalogue (VOTable, FITS, CSV, ECSV, Parquet) as a TAP table",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--db", required=True, help="romerea-vo database (created if absent)")
+    p.add_argument("--table", required=True, help="published name, SCHEMA.NAME (e.g. ext.survey)")
+    p.add_argument("--ra-col", help="RA column (default: found by UCD or name)")
+    p.add_argument("--dec-col", help="Dec column (default: found by UCD or name)")
+    p.add_argument("--description", help="table description (default: from the file)")
+    p.add_argument("--format", help="votable, fits, csv, ecsv or parquet (default: by extension)")
+    p.set_defaults(func=cmd_ingest_catalog)
 
     p = sub.add_parser("serve", help="serve a database and/or field directories over TAP")
     p.add_argument("field_dirs", nargs="*", metavar="FIELD_DIR")
     p.add_argument("--db", help="database file (made by ingest)")
     p.add_argument("--work-dir", help="where async jobs and uploads live (default: temporary)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="service processes (default 1; more need --jobs-db)")  # fmt: skip
+    p.add_argument("--jobs-db", metavar="URL", help="keep async jobs in PostgreSQL "
+                   "(postgresql://user@host/db), shared by all workers; needs "
+                   "--work-dir")  # fmt: skip
+    p.add_argument("--job-threads", type=int, default=2, metavar="N",
+                   help="async jobs each worker runs at once (default %(default)s)")  # fmt: skip
+    p.add_argument("--public-url", metavar="URL", help="the URL clients reach the service at "
+                   "(behind a reverse proxy), used in async results' links")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _listen_args(p)
     p.set_defaults(func=cmd_serve)
@@ -604,6 +740,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-star", action="store_true", help="one table per star for selections")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.set_defaults(func=cmd_samp)
+
+    p = sub.add_parser("export-dachs", help="write a DaCHS resource descriptor and data files")
+    p.add_argument("outdir", metavar="OUTDIR", help="directory for q.rd and data/*.fits")
+    p.add_argument("--db", required=True, help="database file (made by ingest)")
+    p.add_argument("--schema", default="rome", help="DaCHS schema name (default %(default)s)")
+    p.add_argument("--index", default="pgsphere", help="position index: pgsphere (default) "
+                   "or q3c")  # fmt: skip
+    p.add_argument("--cone-service", action="store_true",
+                   help="add a Simple Cone Search service over field_index")  # fmt: skip
+    p.add_argument("--service-url", help="this romerea-vo service's URL, named in the RD as "
+                   "where the stars' DIDs resolve to lightcurves")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the exported files in a non-empty OUTDIR")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no per-table output")
+    p.set_defaults(func=cmd_export_dachs)
+
+    from .xmatch.command import DESCRIPTION, add_arguments
+
+    p = sub.add_parser("xmatch", help="cross-match a catalogue with ROME stars, or ROME "
+                       "stars with another TAP service", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_arguments(p)
+    p.set_defaults(func=cmd_xmatch)
     return parser
 
 

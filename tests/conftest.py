@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from .pg import pg_cluster_fixture  # noqa: F401 (the session fixture pg_cluster)
+
 REPO = Path(__file__).resolve().parents[1]
 PYDANDIA_TEST1 = (
     Path(os.environ.get("ROMEREA_VO_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -117,23 +119,78 @@ def tap_work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("work")
 
 
-@pytest.fixture(scope="session")
-def tap_server(tap_db, tap_work):
-    """The TAP service over ``tap_db``, served for real on loopback; yields its base URL."""
-    from romerea_vo.service.app import ServiceConfig, create_app
+def _test_limits():
     from romerea_vo.service.tap import TapLimits
 
     # private hosts allowed: the remote-upload test serves its table from loopback
-    limits = TapLimits(
+    return TapLimits(
         default_maxrec=5000,
         hard_maxrec=50_000,
         upload_bytes=20 * 2**20,
         remote_upload_private_hosts=True,
     )
-    app = create_app(ServiceConfig(db_path=tap_db, work_dir=tap_work, limits=limits))
+
+
+@pytest.fixture(scope="session")
+def tap_server(tap_db, tap_work):
+    """The TAP service over ``tap_db``, served for real on loopback; yields its base URL."""
+    from romerea_vo.service.app import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(db_path=tap_db, work_dir=tap_work, limits=_test_limits()))
     live = LiveServer(app)
     yield live.url
     live.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_tap_db(request, synthetic_field, second_field) -> str:
+    """The fields of ``tap_db`` ingested into PostgreSQL + pgSphere; its URL."""
+    from romerea_vo.store.postgres import ingest_fields_pg
+
+    pg_cluster = request.getfixturevalue("pg_cluster")  # skips without PostgreSQL
+    pg_cluster.create_database("rome_tests")
+    url = f"postgresql://{pg_cluster.user}@127.0.0.1:{pg_cluster.port}/rome_tests"
+    fields = [synthetic_field, second_field]
+    if (PYDANDIA_TEST1 / "TEST1_field_crossmatch.fits").exists():
+        fields.append(PYDANDIA_TEST1)
+    ingest_fields_pg(url, fields)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_tap_work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pgwork")
+
+
+@pytest.fixture(scope="session")
+def pg_tap_server(pg_tap_db, pg_tap_work):
+    """The TAP service over ``pg_tap_db``, served for real on loopback."""
+    from romerea_vo.service.app import ServiceConfig, create_app
+
+    work = pg_tap_work
+    app = create_app(ServiceConfig(db_path=pg_tap_db, work_dir=work, limits=_test_limits()))
+    live = LiveServer(app)
+    yield live.url
+    live.stop()
+
+
+@pytest.fixture(scope="session", params=["duckdb", "postgresql"])
+def tap_backend(request) -> str:
+    """Each backend in turn, for test modules that serve both (see ``tap_server_both``)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tap_server_both(request, tap_backend):
+    """``tap_server`` on each backend in turn: a test module that overrides its
+    ``tap_server`` with this one runs against DuckDB and PostgreSQL + pgSphere."""
+    return request.getfixturevalue("tap_server" if tap_backend == "duckdb" else "pg_tap_server")
+
+
+@pytest.fixture(scope="session")
+def tap_work_both(request, tap_backend) -> Path:
+    """The work directory of ``tap_server_both``'s current server."""
+    return request.getfixturevalue("tap_work" if tap_backend == "duckdb" else "pg_tap_work")
 
 
 @pytest.fixture(scope="session")

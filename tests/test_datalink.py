@@ -37,6 +37,12 @@ LINK_COLUMNS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def tap_server(tap_server_both):
+    """Every test here runs against the DuckDB and the PostgreSQL + pgSphere backends."""
+    return tap_server_both
+
+
 def sync(url, query, **params):
     data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, **params}
     return httpx.post(f"{url}/tap/sync", data=data, timeout=60)

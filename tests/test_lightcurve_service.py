@@ -27,6 +27,12 @@ STILTS = shutil.which("stilts")
 needs_stilts = pytest.mark.skipif(STILTS is None, reason="STILTS not installed")
 
 
+@pytest.fixture(scope="session")
+def tap_server(tap_server_both):
+    """Every test here runs against the DuckDB and the PostgreSQL + pgSphere backends."""
+    return tap_server_both
+
+
 @pytest.fixture(scope="module")
 def did(authority):
     def make(field: str, field_id: int) -> str:

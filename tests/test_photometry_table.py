@@ -12,6 +12,12 @@ from romerea_vo.products import open_field
 pyvo = pytest.importorskip("pyvo")
 
 
+@pytest.fixture(scope="session")
+def tap_server(tap_server_both):
+    """Every test here runs against the DuckDB and the PostgreSQL + pgSphere backends."""
+    return tap_server_both
+
+
 @pytest.fixture(scope="module")
 def tap(tap_server):
     return pyvo.dal.TAPService(f"{tap_server}/tap")

@@ -1,6 +1,6 @@
 """ADQL cross-match joins run through the xmatch core (romerea_vo.adql.spatial_join).
 
-Each query is run twice on the same cursor: as the service runs it (pairs from the core,
+Each query is run twice in the same session: as the service runs it (pairs from the core,
 hash joins on row keys) and as plain SQL (the declination band + haversine condition);
 both must give the same rows, which must also be astropy's pairs.
 """
@@ -56,20 +56,20 @@ def _params(query: str, uploads: dict[str, Table], tmp_path) -> DaliParams:
 
 def run_both(engine, query, uploads, tmp_path):
     """(rows through the core, rows as plain SQL, EXPLAIN of the core plan, pair counts)."""
-    cursor = engine.db.cursor()
+    session = engine.db.session()
     try:
         params = _params(query, uploads, tmp_path)
-        prepared = engine.prepare(params, cursor, tmp_path)
+        prepared = engine.prepare(params, session, tmp_path)
         assert prepared.translation.spatial_joins, "the join did not go through the core"
-        core = cursor.sql(prepared.sql).fetchall()
-        explained = cursor.sql("EXPLAIN " + prepared.sql).fetchall()
+        core = session.fetchall(prepared.sql)
+        explained = session.fetchall("EXPLAIN " + prepared.sql)
         # Operator names as DuckDB prints them ("Hash Join"), spelt as in its docs.
         plan = "\n".join(str(r[1]) for r in explained).upper().replace(" ", "_")
-        catalog, _ = engine.register_uploads(params, cursor, tmp_path)
-        plain = cursor.sql(translate(query, catalog, target="duckdb").sql).fetchall()
+        catalog, _ = engine.register_uploads(params, session, tmp_path)
+        plain = session.fetchall(translate(query, catalog, target="duckdb").sql)
         return sorted(core), sorted(plain), plan, engine.spatial_joins.last_pair_counts
     finally:
-        cursor.close()
+        session.close()
 
 
 def astropy_pairs(a: Table, b: Table, radius_arcsec: float) -> set[tuple[int, int]]:
@@ -184,24 +184,24 @@ LEFT_TO_SQL = [
 
 @pytest.mark.parametrize("query", LEFT_TO_SQL)
 def test_other_shapes_stay_sql(engine, mine, tmp_path, query):
-    cursor = engine.db.cursor()
+    session = engine.db.session()
     try:
-        prepared = engine.prepare(_params(query, {"mine": mine}, tmp_path), cursor, tmp_path)
+        prepared = engine.prepare(_params(query, {"mine": mine}, tmp_path), session, tmp_path)
         assert prepared.translation.spatial_joins == []
         assert "romerea_xmatch" not in prepared.sql
-        cursor.sql(prepared.sql).fetchall()  # and it still runs
+        session.fetchall(prepared.sql)  # and it still runs
     finally:
-        cursor.close()
+        session.close()
 
 
 def test_left_join_keeps_unmatched_rows(engine, mine, tmp_path):
     query = LEFT_TO_SQL[0]
-    cursor = engine.db.cursor()
+    session = engine.db.session()
     try:
-        prepared = engine.prepare(_params(query, {"mine": mine}, tmp_path), cursor, tmp_path)
-        rows = cursor.sql(prepared.sql).fetchall()
+        prepared = engine.prepare(_params(query, {"mine": mine}, tmp_path), session, tmp_path)
+        rows = session.fetchall(prepared.sql)
     finally:
-        cursor.close()
+        session.close()
     assert {r[0] for r in rows} == set(range(80))
     assert sum(r[1] is None for r in rows) == 20
 
@@ -210,12 +210,12 @@ def test_too_many_pairs_is_a_clear_error(tap_db, mine, tmp_path):
     db = Database(tap_db)
     engine = TapEngine(db)
     engine.spatial_joins.max_pairs = 10
-    cursor = db.cursor()
+    session = db.session()
     try:
         with pytest.raises(InvalidRequestError, match="more than 10 pairs"):
-            engine.prepare(_params(UPLOAD_SHAPES[0], {"mine": mine}, tmp_path), cursor, tmp_path)
+            engine.prepare(_params(UPLOAD_SHAPES[0], {"mine": mine}, tmp_path), session, tmp_path)
     finally:
-        cursor.close()
+        session.close()
         db.close()
 
 

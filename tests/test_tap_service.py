@@ -26,6 +26,17 @@ needs_stilts = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def tap_server(tap_server_both):
+    """Every test here runs against the DuckDB and the PostgreSQL + pgSphere backends."""
+    return tap_server_both
+
+
+@pytest.fixture(scope="session")
+def tap_work(tap_work_both):
+    return tap_work_both
+
+
 @pytest.fixture(scope="module")
 def tap(tap_server):
     return pyvo.dal.TAPService(f"{tap_server}/tap")

@@ -258,6 +258,21 @@ def test_field_directories_give_what_the_database_gives(
     assert (np.ma.filled(ta["n_good_ip"], 0) > 0).sum() > 100
 
 
+@pytest.mark.parametrize("mode", ["best", "all"])
+def test_postgresql_database_gives_what_duckdb_gives(inputs, tap_db, pg_tap_db, tmp_path, mode):
+    """``--db postgresql://...`` (pgSphere backend): byte-identical output, statistics too."""
+    a, b = tmp_path / "duck.ecsv", tmp_path / "pg.ecsv"
+    for out, db in ((a, tap_db), (b, pg_tap_db)):
+        code, err = cli("xmatch", inputs["parquet"], "--db", db, "--mode", mode, "--stats",
+                        "-o", out)  # fmt: skip
+        assert code == 0, err
+    ta, tb = Table.read(a), Table.read(b)
+    assert len(ta) > 100 and ta.colnames == tb.colnames
+    for name in ta.colnames:
+        assert np.array_equal(np.ma.getmaskarray(ta[name]), np.ma.getmaskarray(tb[name])), name
+        assert list(np.ma.filled(ta[name], 0)) == list(np.ma.filled(tb[name], 0)), name
+
+
 def test_statistics_are_the_stars_own(inputs, tap_db, synthetic_field, tmp_path):
     from romerea_vo import lightcurves
     from romerea_vo.products import open_field

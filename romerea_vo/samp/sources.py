@@ -222,10 +222,11 @@ class LocalSource(StarSource):
 
     @classmethod
     def from_db(cls, path: str | Path, *, service_url: str | None = None) -> LocalSource:
-        """An ingested database (``romerea-vo ingest ... --db PATH``), read-only."""
-        from ..store.database import Database
+        """An ingested database (``romerea-vo ingest ... --db PATH``, a DuckDB file or a
+        PostgreSQL URL), read-only."""
+        from ..store import open_database
 
-        return cls(Database(path), service_url=service_url)
+        return cls(open_database(path), service_url=service_url)
 
     @classmethod
     def from_field_dirs(

@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -21,9 +20,11 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InvalidRequestError, RomeReaError
+from ..store import open_database
 from ..store.catalog_tables import position_columns
-from ..store.database import Database, DatabaseError
-from ..store.ddl import CATALOG, physical_name, quote_ident
+from ..store.database import DatabaseError
+from ..store.ddl import quote_ident
+from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
 from ..votable.writer import error_votable
@@ -45,7 +46,8 @@ XML_MEDIA = "text/xml"
 class ServiceConfig:
     """What the service serves and where it keeps its scratch files."""
 
-    db_path: Path
+    db_path: Path | str
+    """A DuckDB file, or a ``postgresql://`` URL."""
     work_dir: Path | None = None
     limits: TapLimits = field(default_factory=TapLimits)
     max_workers: int = 2
@@ -71,11 +73,11 @@ class TapService:
 
     def __init__(self, config: ServiceConfig):
         self.config = config
-        self.db = Database(config.db_path)
+        self.db = open_database(config.db_path)
         if not self.db.metadata_is_current():
             self.db.close()
             raise DatabaseError(
-                f"{config.db_path} was ingested by another version of romerea-vo (its "
+                f"{self.db.path} was ingested by another version of romerea-vo (its "
                 "TAP_SCHEMA differs from votable_schemas/); ingest the fields again into a "
                 "new database file"
             )
@@ -108,21 +110,24 @@ class TapService:
                 )
             from .uws_pg import PostgresJobStore  # psycopg: the optional postgres extra
 
-            self.jobs = PostgresJobStore(
-                config.jobs_db, self.work_dir / "jobs", self.run_job, **store_args
-            )
+            try:
+                self.jobs = PostgresJobStore(
+                    config.jobs_db, self.work_dir / "jobs", self.run_job, **store_args
+                )
+            except BaseException:
+                self.db.close()
+                raise
         else:
             self.jobs = JobStore(self.work_dir / "jobs", self.run_job, **store_args)
 
     def _table_rows(self) -> dict[str, int]:
-        cur = self.db.cursor()
         out = {}
-        for table in self.engine.tables:
-            if table.virtual:
-                continue
-            (n,) = cur.execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
-            out[table.qualified_name] = n
-        cur.close()
+        with self.db.session() as session:
+            for table in self.engine.tables:
+                if table.virtual:
+                    continue
+                sql = f"SELECT COUNT(*) FROM {self.db.physical_name(table)}"
+                out[table.qualified_name] = session.fetchall(sql)[0][0]
         return out
 
     def close(self) -> None:
@@ -144,21 +149,21 @@ class TapService:
 
     async def sync(self, request: Request) -> Response:
         scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
-        cursor = None
+        session = None
 
         def cleanup() -> None:
-            if cursor is not None:
-                cursor.close()
+            if session is not None:
+                session.close()
             shutil.rmtree(scratch, ignore_errors=True)
 
         try:
             params = await self.read_params(request, scratch)
-            cursor = self.db.cursor()
-            prepared = await run_in_threadpool(self.engine.prepare, params, cursor, scratch)
+            session = await run_in_threadpool(self.db.session)
+            prepared = await run_in_threadpool(self.engine.prepare, params, session, scratch)
             result = await run_in_threadpool(
                 self.engine.execute,
                 prepared,
-                cursor,
+                session,
                 timeout=self.config.limits.sync_execution_duration,
                 base_url=str(request.base_url).rstrip("/"),
             )
@@ -183,11 +188,15 @@ class TapService:
             values={k: [v] for k, v in job.parameters.items()},
             files=dict(job.files),
         )
-        cursor = self.db.cursor()
-        token.on_cancel(cursor.interrupt)
+        session = self.db.session()
+        token.on_cancel(session.interrupt)
         try:
-            prepared = self.engine.prepare(params, cursor, job.directory)
-            result = self.engine.execute(prepared, cursor, timeout=None, base_url=self.public_url)
+            prepared = self.engine.prepare(params, session, job.directory)
+            # cancel=token: an ABORT that came while the query was being prepared (before
+            # the interrupt could reach the engine) still stops it.
+            result = self.engine.execute(
+                prepared, session, timeout=None, cancel=token, base_url=self.public_url
+            )
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
             with path.open("wb") as fh:
@@ -197,7 +206,7 @@ class TapService:
                 raise QueryCancelled(result.error)
             job.add_result("result", path, result.media_type)
         finally:
-            cursor.close()
+            session.close()
 
     # --- VOSI -------------------------------------------------------------------------
 
@@ -268,28 +277,26 @@ class TapService:
         return Response(body, media_type="application/xhtml+xml")
 
     def _catalogue_position(self, table, ra_col: str, dec_col: str) -> tuple[float, float]:
-        cur = self.db.cursor()
-        try:
-            row = cur.execute(
-                f"SELECT median({quote_ident(ra_col)}), median({quote_ident(dec_col)}) "
-                f"FROM {physical_name(table)}"
-            ).fetchone()
-        finally:
-            cur.close()
+        # The mean, not the median: PostgreSQL has no median() (an example needs no more).
+        with self.db.session() as session:
+            rows = session.fetchall(
+                f"SELECT avg({quote_ident(ra_col)}), avg({quote_ident(dec_col)}) "
+                f"FROM {self.db.physical_name(table)}"
+            )
+        row = rows[0] if rows else None
         return (row[0], row[1]) if row and row[0] is not None else (0.0, 0.0)
 
     def _example_position(self) -> tuple[str, float, float]:
-        cur = self.db.cursor()
+        field_index = self.db.physical_name(self.engine.schemas["rome.field_index"])
         try:
-            row = cur.execute(
-                f"SELECT field, median(ra), median(dec) FROM {CATALOG}.rome.field_index "
-                "GROUP BY field ORDER BY field LIMIT 1"
-            ).fetchone()
-        except duckdb.Error:
-            row = None
-        finally:
-            cur.close()
-        return row if row else ("ROME-FIELD-01", 268.0, -29.0)
+            with self.db.session() as session:
+                rows = session.fetchall(
+                    f"SELECT field, avg(ra), avg(dec) FROM {field_index} "
+                    "GROUP BY field ORDER BY field LIMIT 1"
+                )
+        except QueryFailed:
+            rows = []
+        return rows[0] if rows else ("ROME-FIELD-01", 268.0, -29.0)
 
     async def landing(self, request: Request) -> Response:
         tap = self.base_url(request)

@@ -41,8 +41,8 @@ from starlette.responses import Response
 from ..errors import InvalidRequestError
 from ..products import layout
 from ..store.database import Database
-from ..store.ddl import CATALOG
 from ..votable.formats import ResultFormat, resolve_format, write_result
+from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
 from .ids import parse_did
 
@@ -194,24 +194,37 @@ class _FieldStars:
         return field_id < self.quadrant.size and self.quadrant[field_id] > 0
 
 
+def _numpy(table) -> dict[str, np.ma.MaskedArray]:
+    """Columns as masked arrays (NULL masked), as DuckDB's fetchnumpy gives them."""
+    out = {}
+    for name in table.column_names:
+        col = table.column(name)
+        values = col.to_numpy(zero_copy_only=False)
+        mask = col.is_null().to_numpy(zero_copy_only=False)
+        out[name] = np.ma.masked_array(values, mask=mask)
+    return out
+
+
 class _Fault(Exception):
     """A per-ID DataLink error: ``message`` starts with the fault name."""
 
 
 def _load_field(db: Database, name: str) -> _FieldStars:
-    cur = db.cursor()
-    try:
-        idx = cur.execute(
-            f"SELECT field_id, quadrant, n_datasets_gp, n_datasets_rp, n_datasets_ip "
-            f"FROM {CATALOG}.rome.field_index WHERE field = ?",
-            [name],
-        ).fetchnumpy()
-        stats = cur.execute(
-            f"SELECT field_id, filter, n_good FROM {CATALOG}.rome.lightcurve_stats WHERE field = ?",
-            [name],
-        ).fetchnumpy()
-    finally:
-        cur.close()
+    field_index = db.physical_name(load_table_schema("field_index"))
+    stats_table = db.physical_name(load_table_schema("lightcurve_stats"))
+    with db.session() as session:
+        idx = _numpy(
+            session.arrow_table(
+                "SELECT field_id, quadrant, n_datasets_gp, n_datasets_rp, n_datasets_ip "
+                f"FROM {field_index} WHERE field = ?",
+                [name],
+            )
+        )
+        stats = _numpy(
+            session.arrow_table(
+                f"SELECT field_id, filter, n_good FROM {stats_table} WHERE field = ?", [name]
+            )
+        )
     ids = np.asarray(idx["field_id"], dtype=np.int64)
     size = int(ids.max()) + 1 if ids.size else 1
     quadrant = np.zeros(size, np.int8)

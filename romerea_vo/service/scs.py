@@ -23,14 +23,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import duckdb
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequestError
 from ..store.database import Database
-from ..store.ddl import CATALOG
+from ..store.session import QueryFailed
 from ..votable.formats import resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, error_votable
@@ -108,24 +107,30 @@ class ConeSearchService:
             fields.append(DISTANCE)
         cols = ", ".join(f'"{n}"' for n in names)
         dist = (
-            "degrees(2 * asin(least(1.0, sqrt(pow(sin(radians(dec - $dec) / 2), 2) + "
-            "cos(radians(dec)) * cos(radians($dec)) * pow(sin(radians(ra - $ra) / 2), 2)))))"
+            "degrees(2 * asin(least(1.0, sqrt(pow(sin(radians(dec - ?) / 2), 2) + "
+            "cos(radians(dec)) * cos(radians(?)) * pow(sin(radians(ra - ?) / 2), 2)))))"
         )
+        if self.db.target == "pgsphere":  # the GiST index on the position
+            where, where_params = (
+                ("spoint(radians(ra), radians(dec)) @ scircle(spoint(radians(?), radians(?)), "
+                 "radians(?))", [ra, dec, sr])
+                if sr < 90 else ("TRUE", [])
+            )  # fmt: skip
+        else:  # a declination band on the dec-sorted table
+            where, where_params = "dec BETWEEN ? - ? AND ? + ?", [dec, sr, dec, sr]
+        field_index = self.db.physical_name(load_table_schema("field_index"))
         sql = (
             f"SELECT {cols}, distance FROM (SELECT *, {dist} AS distance "
-            f"FROM {CATALOG}.rome.field_index "
-            "WHERE dec BETWEEN $dec - $sr AND $dec + $sr) "
-            "WHERE distance <= $sr ORDER BY distance, field, field_id LIMIT $limit"
+            f"FROM {field_index} WHERE {where}) AS cone "
+            "WHERE distance <= ? ORDER BY distance, field, field_id LIMIT ?"
         )
         limit = maxrec + 1 if sr > 0 and maxrec > 0 else 0
-        cur = self.db.cursor()
+        params = [dec, dec, ra, *where_params, sr, limit]
         try:
-            params = {"ra": ra, "dec": dec, "sr": sr, "limit": limit}
-            table = cur.sql(sql, params=params).to_arrow_table()
-        except duckdb.Error as exc:
+            with self.db.session() as session:
+                table = session.arrow_table(sql, params)
+        except QueryFailed as exc:
             raise InvalidRequestError(f"cone search failed: {exc}") from None
-        finally:
-            cur.close()
         overflow = table.num_rows > maxrec
         table = table.slice(0, min(maxrec, table.num_rows))
         if verb == 1:

@@ -16,11 +16,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from ..adql.model import SpatialJoin, SpatialJoinSide
+from ..store.session import DuckDBSession
 from ..xmatch import SkyIndex, zone_height
 
 #: A query's positional joins may not produce more pairs than this.
@@ -47,16 +47,16 @@ class SpatialJoinRunner:
 
     def register(
         self,
-        cursor: duckdb.DuckDBPyConnection,
+        session: DuckDBSession,
         joins: Iterable[SpatialJoin],
         per_query: set[str],
     ) -> None:
-        """Register every join's pairs on ``cursor``; ``per_query`` names the physical
+        """Register every join's pairs on ``session``; ``per_query`` names the physical
         tables that exist only for this query (uploads), which are not cached."""
         counts = []
         for join in joins:
-            left = self._positions(cursor, join.left, join.left.physical not in per_query)
-            right = self._positions(cursor, join.right, join.right.physical not in per_query)
+            left = self._positions(session, join.left, join.left.physical not in per_query)
+            right = self._positions(session, join.right, join.right.physical not in per_query)
             radius_arcsec = join.radius_deg * 3600.0
             height = zone_height(radius_arcsec)
             # Index the larger side (cached when stored); the smaller one probes it.
@@ -76,7 +76,7 @@ class SpatialJoinRunner:
             )
             probe_keys, indexed_keys = probe.keys[found.left], indexed.keys[found.right]
             l_keys, r_keys = (indexed_keys, probe_keys) if swap else (probe_keys, indexed_keys)
-            cursor.register(join.pairs, pa.table({"l": l_keys, "r": r_keys}))
+            session.register(join.pairs, pa.table({"l": l_keys, "r": r_keys}))
             counts.append(len(found))
         self.last_pair_counts = counts
 
@@ -95,15 +95,13 @@ class SpatialJoinRunner:
                 _, old = self._cache.popitem(last=False)
                 total -= old.nbytes
 
-    def _positions(
-        self, cursor: duckdb.DuckDBPyConnection, side: SpatialJoinSide, cache: bool
-    ) -> _Positions:
+    def _positions(self, session: DuckDBSession, side: SpatialJoinSide, cache: bool) -> _Positions:
         key = ("positions", side.physical, side.row_key, side.ra, side.dec)
         if cache and (found := self._cached(key)) is not None:
             return found
-        table = cursor.sql(
+        table = session.arrow_table(
             f'SELECT "{side.row_key}", {side.ra}, {side.dec} FROM {side.physical}'
-        ).to_arrow_table()
+        )
         keys = table.column(0).to_numpy()
         # NULL positions become NaN and never match, as in SQL; RA is taken modulo 360
         # because the SQL test is periodic in RA and the core expects [0, 360).

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
@@ -22,7 +21,8 @@ from .. import __version__
 from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
 from ..errors import InvalidRequestError, RomeReaError
 from ..store.database import Database
-from ..store.ddl import ARROW_TYPES, physical_name
+from ..store.ddl import ARROW_TYPES
+from ..store.session import DuckDBSession, QueryFailed, QueryInterrupted
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import TableSchema
 from ..votable.writer import FieldSpec, Info
@@ -33,6 +33,8 @@ from .spatial_joins import SpatialJoinRunner
 from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
+
+Session = DuckDBSession  # or a romerea_vo.store.postgres.PgSession: the same calls
 BATCH_ROWS = 65536
 
 
@@ -74,17 +76,19 @@ class QueryCancelled(RomeReaError):
     """The query was interrupted (execution duration exceeded, or aborted)."""
 
 
-def _table_info(table: TableSchema) -> TableInfo:
+def _table_info(table: TableSchema, db) -> TableInfo:
     # A virtual table's physical name exists nowhere: only a query-time registration
-    # (see _with_photometry) makes it readable.
+    # (see _with_photometry) makes it readable. DuckDB's rowid lets positional joins run
+    # through the xmatch core; PostgreSQL uses its pgSphere indexes instead.
+    duckdb_rows = db.target == "duckdb" and not table.virtual
     return TableInfo(
         name=table.qualified_name,
-        physical=physical_name(table) if not table.virtual else '"unrestricted_virtual_table"',
+        physical=db.physical_name(table) if not table.virtual else '"unrestricted_virtual_table"',
         columns=tuple(
             ColumnInfo(c.name, c.datatype, xtype=c.xtype, arraysize=c.arraysize, unit=c.unit)
             for c in table.columns
         ),
-        row_key=None if table.virtual else "rowid",
+        row_key="rowid" if duckdb_rows else None,
     )
 
 
@@ -106,7 +110,7 @@ class TapEngine:
         self.limits = limits or TapLimits()
         self.tables = db.tables  # ROME (if present), external catalogues, TAP_SCHEMA
         self.schemas = {t.qualified_name.lower(): t for t in self.tables}
-        self.catalog = Catalog([_table_info(t) for t in self.tables])
+        self.catalog = Catalog([_table_info(t, db) for t in self.tables])
         self.spatial_joins = SpatialJoinRunner()
 
     # --- parameters -----------------------------------------------------------------
@@ -134,9 +138,9 @@ class TapEngine:
     # --- uploads ----------------------------------------------------------------------
 
     def register_uploads(
-        self, params: DaliParams, cursor: duckdb.DuckDBPyConnection, scratch: Path | None
+        self, params: DaliParams, session: Session, scratch: Path | None
     ) -> tuple[Catalog, dict[str, dict[str, UploadColumn]]]:
-        """Read the UPLOAD tables and register them on ``cursor`` as TAP_UPLOAD.<name>."""
+        """Read the UPLOAD tables and register them on ``session`` as TAP_UPLOAD.<name>."""
         pairs = parse_upload_param(
             params.getall("UPLOAD"), params.files, allow_remote=self.limits.remote_uploads
         )
@@ -162,9 +166,11 @@ class TapEngine:
             # uploader's xtype/unit/UCD are put back on result FIELDs instead.
             columns = tuple(ColumnInfo(f.name, _votable_datatype(f.type)) for f in table.schema)
             # A row number ADQL cannot see, for positional joins run by the xmatch core.
-            row_key = _unused_name("romerea_row", table.schema.names)
-            table = table.append_column(row_key, pa.array(range(table.num_rows), pa.int64()))
-            cursor.register(physical, table)
+            row_key = None
+            if session.target == "duckdb":
+                row_key = _unused_name("romerea_row", table.schema.names)
+                table = table.append_column(row_key, pa.array(range(table.num_rows), pa.int64()))
+            session.register(physical, table)
             qualified = f"TAP_UPLOAD.{name}"
             extra.append(TableInfo(qualified, physical, columns, row_key=row_key))
             metadata[qualified.lower()] = meta
@@ -174,7 +180,7 @@ class TapEngine:
         self,
         catalog: Catalog,
         query: exp.Expression,
-        cursor: duckdb.DuckDBPyConnection,
+        session: Session,
         maxrec: int | None = None,
     ) -> Catalog:
         """Materialise rome.photometry for the stars the query names (or refuse)."""
@@ -183,8 +189,8 @@ class TapEngine:
             return catalog
         rows = photometry_rows(self.db, requested_stars(query, maxrec=maxrec), schema)
         physical = f"rome_photometry_{secrets.token_hex(6)}"
-        cursor.register(physical, rows)
-        info = dataclasses.replace(_table_info(schema), physical=physical)
+        session.register(physical, rows)
+        info = dataclasses.replace(_table_info(schema, self.db), physical=physical)
         return Catalog([info if t.name == schema.qualified_name else t for t in catalog.tables])
 
     # --- translation and execution ----------------------------------------------------
@@ -192,18 +198,18 @@ class TapEngine:
     def prepare(
         self,
         params: DaliParams,
-        cursor: duckdb.DuckDBPyConnection,
+        session: Session,
         scratch: Path | None = None,
     ) -> PreparedQuery:
         query, maxrec, fmt = self.check_query_params(params)
-        catalog, uploads = self.register_uploads(params, cursor, scratch)
+        catalog, uploads = self.register_uploads(params, session, scratch)
         photometry_tree = photometry_query(query)
         if photometry_tree is not None:
-            catalog = self._with_photometry(catalog, photometry_tree, cursor, maxrec)
-        translation = translate(query, catalog, target="duckdb", spatial_join_core=True)
+            catalog = self._with_photometry(catalog, photometry_tree, session, maxrec)
+        translation = translate(query, catalog, target=session.target, spatial_join_core=True)
         if translation.spatial_joins:
             per_query = {t.physical for t in catalog.tables if t.name.lower() in uploads}
-            self.spatial_joins.register(cursor, translation.spatial_joins, per_query)
+            self.spatial_joins.register(session, translation.spatial_joins, per_query)
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 
     def _fields(self, prepared: PreparedQuery, schema: pa.Schema) -> list[FieldSpec]:
@@ -245,7 +251,7 @@ class TapEngine:
     def execute(
         self,
         prepared: PreparedQuery,
-        cursor: duckdb.DuckDBPyConnection,
+        session: Session,
         *,
         timeout: float | None,
         cancel: threading.Event | None = None,
@@ -261,7 +267,7 @@ class TapEngine:
 
             def _expire():
                 expired.set()
-                cursor.interrupt()
+                session.interrupt()
 
             timer = threading.Timer(timeout, _expire)
             timer.daemon = True
@@ -269,20 +275,20 @@ class TapEngine:
         if cancel is not None and cancel.is_set():
             raise QueryCancelled("query was aborted")
         try:
-            reader = cursor.sql(prepared.sql).to_arrow_reader(BATCH_ROWS)
+            schema, reader = session.arrow(prepared.sql, batch_rows=BATCH_ROWS)
             # The first batch runs the query far enough for most runtime errors to show
             # here, where they can still become a proper DALI error response.
-            first = next(iter(reader), None)
-        except duckdb.InterruptException:
+            first = next(reader, None)
+        except QueryInterrupted:
             if timer:
                 timer.cancel()
             raise QueryCancelled(_cancel_message(expired, timeout)) from None
-        except duckdb.Error as exc:
+        except QueryFailed as exc:
             if timer:
                 timer.cancel()
-            raise InvalidRequestError(f"query failed: {_duckdb_message(exc)}") from None
+            raise InvalidRequestError(f"query failed: {_first_line(exc)}") from None
         result = QueryResult(media_type=prepared.fmt.media_type, chunks=iter(()))
-        fields = self._fields(prepared, reader.schema)
+        fields = self._fields(prepared, schema)
         descriptors: list[str] = []
         if base_url and prepared.fmt.serializer == "votable":
             outs = list(prepared.translation.columns)
@@ -307,10 +313,10 @@ class TapEngine:
                     if remaining == 0:
                         result.overflow = _has_more(reader)
                         return
-            except (duckdb.Error, pa.ArrowException, QueryCancelled) as exc:
+            except (QueryFailed, QueryInterrupted, pa.ArrowException, QueryCancelled) as exc:
                 if isinstance(exc, QueryCancelled):
                     result.error = str(exc)
-                elif expired.is_set() or isinstance(exc, duckdb.InterruptException):
+                elif expired.is_set() or isinstance(exc, QueryInterrupted):
                     result.error = _cancel_message(expired, timeout)
                 else:
                     result.error = f"query failed: {exc}"
@@ -359,7 +365,7 @@ def _cancel_message(expired: threading.Event, timeout: float | None) -> str:
     return "query was aborted"
 
 
-def _has_more(reader: pa.RecordBatchReader) -> bool:
+def _has_more(reader: Iterator[pa.RecordBatch]) -> bool:
     return any(batch.num_rows for batch in reader)
 
 
@@ -396,7 +402,7 @@ def _votable_datatype(t: pa.DataType) -> str:
     return "char"
 
 
-def _duckdb_message(exc: duckdb.Error) -> str:
+def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -4,11 +4,14 @@
 runs jobs on a thread pool through a `JobRunner`, enforces the execution duration
 with a timer that fires the job's `CancelToken`, and deletes jobs whose destruction
 time has passed. `uws_routes` publishes a store as the UWS REST binding; the XML
-documents are built with vo-models.
+documents are built with vo-models. `JobStoreBase` is what the binding needs from a
+store: `JobStore` serves one process, `romerea_vo.service.uws_pg.PostgresJobStore`
+many (the jobs' state in PostgreSQL, their files in a shared directory).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -60,6 +63,7 @@ __all__ = [
     "JobNotFoundError",
     "JobRunner",
     "JobStore",
+    "JobStoreBase",
     "Result",
     "error_votable",
     "uws_routes",
@@ -314,7 +318,179 @@ with the exception's message. It should honour the `CancelToken`.
 """
 
 
-class JobStore:
+class JobStoreBase(abc.ABC):
+    """What the UWS binding needs from a job store; `JobStore` and `PostgresJobStore` are two.
+
+    A store keeps job directories (uploads, results) under ``root`` and clamps times to
+    ``max_execution_duration`` (seconds, 0 = none). ``blocking_io`` tells the HTTP
+    binding that reads (`get`, `phase`, `list`) do I/O and must not run on the event loop.
+    """
+
+    root: Path
+    max_execution_duration: int
+    max_wait: float
+    blocking_io: bool = False
+
+    @abc.abstractmethod
+    def create(
+        self,
+        parameters: Mapping[str, str],
+        files: Mapping[str, Path] | None = None,
+        *,
+        owner: str | None = None,
+        execution_duration: int | None = None,
+        destruction: datetime | None = None,
+    ) -> Job:
+        """Create a PENDING job; ``files`` (multipart parts) are moved into its directory."""
+
+    @abc.abstractmethod
+    def update_parameters(
+        self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
+    ) -> Job:
+        """Set parameters (and add uploads) of a PENDING job; UPLOAD tables are merged."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job:
+        """A snapshot of a job; raises `JobNotFoundError`."""
+
+    @abc.abstractmethod
+    def phase(self, job_id: str) -> str:
+        """The current phase of a job."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        phase: Iterable[str] | None = None,
+        after: datetime | None = None,
+        last: int | None = None,
+    ) -> list[Job]:
+        """Job snapshots by creation time (newest first when ``last`` is given)."""
+
+    @abc.abstractmethod
+    def run(self, job_id: str) -> Job:
+        """PHASE=RUN: queue a PENDING (or HELD) job; a no-op for a queued or running one."""
+
+    @abc.abstractmethod
+    def abort(self, job_id: str) -> Job:
+        """PHASE=ABORT: a pending, queued or executing job becomes ABORTED."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Delete a job and its directory, stopping it first if it runs."""
+
+    @abc.abstractmethod
+    def set_execution_duration(self, job_id: str, seconds: int) -> Job:
+        """Set the execution duration (clamped) of a PENDING or QUEUED job."""
+
+    @abc.abstractmethod
+    def set_destruction(self, job_id: str, when: datetime) -> Job:
+        """Set the destruction time, no later than creation + the maximum."""
+
+    @abc.abstractmethod
+    def wait(self, job_id: str, timeout: float, phase: str | None = None) -> Job:
+        """Block while the job stays in ``phase`` (default: its current active phase)."""
+
+    @abc.abstractmethod
+    async def wait_async(self, job_id: str, timeout: float, phase: str | None = None) -> Job:
+        """`wait` for the event loop: no thread is held while waiting."""
+
+    @abc.abstractmethod
+    def sweep(self) -> int:
+        """Delete jobs past their destruction time; return how many."""
+
+    @abc.abstractmethod
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop executing jobs and background threads."""
+
+    def __enter__(self) -> JobStoreBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- shared helpers ------------------------------------------------------------
+
+    def _clamp_duration(self, seconds: int) -> int:
+        if seconds < 0:
+            raise InvalidRequestError(f"execution duration {seconds} is negative")
+        if self.max_execution_duration > 0 and (
+            seconds == 0 or seconds > self.max_execution_duration
+        ):
+            return self.max_execution_duration
+        return seconds
+
+    def new_upload_dir(self) -> Path:
+        """A fresh staging directory for the files of a request not yet a job."""
+        path = self.root / _STAGING / secrets.token_hex(8)
+        path.mkdir(parents=True)
+        return path
+
+    @staticmethod
+    def discard_upload_dir(path: Path) -> None:
+        """Remove a staging directory and whatever `create` did not take from it."""
+        shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _move_files(directory: Path, files: Mapping[str, Path]) -> dict[str, Path]:
+        """Move uploaded files into ``directory/uploads`` (without the lock: may copy)."""
+        target = directory / UPLOAD_DIR
+        target.mkdir(exist_ok=True)
+        moved: dict[str, Path] = {}
+        try:
+            for name, src in files.items():
+                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64].lstrip(".") or "part"
+                dest = target / f"{secrets.token_hex(4)}_{safe}"
+                shutil.move(src, dest)
+                moved[name] = dest
+        except BaseException:
+            _unlink(moved.values())
+            raise
+        return moved
+
+    def _check_update(
+        self, job: Job, params: Mapping[str, str], files: Mapping[str, Path]
+    ) -> str | None:
+        """Refuse new parameters unless the job is PENDING and its uploads stay well formed;
+        returns the merged UPLOAD value."""
+        if job.phase != "PENDING":
+            raise InvalidRequestError(
+                f"job {job.job_id} is {job.phase}: parameters can only be changed while PENDING"
+            )
+        upload = self._merge_upload(job.parameters.get("UPLOAD"), params.get("UPLOAD"))
+        if upload:
+            parse_upload_param([upload], set(job.files) | set(files))
+        return upload
+
+    @staticmethod
+    def _apply_update(
+        job: Job, params: dict[str, str], upload: str | None, moved: Mapping[str, Path]
+    ) -> list[Path]:
+        """Put checked parameters and moved upload files on ``job``; returns the files the
+        new ones replace (for the caller to delete once the change is stored)."""
+        if upload:
+            params["UPLOAD"] = upload
+        replaced = [job.files[name] for name in moved if name in job.files]
+        job.files.update(moved)
+        job.parameters.update(params)
+        if "RUNID" in params:
+            job.run_id = params["RUNID"]
+        return replaced
+
+    @staticmethod
+    def _merge_upload(old: str | None, new: str | None) -> str | None:
+        """UPLOAD values merged by table name, the new ones winning."""
+        if not new:
+            return old
+        merged: dict[str, str] = {}
+        for value in (old, new):
+            for item in (value or "").split(";"):
+                name, sep, uri = item.strip().partition(",")
+                if sep:
+                    merged[name.strip().lower()] = f"{name.strip()},{uri.strip()}"
+        return ";".join(merged.values())
+
+
+class JobStore(JobStoreBase):
     """UWS jobs persisted under ``root``, executed by ``runner`` on a thread pool.
 
     Times are clamped to the maxima: an execution duration of 0 (unlimited) or more
@@ -424,61 +600,11 @@ class JobStore:
 
     # --- helpers -------------------------------------------------------------------
 
-    def _clamp_duration(self, seconds: int) -> int:
-        if seconds < 0:
-            raise InvalidRequestError(f"execution duration {seconds} is negative")
-        if self.max_execution_duration > 0 and (
-            seconds == 0 or seconds > self.max_execution_duration
-        ):
-            return self.max_execution_duration
-        return seconds
-
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise JobNotFoundError(f"no job {job_id!r} (never created, deleted or destroyed)")
         return job
-
-    def new_upload_dir(self) -> Path:
-        """A fresh staging directory for the files of a request not yet a job."""
-        path = self.root / _STAGING / secrets.token_hex(8)
-        path.mkdir(parents=True)
-        return path
-
-    @staticmethod
-    def discard_upload_dir(path: Path) -> None:
-        """Remove a staging directory and whatever `create` did not take from it."""
-        shutil.rmtree(path, ignore_errors=True)
-
-    @staticmethod
-    def _move_files(directory: Path, files: Mapping[str, Path]) -> dict[str, Path]:
-        """Move uploaded files into ``directory/uploads`` (without the lock: may copy)."""
-        target = directory / UPLOAD_DIR
-        target.mkdir(exist_ok=True)
-        moved: dict[str, Path] = {}
-        try:
-            for name, src in files.items():
-                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64].lstrip(".") or "part"
-                dest = target / f"{secrets.token_hex(4)}_{safe}"
-                shutil.move(src, dest)
-                moved[name] = dest
-        except BaseException:
-            _unlink(moved.values())
-            raise
-        return moved
-
-    @staticmethod
-    def _merge_upload(old: str | None, new: str | None) -> str | None:
-        """UPLOAD values merged by table name, the new ones winning."""
-        if not new:
-            return old
-        merged: dict[str, str] = {}
-        for value in (old, new):
-            for item in (value or "").split(";"):
-                name, sep, uri = item.strip().partition(",")
-                if sep:
-                    merged[name.strip().lower()] = f"{name.strip()},{uri.strip()}"
-        return ";".join(merged.values())
 
     # --- operations ----------------------------------------------------------------
 
@@ -553,14 +679,7 @@ class JobStore:
         files = dict(files or {})
 
         def check(job: Job) -> str | None:
-            if job.phase != "PENDING":
-                raise InvalidRequestError(
-                    f"job {job_id} is {job.phase}: parameters can only be changed while PENDING"
-                )
-            upload = self._merge_upload(job.parameters.get("UPLOAD"), params.get("UPLOAD"))
-            if upload:
-                parse_upload_param([upload], set(job.files) | set(files))
-            return upload
+            return self._check_update(job, params, files)
 
         with self._lock:
             check(self._job(job_id))
@@ -570,14 +689,8 @@ class JobStore:
             with self._lock:
                 job = self._job(job_id)
                 upload = check(job)  # again: another request may have run it meanwhile
-                if upload:
-                    params["UPLOAD"] = upload
-                _unlink(job.files[name] for name in moved if name in job.files)
-                job.files.update(moved)
+                _unlink(self._apply_update(job, params, upload, moved))
                 moved = {}
-                job.parameters.update(params)
-                if "RUNID" in params:
-                    job.run_id = params["RUNID"]
                 self._save(job)
                 return job.copy()
         finally:
@@ -1007,10 +1120,16 @@ def _flatten(params: DaliParams) -> dict[str, str]:
 class _Endpoints:
     """The request handlers of `uws_routes`."""
 
-    def __init__(self, store: JobStore, read_params: ParamReader, prefix: str) -> None:
+    def __init__(self, store: JobStoreBase, read_params: ParamReader, prefix: str) -> None:
         self.store = store
         self.read_params = read_params
         self.prefix = prefix
+
+    async def read(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a store read: in the thread pool when it does I/O, else directly."""
+        if self.store.blocking_io:
+            return await run_in_threadpool(func, *args, **kwargs)
+        return func(*args, **kwargs)
 
     # URLs: absolute, from the request (scheme and Host as the client sent them).
     def jobs_url(self, request: Request) -> str:
@@ -1054,7 +1173,8 @@ class _Endpoints:
             last_n = _int(last, "LAST") if last is not None else None
             if last_n is not None and last_n < 0:
                 raise InvalidRequestError("LAST must not be negative")
-            jobs = self.store.list(
+            jobs = await self.read(
+                self.store.list,
                 phase=phases or None,
                 after=parse_time(after) if after else None,
                 last=last_n,
@@ -1112,13 +1232,13 @@ class _Endpoints:
                 await self.store.wait_async(
                     job_id, _int(wait, "WAIT"), phase.upper() if phase else None
                 )
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         return Response(job_xml(job, self.job_url(request, job_id)), media_type=UWS_MEDIA)
 
     async def post_job(self, request: Request, job_id: str) -> Response:
-        self.store.get(job_id)  # 404 before reading any body
+        await self.read(self.store.get, job_id)  # 404 before reading any body
         params, staging = await self.request_params(request)
         try:
             action = params.get("ACTION")
@@ -1149,14 +1269,14 @@ class _Endpoints:
         job_id = request.path_params["job_id"]
         try:
             if request.method == "POST":
-                self.store.get(job_id)
+                await self.read(self.store.get, job_id)
                 form = await self.small_form(request)
                 phase = form.get("PHASE")
                 if phase is None:
                     raise InvalidRequestError("POST to /phase needs PHASE=RUN or PHASE=ABORT")
                 await self.change_phase(job_id, phase)
                 return self.see_job(request, job_id)
-            return _text(self.store.phase(job_id))
+            return _text(await self.read(self.store.phase, job_id))
         except RomeReaError as exc:
             return _client_error(exc)
 
@@ -1164,14 +1284,14 @@ class _Endpoints:
         job_id = request.path_params["job_id"]
         try:
             if request.method == "POST":
-                self.store.get(job_id)
+                await self.read(self.store.get, job_id)
                 value = (await self.small_form(request)).get("EXECUTIONDURATION")
                 if value is None:
                     raise InvalidRequestError("POST needs EXECUTIONDURATION=<seconds>")
                 seconds = _int(value, "EXECUTIONDURATION")
                 await run_in_threadpool(self.store.set_execution_duration, job_id, seconds)
                 return self.see_job(request, job_id)
-            return _text(str(self.store.get(job_id).execution_duration))
+            return _text(str((await self.read(self.store.get, job_id)).execution_duration))
         except RomeReaError as exc:
             return _client_error(exc)
 
@@ -1179,32 +1299,36 @@ class _Endpoints:
         job_id = request.path_params["job_id"]
         try:
             if request.method == "POST":
-                self.store.get(job_id)
+                await self.read(self.store.get, job_id)
                 value = (await self.small_form(request)).get("DESTRUCTION")
                 if value is None:
                     raise InvalidRequestError("POST needs DESTRUCTION=<ISO 8601 time>")
                 await run_in_threadpool(self.store.set_destruction, job_id, parse_time(value))
                 return self.see_job(request, job_id)
-            return _text(iso_time(self.store.get(job_id).destruction))
+            return _text(iso_time((await self.read(self.store.get, job_id)).destruction))
         except RomeReaError as exc:
             return _client_error(exc)
 
     async def quote(self, request: Request) -> Response:
         try:
-            return _text(iso_time(self.store.get(request.path_params["job_id"]).quote))
+            return _text(
+                iso_time((await self.read(self.store.get, request.path_params["job_id"])).quote)
+            )
         except RomeReaError as exc:
             return _client_error(exc)
 
     async def owner(self, request: Request) -> Response:
         try:
-            return _text(self.store.get(request.path_params["job_id"]).owner or "")
+            return _text(
+                (await self.read(self.store.get, request.path_params["job_id"])).owner or ""
+            )
         except RomeReaError as exc:
             return _client_error(exc)
 
     async def error(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         if not job.error_message or job.phase not in ("ERROR", "ABORTED"):
@@ -1214,7 +1338,7 @@ class _Endpoints:
     async def results(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         body = _serialize(_results_model(job, self.job_url(request, job_id)))
@@ -1223,7 +1347,7 @@ class _Endpoints:
     async def result(self, request: Request) -> Response:
         job_id, result_id = request.path_params["job_id"], request.path_params["result_id"]
         try:
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         for r in job.results:
@@ -1235,7 +1359,7 @@ class _Endpoints:
         job_id = request.path_params["job_id"]
         try:
             if request.method == "POST":
-                self.store.get(job_id)
+                await self.read(self.store.get, job_id)
                 params, staging = await self.request_params(request)
                 try:
                     await run_in_threadpool(
@@ -1244,7 +1368,7 @@ class _Endpoints:
                 finally:
                     self.store.discard_upload_dir(staging)
                 return self.see_job(request, job_id)
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         body = _serialize(_parameters_model(job, self.job_url(request, job_id)))
@@ -1253,7 +1377,7 @@ class _Endpoints:
     async def upload(self, request: Request) -> Response:
         job_id, part = request.path_params["job_id"], request.path_params["part"]
         try:
-            job = self.store.get(job_id)
+            job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
         path = job.files.get(part)
@@ -1277,7 +1401,7 @@ def _default_reader(max_upload_bytes: int) -> ParamReader:
 
 
 def uws_routes(
-    store: JobStore,
+    store: JobStoreBase,
     *,
     read_params: ParamReader | None = None,
     prefix: str = "",

@@ -4,7 +4,19 @@ Only catalogue tables are stored; the photometry stays in the HDF5 cubes, whose 
 the database records per field.
 """
 
+import os
+
 from .database import Database, FieldRecord
 from .ingest import DEFAULT_AUTHORITY, ingest_fields
 
-__all__ = ["DEFAULT_AUTHORITY", "Database", "FieldRecord", "ingest_fields"]
+
+def open_database(spec: str | os.PathLike):
+    """The database ``--db`` names: a ``postgresql://`` URL or a DuckDB file."""
+    from .postgres import PostgresDatabase, is_postgres_url
+
+    if is_postgres_url(spec):
+        return PostgresDatabase(str(spec))
+    return Database(spec)
+
+
+__all__ = ["DEFAULT_AUTHORITY", "Database", "FieldRecord", "ingest_fields", "open_database"]

@@ -14,8 +14,9 @@ from ..products import open_field
 from ..products.reader import Field
 from ..votable.schema import TableSchema, tap_tables
 from .catalog_tables import catalog_tables, has_rome_tables
-from .ddl import CATALOG, attach_sql
+from .ddl import CATALOG, attach_sql, physical_name
 from .ingest import DEFAULT_AUTHORITY
+from .session import DuckDBSession
 
 SANDBOX_SETTINGS = (
     # User SQL must never reach the file system or the network. Applied after the
@@ -87,9 +88,21 @@ class Database:
         self._open_fields: dict[str, Field] = {}
         self._lock = threading.Lock()
 
+    target = "duckdb"
+    """The ADQL translation target for this database."""
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new cursor (its own transaction and temporary objects) on the shared database."""
         return self._con.cursor()
+
+    def session(self) -> DuckDBSession:
+        """One request's access, the same calls as a PostgreSQL session
+        (:mod:`romerea_vo.store.session`)."""
+        return DuckDBSession(self._con.cursor())
+
+    def physical_name(self, table: TableSchema) -> str:
+        """The table's quoted name in this database's SQL."""
+        return physical_name(table)
 
     def field(self, name: str) -> Field:
         """The field's products (opened once, kept open), for reading lightcurves."""

@@ -335,6 +335,9 @@ class FieldRecord:
     era: str
 
 
+_COPY_CHUNK_BYTES = 8 * 2**20
+"""CSV bytes parsed at once when streaming a result (whole rows)."""
+
 # PostgreSQL type OIDs → Arrow types of result columns (anything else: text).
 _ARROW_OF_OID = {
     16: pa.bool_(),
@@ -366,6 +369,7 @@ class PgSession:
         self._cur = self._con.cursor()
         self._temp = 0
         self._read_only = False
+        self._writable = False
 
     # The same calls as the DuckDB session (romerea_vo.store.database.DuckDBSession).
 
@@ -373,6 +377,12 @@ class PgSession:
         """Make ``rows`` readable as table ``name`` (a temporary table, analysed)."""
         if self._read_only:
             raise RuntimeError("tables must be registered before the first query")
+        if not self._writable:
+            # The service role's transactions are read-only by default
+            # (services/postgres/setup.sql); temporary tables need a writable one. The
+            # role's privileges, not this default, are what protect the catalogue.
+            self._cur.execute("SET TRANSACTION READ WRITE")
+            self._writable = True
         cols = []
         for f in rows.schema:
             pg = _pg_type_of_arrow(f.type)
@@ -426,6 +436,8 @@ class PgSession:
         names = [d.name for d in self._cur.description]
         types = [_ARROW_OF_OID.get(d.type_code, pa.string()) for d in self._cur.description]
         schema = pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)])
+        if params is None and not any(pa.types.is_list(t) for t in types):
+            return schema, self._copy_batches(sql, schema)
         server_cursor = self._con.cursor(name=f"romerea_{self._next_name()}")
         try:
             server_cursor.execute(sql, params or [])
@@ -452,6 +464,71 @@ class PgSession:
                     server_cursor.close()
 
         return schema, batches()
+
+    def _copy_batches(self, sql: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """The rows as CSV from COPY, parsed by Arrow's C++ reader in chunks of whole rows
+        (each COPY message is one row): several times faster than building Arrow arrays
+        from Python row tuples. The first chunk is read before returning, so that errors
+        surface here."""
+        psycopg = _psycopg()
+        names = [f"c{i}" for i in range(len(schema))]
+        convert = pacsv.ConvertOptions(
+            column_types=dict(zip(names, schema.types, strict=True)),
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty string, unquoted empty NULL
+            true_values=["t"],
+            false_values=["f"],
+        )
+
+        def parse(buf: bytearray) -> list[pa.RecordBatch]:
+            # One block for the whole chunk, no larger: a big block is allocated each time.
+            read = pacsv.ReadOptions(column_names=names, block_size=len(buf) + 1)
+            table = pacsv.read_csv(pa.py_buffer(bytes(buf)), read, convert_options=convert)
+            return [
+                pa.RecordBatch.from_arrays(b.columns, schema=schema) for b in table.to_batches()
+            ]
+
+        copy_block = self._cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)")
+        copy = copy_block.__enter__()
+        rows = iter(copy)
+
+        def chunk() -> list[pa.RecordBatch] | None:
+            buf = bytearray()
+            try:
+                for data in rows:
+                    buf += data
+                    if len(buf) >= _COPY_CHUNK_BYTES:
+                        break
+            except psycopg.errors.QueryCanceled as exc:
+                raise QueryInterrupted(str(exc).strip()) from None
+            except psycopg.Error as exc:
+                raise QueryFailed(str(exc).strip()) from None
+            return parse(buf) if buf else None
+
+        try:
+            first = chunk()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                copy_block.__exit__(None, None, None)
+            raise
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            done = False
+            try:
+                got = first
+                while got is not None:
+                    yield from got
+                    got = chunk()
+                done = True
+            finally:
+                if not done:  # stopped early (MAXREC): cancel the rest of the COPY
+                    with contextlib.suppress(Exception):
+                        self._con.cancel()
+                with contextlib.suppress(Exception):
+                    copy_block.__exit__(None, None, None)
+
+        return batches()
 
     def _next_name(self) -> int:
         self._temp += 1
@@ -546,7 +623,11 @@ class PostgresDatabase:
             return self._pool.get_nowait()
         except queue.Empty:
             try:
-                return connect(self.url)
+                con = connect(self.url, autocommit=True)
+                # JIT compilation of geometry expressions costs more than running them.
+                con.execute("SET jit = off")
+                con.autocommit = False
+                return con
             except BaseException:
                 self._slots.release()
                 raise

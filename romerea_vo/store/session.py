@@ -76,7 +76,7 @@ class DuckDBSession:
 
     def arrow_table(self, sql: str, params: list | None = None) -> pa.Table:
         try:
-            return self._cur.execute(sql, params or []).to_arrow_table()
+            return self._cur.sql(sql, params=params or None).to_arrow_table()
         except duckdb.Error as exc:
             raise QueryFailed(str(exc)) from None
 

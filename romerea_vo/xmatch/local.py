@@ -185,13 +185,15 @@ def _stars_catalog(physical: str):
     return Catalog([TableInfo(schema.qualified_name, physical, cols)])
 
 
-def _where_sql(where: str, physical: str) -> str:
-    """DuckDB SQL giving (field, field_id) of the ``rome.stars`` rows an ADQL condition keeps."""
+def _where_sql(where: str, physical: str, target: str = "duckdb") -> str:
+    """SQL giving (field, field_id) of the ``rome.stars`` rows an ADQL condition keeps."""
     from ..adql import ADQLError, translate
 
     try:
         t = translate(
-            f"SELECT field, field_id FROM rome.stars WHERE {where}", _stars_catalog(physical)
+            f"SELECT field, field_id FROM rome.stars WHERE {where}",
+            _stars_catalog(physical),
+            target=target,
         )
     except ADQLError as exc:
         raise InvalidRequestError(
@@ -201,20 +203,26 @@ def _where_sql(where: str, physical: str) -> str:
 
 
 def _run(cursor, sql: str, params=None, what: str = "query"):
+    """An Arrow table from a DuckDB connection or a database session (either engine)."""
+    from ..store.session import QueryFailed
+
     try:
+        if hasattr(cursor, "arrow_table"):
+            return cursor.arrow_table(sql, params or None)
         return cursor.sql(sql, params=params or None).to_arrow_table()
-    except duckdb.Error as exc:
+    except (duckdb.Error, QueryFailed) as exc:
         raise InvalidRequestError(f"{what} failed: {exc}") from None
 
 
 class DatabaseRome:
-    """ROME stars of an ingested database (``romerea-vo ingest``), opened read-only."""
+    """ROME stars of an ingested database (``romerea-vo ingest``; a DuckDB file or a
+    PostgreSQL URL), opened read-only."""
 
     def __init__(self, path: str | Path):
-        from ..store.database import Database
+        from ..store import open_database
 
-        self.path = Path(path)
-        self.db = Database(self.path)
+        self.db = open_database(path)
+        self.path = self.db.path  # a PostgreSQL URL without its password
         self.description = f"database {self.path}"
         self.authority = self.db.authority
 
@@ -228,9 +236,7 @@ class DatabaseRome:
         self.close()
 
     def _physical(self, table: str) -> str:
-        from ..store.ddl import physical_name
-
-        return physical_name(load_table_schema(table))
+        return self.db.physical_name(load_table_schema(table))
 
     def field_names(self, wanted: list[str] | None = None) -> list[str]:
         return _check_fields(wanted, sorted(self.db.fields), str(self.path))
@@ -241,14 +247,14 @@ class DatabaseRome:
         sql = f"SELECT f.field_id, f.ra, f.dec FROM {self._physical('field_index')} AS f"
         if where:
             sql += (
-                f" JOIN ({_where_sql(where, self._physical('stars'))}) AS k "
+                f" JOIN ({_where_sql(where, self._physical('stars'), self.db.target)}) AS k "
                 "ON f.field = k.k_field AND f.field_id = k.k_field_id"
             )
         # No ORDER BY: DuckDB keeps the stored order (by Dec, as ingested), which also
         # makes the chunks sent to a TAP service compact on the sky.
         sql += " WHERE f.field = ?"
         parts = []
-        cur = self.db.cursor()
+        cur = self.db.session()
         try:
             for name in names:  # one query per field: no per-star field strings
                 t = _run(cur, sql, [name], "--where" if where else "reading the stars")
@@ -268,14 +274,16 @@ class DatabaseRome:
 
     def epochs(self, fields: list[str]) -> dict[str, float]:
         """Julian epoch of each field's positions (see the module docstring)."""
+        if not fields:
+            return {}
         sql = (
             f"SELECT i.field, i.hjd, i.use_ref, d.primary_ref FROM {self._physical('images')} AS i "
             f"JOIN {self._physical('datasets')} AS d ON i.field = d.field "
-            "AND i.dataset_code = d.dataset_code WHERE list_contains(?, i.field)"
+            f"AND i.dataset_code = d.dataset_code WHERE i.field IN ({', '.join('?' * len(fields))})"
         )
-        cur = self.db.cursor()
+        cur = self.db.session()
         try:
-            t = _run(cur, sql, [list(fields)], "reading the images")
+            t = _run(cur, sql, list(fields), "reading the images")
         finally:
             cur.close()
         field = t.column("field").to_numpy(zero_copy_only=False)
@@ -289,7 +297,7 @@ class DatabaseRome:
     def statistics(self, stars: RomeStars) -> Table:
         """rome.lightcurve_stats rows of these stars."""
         keys = pa.table({"k_field": stars.field.astype(str), "k_field_id": stars.field_id})
-        cur = self.db.cursor()
+        cur = self.db.session()
         try:
             cur.register("xmatch_keys", keys)
             t = _run(

@@ -1,0 +1,131 @@
+"""Several service processes on one listening socket (``romerea-vo serve --workers N``).
+
+uvicorn's process manager (`uvicorn.supervisors.Multiprocess`) starts N worker processes
+on the socket the parent bound, restarts a worker that dies, and stops them all on
+SIGINT/SIGTERM (SIGHUP replaces them one by one). Each worker builds its application
+with `app_from_env`, from the `ServiceConfig` the parent put, as JSON, in the
+environment variable ``ROMEREA_VO_SERVICE``; any other ASGI process manager (gunicorn
+with uvicorn workers, hypercorn) can run the same factory the same way.
+
+Several workers need a job store they share (`PostgresJobStore`, ``jobs_db``) and a
+shared work directory: with the default in-process `JobStore` an async job would be
+known only to the worker that created it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from ..errors import InvalidRequestError, RomeReaError
+from .app import ServiceConfig, create_app
+from .tap import TapLimits
+
+__all__ = ["CONFIG_ENV", "app_from_env", "check_config", "config_from_env", "serve_workers"]
+
+CONFIG_ENV = "ROMEREA_VO_SERVICE"
+FACTORY = "romerea_vo.service.workers:app_from_env"
+GRACEFUL_SHUTDOWN = 10
+"""Seconds a stopping worker gives open requests (e.g. a blocking WAIT) before closing."""
+
+
+def config_to_env(config: ServiceConfig, listen_url: str | None = None) -> str:
+    """``config`` as the JSON that `config_from_env` reads."""
+    data = dataclasses.asdict(config)
+    data["db_path"] = str(config.db_path)
+    data["db_is_path"] = isinstance(config.db_path, Path)
+    data["work_dir"] = str(config.work_dir) if config.work_dir else None
+    data["listen_url"] = listen_url
+    return json.dumps(data)
+
+
+def config_from_env() -> tuple[ServiceConfig, str | None]:
+    """The `ServiceConfig` (and the listening URL) in ``$ROMEREA_VO_SERVICE``."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise InvalidRequestError(f"${CONFIG_ENV} is not set: it holds the service configuration")
+    data = json.loads(text)
+    listen_url = data.pop("listen_url", None)
+    db_is_path = data.pop("db_is_path", True)
+    data["limits"] = TapLimits(**data["limits"])
+    data["db_path"] = Path(data["db_path"]) if db_is_path else data["db_path"]
+    data["work_dir"] = Path(data["work_dir"]) if data["work_dir"] else None
+    return ServiceConfig(**data), listen_url
+
+
+def app_from_env() -> Starlette:
+    """ASGI application factory for worker processes (uvicorn ``--factory``)."""
+    config, listen_url = config_from_env()
+    app = create_app(config)
+    service = app.state.service
+    if service.public_url is None:
+        # until a request names the service's URL: a job this worker runs before it has
+        # answered any request still gets DataLink descriptors
+        service.public_url = listen_url
+    return app
+
+
+def check_config(config: ServiceConfig, workers: int) -> None:
+    """Refuse configurations several workers cannot serve, saying why."""
+    if workers < 1:
+        raise InvalidRequestError(f"--workers {workers}: give 1 or more")
+    if config.max_workers < 1:
+        raise InvalidRequestError(f"--job-threads {config.max_workers}: give 1 or more")
+    if workers > 1 and not config.jobs_db:
+        raise InvalidRequestError(
+            f"--workers {workers} needs a shared job store, --jobs-db postgresql://...: "
+            "with the default one each worker process keeps its own async jobs, so a job "
+            "created through one worker would be unknown to the others"
+        )
+    if config.jobs_db and not config.work_dir:
+        raise InvalidRequestError(
+            "--jobs-db needs --work-dir DIR, a directory every worker shares: the jobs' "
+            "uploads and results are kept there"
+        )
+    if config.jobs_db:
+        try:
+            from .uws_pg import ensure_schema
+        except ImportError as exc:
+            raise InvalidRequestError(
+                f"--jobs-db needs psycopg and psycopg_pool ({exc}): "
+                "pip install 'romerea-vo[postgres]'"
+            ) from None
+        ensure_schema(config.jobs_db)  # fail here, with one message, not in every worker
+
+
+def serve_workers(
+    config: ServiceConfig,
+    sock: socket.socket,
+    workers: int,
+    *,
+    listen_url: str | None = None,
+    log_level: str = "warning",
+) -> int:
+    """Run ``workers`` service processes on the bound ``sock`` until SIGINT/SIGTERM.
+
+    Raises `RomeReaError` when a worker could not start (its error is on stderr).
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    check_config(config, workers)
+    os.environ[CONFIG_ENV] = config_to_env(config, listen_url)
+    uv_config = uvicorn.Config(
+        FACTORY,
+        factory=True,
+        workers=workers,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    manager = Multiprocess(uv_config, sockets=[sock])
+    manager.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in manager.processes):
+        raise RomeReaError("a worker process could not start (its error is above)")
+    return 0
