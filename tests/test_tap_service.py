@@ -236,6 +236,33 @@ def test_oversized_upload_refused_before_reading(tap_server):
     assert sync(tap_server, "SELECT TOP 1 field_id FROM rome.field_index").status_code == 200
 
 
+def test_clients_leaving_mid_stream_release_their_sessions(tap_server):
+    """More abandoned streams than the PostgreSQL pool has connections: each one's session
+    is released (and its query stopped), so the service keeps answering."""
+    host, port = tap_server.removeprefix("http://").split(":")
+    query = (
+        "SELECT TOP 50000 a.field_id, b.field_id, a.ra, b.dec FROM rome.field_index AS a, "
+        "rome.field_index AS b"
+    ).replace(" ", "+")
+    request = (
+        f"GET /tap/sync?LANG=ADQL&RESPONSEFORMAT=votable/td&QUERY={query} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n\r\n"
+    ).encode()
+    for _ in range(12):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(request)
+            assert b" 200 " in sock.recv(4096).split(b"\r\n", 1)[0]
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+    r = httpx.post(
+        f"{tap_server}/tap/sync",
+        data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM rome.field_index"},
+        timeout=20,
+    )
+    assert r.status_code == 200 and b"QUERY_STATUS" in r.content
+
+
 # --- async ---
 
 

@@ -11,8 +11,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -58,6 +58,32 @@ class ServiceConfig:
     public_url: str | None = None
     """Root URL the service is published at (e.g. behind a reverse proxy); when unset,
     each request's own URL is used."""
+
+
+class _StreamingWithCleanup(StreamingResponse):
+    """A streamed result whose database session is released however the response ends.
+
+    Starlette runs a response's background task only after a complete send; a client
+    that disconnects mid-stream would leave the session (a pooled PostgreSQL connection,
+    a DuckDB cursor) open, and enough of those starve the service.
+    """
+
+    def __init__(self, content, cleanup, *, interrupt, media_type: str):
+        super().__init__(content, media_type=media_type)
+        self._cleanup = cleanup
+        self._interrupt = interrupt
+
+    async def __call__(self, scope, receive, send) -> None:
+        finished = False
+        try:
+            await super().__call__(scope, receive, send)
+            finished = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not finished:  # stop the query still producing rows
+                    with contextlib.suppress(Exception):
+                        self._interrupt()
+                await run_in_threadpool(self._cleanup)
 
 
 def dali_error(message: str, status: int = 400) -> Response:
@@ -174,10 +200,11 @@ class TapService:
             log.exception("sync query failed")
             cleanup()
             return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
-        return StreamingResponse(
+        return _StreamingWithCleanup(
             iterate_in_threadpool(result.chunks),
+            cleanup,
+            interrupt=session.interrupt,
             media_type=result.media_type,
-            background=BackgroundTask(cleanup),
         )
 
     # --- async ------------------------------------------------------------------------

@@ -370,6 +370,7 @@ class PgSession:
         self._temp = 0
         self._read_only = False
         self._writable = False
+        self._streams: list[Iterator[pa.RecordBatch]] = []
 
     # The same calls as the DuckDB session (romerea_vo.store.database.DuckDBSession).
 
@@ -528,7 +529,11 @@ class PgSession:
                 with contextlib.suppress(Exception):
                     copy_block.__exit__(None, None, None)
 
-        return batches()
+        # The COPY holds the connection's lock until this generator ends: close() ends it
+        # (a caller may stop reading early, or never finish: a client that went away).
+        stream = batches()
+        self._streams.append(stream)
+        return stream
 
     def _next_name(self) -> int:
         self._temp += 1
@@ -539,6 +544,10 @@ class PgSession:
         self._con.cancel()
 
     def close(self) -> None:
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                stream.close()
+        self._streams.clear()
         try:
             self._con.rollback()
         except Exception:
