@@ -429,12 +429,10 @@ def _serve(
     public_url: str | None = None,
     job_threads: int = 2,
 ) -> int:
-    import socket
-
     import uvicorn
 
     from .service.app import ServiceConfig, create_app
-    from .service.workers import check_config, serve_workers
+    from .service.workers import check_config, listening_socket, serve_workers
 
     config = ServiceConfig(
         db_path=db_path,
@@ -446,14 +444,7 @@ def _serve(
     check_config(config, workers)
     # several workers each build the app in their own process (serve_workers)
     app = create_app(config) if workers == 1 else None
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)  # connections made after the URL is printed queue until uvicorn runs
+    sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"

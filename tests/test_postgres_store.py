@@ -64,3 +64,45 @@ def test_copy_results_keep_nulls_empty_strings_and_types(pg_tap_db):
     }
     assert table.schema.field("big").type == pa.int64()
     assert table.schema.field("r").type == pa.float32()
+
+
+def test_positional_tables_are_stored_in_declination_zones_by_ra(pg_tap_db):
+    """Heap order of rome.field_index: 1' zones, RA ascending within each, so a cone's
+    stars share pages (index scans read a few runs of pages, not one page per star)."""
+    import numpy as np
+
+    from romerea_vo.store.postgres import STORAGE_ZONE_DEG
+
+    db = PostgresDatabase(pg_tap_db)
+    try:
+        with db.session() as session:
+            rows = session.fetchall(
+                "SELECT field, ra, dec FROM rome.field_index ORDER BY ctid"  # heap order
+            )
+    finally:
+        db.close()
+    by_field: dict[str, list[tuple[float, float]]] = {}
+    for field, ra, dec in rows:
+        by_field.setdefault(field, []).append((ra, dec))
+    for field, positions in by_field.items():
+        ra, dec = np.array(positions).T
+        zone = np.floor((dec + 90) / STORAGE_ZONE_DEG)
+        assert len(ra) > 100
+        assert np.all(np.diff(zone) >= 0), field
+        same_zone = np.diff(zone) == 0
+        assert np.all(np.diff(ra)[same_zone] >= 0), field
+
+
+def test_spatial_order_keeps_every_row_and_puts_missing_positions_last():
+    from romerea_vo.store.postgres import spatially_ordered
+
+    rows = pa.table(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "ra": [10.0, None, 359.9, 0.1, 10.0, 5.0],
+            "dec": [-29.0, -29.0, -29.001, -29.001, -60.0, None],
+        }
+    )
+    out = spatially_ordered(rows)
+    # zones (1'): -60 first; -29.001 (RA 0.1, 359.9); -29.0 (RA 10, then no RA); no Dec
+    assert out.column("id").to_pylist() == [5, 4, 3, 1, 2, 6]

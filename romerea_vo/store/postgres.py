@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -210,9 +211,31 @@ def _replace_rows(cur, table: TableSchema, rows: pa.Table, field: str | None) ->
         cur.execute(f"DELETE FROM {target}")
     else:
         cur.execute(f"DELETE FROM {target} WHERE field = %s", [field])
-    if table.order:
+    if has_position(table):
+        rows = spatially_ordered(rows)
+    elif table.order:
         rows = rows.sort_by([(c, "ascending") for c in table.order])
     copy_arrow(cur, target, rows, [stored_column(n) for n in rows.column_names])
+
+
+STORAGE_ZONE_DEG = 1 / 60
+"""Height of the declination zones rows are stored in (see `spatially_ordered`)."""
+
+
+def spatially_ordered(rows: pa.Table) -> pa.Table:
+    """Rows in storage order for a positional table: by 1' declination zone, then RA.
+
+    A cone then reads a few contiguous runs of heap pages instead of one page per star
+    (ordered by declination alone, the 1,800 stars of a 1' cone in a 400,000-star field
+    lay on ~800 pages of ``rome.field_index``; zoned, on ~130). It is the order CLUSTER
+    on the GiST index would give, without rewriting every field's rows on each ingest.
+    """
+    dec = rows.column("dec").to_numpy(zero_copy_only=False)
+    ra = rows.column("ra").to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        zone = np.floor((dec + 90.0) / STORAGE_ZONE_DEG)
+    # lexsort puts NaN (NULL) last: no RA at the end of its zone, no Dec after every zone
+    return rows.take(np.lexsort((ra, zone)))
 
 
 def _authority(cur, requested: str | None) -> str:
@@ -635,6 +658,10 @@ class PostgresDatabase:
                 con = connect(self.url, autocommit=True)
                 # JIT compilation of geometry expressions costs more than running them.
                 con.execute("SET jit = off")
+                # The catalogue is read from memory or SSD: at the default random_page_cost
+                # (4, spinning disks) the planner ANDs a 1' cone's bitmap with the b-tree
+                # of a whole field (400,000 rows) to save heap fetches, 10x slower.
+                con.execute("SET random_page_cost = 1.1")
                 con.autocommit = False
                 return con
             except BaseException:
