@@ -444,7 +444,7 @@ def _serve(
     check_config(config, workers)
     # several workers each build the app in their own process (serve_workers)
     app = create_app(config) if workers == 1 else None
-    sock = listening_socket(host, port)
+    sock = listening_socket(host, port, reuse_port=workers > 1)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"

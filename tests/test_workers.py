@@ -496,3 +496,63 @@ def test_a_busy_port_is_refused_clearly():
             listening_socket("127.0.0.1", port)
     finally:
         taken.close()
+
+
+def _server_socket_inodes(port: int) -> dict[int, int]:
+    """Client port -> inode of the service's end of that connection (/proc/net/tcp)."""
+    inodes = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        local, remote, inode = parts[1], parts[2], int(parts[9])
+        if int(local.split(":")[1], 16) == port and inode:
+            inodes[int(remote.split(":")[1], 16)] = inode
+    return inodes
+
+
+def _worker_holding(inode: int, workers: list[int]) -> int | None:
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_keep_alive_clients_arriving_together_are_spread_over_the_workers(live):
+    """16 connections opened at once (a benchmark, a proxy's upstream pool): with one
+    shared listening socket the first worker to wake accepted them all and the other
+    idled; with a socket per worker the kernel spreads them."""
+    import socket
+
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc to see which worker holds a connection")
+    host, port = live.url.removeprefix("http://").split("/")[0].split(":")
+    port = int(port)
+    clients = [socket.create_connection((host, port), timeout=30) for _ in range(16)]
+    try:
+        for c in clients:  # every connection accepted and answered, kept open
+            c.sendall(f"GET /tap/availability HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        for c in clients:
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        workers = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _ppid(p) == live.proc.pid
+        ]
+        inodes = _server_socket_inodes(port)
+        holders = [_worker_holding(inodes[c.getsockname()[1]], workers) for c in clients]
+    finally:
+        for c in clients:
+            c.close()
+    assert None not in holders
+    counts = {pid: holders.count(pid) for pid in set(holders)}
+    assert len(counts) == 2, f"connections per worker: {counts}"
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
