@@ -392,7 +392,7 @@ class PgSession:
         self._cur = self._con.cursor()
         self._temp = 0
         self._read_only = False
-        self._writable = False
+        self._in_transaction = False
         self._streams: list[Iterator[pa.RecordBatch]] = []
 
     # The same calls as the DuckDB session (romerea_vo.store.database.DuckDBSession).
@@ -401,12 +401,12 @@ class PgSession:
         """Make ``rows`` readable as table ``name`` (a temporary table, analysed)."""
         if self._read_only:
             raise RuntimeError("tables must be registered before the first query")
-        if not self._writable:
+        if not self._in_transaction:
             # The service role's transactions are read-only by default
             # (services/postgres/setup.sql); temporary tables need a writable one. The
             # role's privileges, not this default, are what protect the catalogue.
-            self._cur.execute("SET TRANSACTION READ WRITE")
-            self._writable = True
+            self._cur.execute("BEGIN READ WRITE")
+            self._in_transaction = True
         cols = []
         for f in rows.schema:
             pg = _pg_type_of_arrow(f.type)
@@ -417,19 +417,34 @@ class PgSession:
         copy_arrow(self._cur, quote_ident(name), rows)
         self._cur.execute(f"ANALYZE {quote_ident(name)}")
 
-    def _start_reading(self, timeout: float | None) -> None:
-        if not self._read_only:
-            self._cur.execute("SET TRANSACTION READ ONLY")
-            self._read_only = True
-        ms = int(timeout * 1000) if timeout else 0
-        self._cur.execute(f"SET LOCAL statement_timeout = {ms}")
+    def _execute_reading(self, sql: str, params: list | None, timeout: float | None) -> None:
+        """Run ``sql`` in the session's read-only transaction under ``timeout``.
+
+        The connections are in autocommit mode and the session writes its own BEGIN:
+        then BEGIN, the timeout and a query without parameters go to the server as one
+        message, one round trip instead of four (each costs both processes CPU).
+        """
+        prefix = ""
+        if not self._in_transaction:
+            prefix = "BEGIN READ ONLY; "
+            self._in_transaction = True
+        elif not self._read_only:
+            prefix = "SET TRANSACTION READ ONLY; "
+        self._read_only = True
+        prefix += f"SET LOCAL statement_timeout = {int(timeout * 1000) if timeout else 0}; "
+        if params:
+            self._cur.execute(prefix)
+            self._cur.execute(sql, params)
+        else:
+            self._cur.execute(prefix + sql)
+            while self._cur.nextset():  # to the result of the query itself
+                pass
 
     def fetchall(self, sql: str, params: list | None = None) -> list[tuple]:
         """Rows of a small query of ours (``?`` placeholders)."""
         psycopg = _psycopg()
-        self._start_reading(None)
         try:
-            self._cur.execute(sql.replace("?", "%s"), params or [])
+            self._execute_reading(sql.replace("?", "%s"), params, None)
             return self._cur.fetchall()
         except psycopg.errors.QueryCanceled as exc:
             raise QueryInterrupted(str(exc).strip()) from None
@@ -450,9 +465,8 @@ class PgSession:
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """The result of ``sql`` as Arrow batches (the schema first, then the batches)."""
         psycopg = _psycopg()
-        self._start_reading(timeout)
         try:
-            self._cur.execute(f"SELECT * FROM ({sql}) AS romerea_q LIMIT 0", params or [])
+            self._execute_reading(f"SELECT * FROM ({sql}) AS romerea_q LIMIT 0", params, timeout)
         except psycopg.errors.QueryCanceled as exc:
             raise QueryInterrupted(str(exc).strip()) from None
         except psycopg.Error as exc:
@@ -572,7 +586,7 @@ class PgSession:
                 stream.close()
         self._streams.clear()
         try:
-            self._con.rollback()
+            self._con.rollback()  # a no-op when no transaction began
         except Exception:
             self._con.close()  # broken: not returned to the pool
         finally:
@@ -662,8 +676,7 @@ class PostgresDatabase:
                 # (4, spinning disks) the planner ANDs a 1' cone's bitmap with the b-tree
                 # of a whole field (400,000 rows) to save heap fetches, 10x slower.
                 con.execute("SET random_page_cost = 1.1")
-                con.autocommit = False
-                return con
+                return con  # in autocommit mode: each session begins its transaction
             except BaseException:
                 self._slots.release()
                 raise
