@@ -247,10 +247,11 @@ def throughput(
     base: str, script: Path, seconds: int, connections: int, server_pid: int
 ) -> dict[str, float]:
     """wrk's figures for the mixed load, after the same load has warmed every worker up
-    for a third of the time (each worker opens a field's products, ~0.7 s for 400,000
-    stars, on its first lightcurve request there; it is not what is measured), and the
-    cores used meanwhile by the service, by PostgreSQL and by wrk."""
-    _wrk(base, script, max(5, seconds // 3), connections)
+    for as long (each worker opens a field's products, ~0.7 s for 400,000 stars, on its
+    first lightcurve request there: ten fields are ~7 s of one core per worker, which is
+    start-up, not the steady state measured), and the cores used meanwhile by the
+    service, by PostgreSQL and by wrk."""
+    _wrk(base, script, seconds, connections)
     service0, pg0 = _cpu_seconds(_in_tree(server_pid)), _cpu_seconds(_postgres)
     wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     requests, micros, errors, p50, p99 = _wrk(base, script, seconds, connections)

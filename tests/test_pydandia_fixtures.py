@@ -169,3 +169,15 @@ def test_qc_bits_are_an_intflag():
     assert QCFlag.NO_VALID_MEASUREMENT in flags and QCFlag.BAD_RESAMPLING in flags
     assert QCFlag.HIGH_IMAGE_RESIDUAL not in flags
     assert [int(b) for b in QCFlag] == [1, 2, 4, 8, 16]
+
+
+def test_gaia_source_id_rule():
+    """1-20 decimal digits with blanks around and > 0; everything else is NULL."""
+    from romerea_vo.products.reader import parse_gaia_source_ids
+
+    raw = ["4056350970744342528", " 12 ", "0", "0.0", "", "None", "4.056350970744342e+",
+           "-5", "1 2", "٣", "00042"]  # fmt: skip
+    col = parse_gaia_source_ids(raw)
+    assert col.mask.tolist() == [False, False, True, True, True, True, True,
+                                 True, True, False, False]  # fmt: skip
+    assert col[0] == 4056350970744342528 and col[1] == 12 and col[-1] == 42 and col[-2] == 3
