@@ -106,3 +106,22 @@ def test_spatial_order_keeps_every_row_and_puts_missing_positions_last():
     out = spatially_ordered(rows)
     # zones (1'): -60 first; -29.001 (RA 0.1, 359.9); -29.0 (RA 10, then no RA); no Dec
     assert out.column("id").to_pylist() == [5, 4, 3, 1, 2, 6]
+
+
+def test_a_session_runs_one_statement_per_call(pg_tap_db):
+    """Defence in depth under the translator: SQL carrying a second statement (which could
+    end the read-only transaction) is refused, not run."""
+    import pytest
+
+    from romerea_vo.store.session import QueryFailed
+
+    db = PostgresDatabase(pg_tap_db)
+    try:
+        with db.session() as session, pytest.raises(QueryFailed, match="multiple commands"):
+            session.fetchall("SELECT 1; COMMIT; CREATE TABLE rome.evil (x int)")
+        with db.session() as session:
+            assert session.fetchall(
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'rome' AND tablename = 'evil'"
+            ) == [(0,)]
+    finally:
+        db.close()
