@@ -35,7 +35,7 @@ def test_a_result_left_unread_does_not_hold_the_connection(pg_tap_db):
             assert first.num_rows > 0 and schema.names == ["a", "b"]
             assert _close_within(session, 20), "close() blocked on the unfinished COPY"
         with db.session() as session:
-            assert session.fetchall("SELECT COUNT(*) FROM rome.field_index")[0][0] > 2000
+            assert session.fetchall("SELECT COUNT(*) FROM rome.field_index")[0][0] >= 1200
     finally:
         db.close()
 

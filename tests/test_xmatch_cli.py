@@ -655,6 +655,10 @@ def test_external_columns_and_selection(rome, survey, tap_db, survey_tap, tmp_pa
         assert code == 1 and fragment in err, err
 
 
+# Chunks in the partial-result tests: at least 5 with or without the TEST1 fixture field.
+CHUNK = 200
+
+
 def test_external_service_stopping_mid_way(rome, survey, survey_db, tap_db, tmp_path):
     """The remote service stops for real after the first chunk: the chunks after it
     fail, the command fails, and only a partial file, marked so, is written."""
@@ -662,7 +666,7 @@ def test_external_service_stopping_mid_way(rome, survey, survey_db, tap_db, tmp_
     out = tmp_path / "ext.vot"
     args = build_parser().parse_args(
         ["xmatch", "--db", str(tap_db), "--external-tap", f"{live.url}/tap",
-         "--external-table", "ext.survey", "--chunk-rows", "500", "-o", str(out)]
+         "--external-table", "ext.survey", "--chunk-rows", str(CHUNK), "-o", str(out)]
     )  # fmt: skip
     seen = []
 
@@ -676,7 +680,7 @@ def test_external_service_stopping_mid_way(rome, survey, survey_db, tap_db, tmp_
             run(args, on_chunk=after_chunk, err=io.StringIO())
     finally:
         live.stop()
-    n = -(-len(rome) // 500)
+    n = -(-len(rome) // CHUNK)
     message = str(failure.value)
     assert f"TAP chunk 2 of {n} failed" in message and "connection refused" in message
     assert f"chunk(s) 3-{n} of {n} not attempted" in message
@@ -688,8 +692,8 @@ def test_external_service_stopping_mid_way(rome, survey, survey_db, tap_db, tmp_
     assert status["xmatch_status"] == "INCOMPLETE"
     assert "chunk 2" in status["xmatch_incomplete"]
     t = read_catalogue(partial)
-    first = first_chunk(tap_db, rome, 500)
-    assert len(first) == 500
+    first = first_chunk(tap_db, rome, CHUNK)
+    assert len(first) == CHUNK
     assert_same_pairs(external_pairs(t), expected_external(first, survey, 1.0, "best"))
 
 
@@ -728,17 +732,17 @@ def test_external_service_timing_out(rome, survey, survey_db, tap_db, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "romerea_vo.cli", "xmatch", "--db", str(tap_db),
              "--external-tap", f"{live.url}/tap", "--external-table", "ext.survey",
-             "--chunk-rows", "500", "--timeout", "1", "-o", str(out)],
+             "--chunk-rows", str(CHUNK), "--timeout", "1", "-o", str(out)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:
         stall.release.set()
         live.stop()
-    n = -(-len(rome) // 500)
+    n = -(-len(rome) // CHUNK)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1].startswith("romerea-vo: error: TAP chunks 2, 3 of")
     assert "no answer within the timeout" in proc.stderr
-    assert "(ext.survey, 500 answered)" in proc.stderr
+    assert f"(ext.survey, {CHUNK} answered)" in proc.stderr
     assert f"chunk(s) 4-{n} of {n} not attempted" in proc.stderr
     assert not out.exists()
     partial = tmp_path / "ext.partial.fits"
@@ -746,5 +750,5 @@ def test_external_service_timing_out(rome, survey, survey_db, tap_db, tmp_path):
     assert header["XMSTATUS"] == "INCOMPLETE"
     assert "chunk 2" in header["XMINCOMP"]
     t = read_catalogue(partial)
-    first = first_chunk(tap_db, rome, 500)
+    first = first_chunk(tap_db, rome, CHUNK)
     assert_same_pairs(external_pairs(t), expected_external(first, survey, 1.0, "best"))
