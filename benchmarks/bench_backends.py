@@ -247,8 +247,8 @@ def throughput(
     base: str, script: Path, seconds: int, connections: int, server_pid: int
 ) -> dict[str, float]:
     """wrk's figures for the mixed load, after the same load has warmed every worker up
-    for as long (each worker opens a field's products, ~0.7 s for 400,000 stars, on its
-    first lightcurve request there: ten fields are ~7 s of one core per worker, which is
+    for as long (each worker opens a field's products, ~0.5 s for 400,000 stars, on its
+    first lightcurve request there: ten fields are ~5 s of one core per worker, which is
     start-up, not the steady state measured), and the cores used meanwhile by the
     service, by PostgreSQL and by wrk."""
     _wrk(base, script, seconds, connections)
