@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -104,6 +105,8 @@ def serve(db: str, workers: int, jobs_db: str | None, work: Path) -> tuple[subpr
             break
         m = re.search(r"TAP service: (http://\S+)/tap", line)
         if m:
+            # keep reading: a service that logs into a full pipe would stall in write()
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, m.group(1)
     proc.kill()
     raise RuntimeError(f"service did not start: {' '.join(cmd)}")
