@@ -318,6 +318,11 @@ with the exception's message. It should honour the `CancelToken`.
 """
 
 
+def _job_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
+    """A job's parameters: names upper-cased, UWS control parameters left out."""
+    return {k.upper(): v for k, v in parameters.items() if k.upper() not in CONTROL_PARAMS}
+
+
 class JobStoreBase(abc.ABC):
     """What the UWS binding needs from a job store; `JobStore` and `PostgresJobStore` are two.
 
@@ -330,8 +335,8 @@ class JobStoreBase(abc.ABC):
     max_execution_duration: int
     max_wait: float
     blocking_io: bool = False
+    _closed: threading.Event
 
-    @abc.abstractmethod
     def create(
         self,
         parameters: Mapping[str, str],
@@ -341,7 +346,64 @@ class JobStoreBase(abc.ABC):
         execution_duration: int | None = None,
         destruction: datetime | None = None,
     ) -> Job:
-        """Create a PENDING job; ``files`` (multipart parts) are moved into its directory."""
+        """Create a PENDING job; ``files`` (multipart parts) are moved into its directory.
+
+        ``UPLOAD`` is checked against the files; ``RUNID`` sets the run id; the
+        execution duration and destruction time are clamped as by their setters.
+        """
+        files = dict(files or {})
+        duration = (
+            self.default_execution_duration
+            if execution_duration is None
+            else self._clamp_duration(execution_duration)
+        )
+        params = _job_parameters(parameters)
+        if params.get("UPLOAD"):
+            parse_upload_param([params["UPLOAD"]], files)
+        if self._closed.is_set():
+            raise JobLimitError("the service is shutting down")
+        if self._job_count() >= self.max_jobs:
+            self.sweep()
+            if self._job_count() >= self.max_jobs:
+                raise JobLimitError(
+                    f"the service holds its maximum of {self.max_jobs} jobs; "
+                    "delete finished jobs or try again later"
+                )
+        job_id = secrets.token_urlsafe(12)
+        while job_id.startswith("-"):
+            job_id = secrets.token_urlsafe(12)
+        directory = self.root / job_id
+        directory.mkdir()  # fails on the (astronomically unlikely) clash
+        try:
+            moved = self._move_files(directory, files)
+            now = _now()
+            if destruction is not None and destruction.tzinfo is None:
+                destruction = destruction.replace(tzinfo=UTC)
+            job = Job(
+                job_id=job_id,
+                directory=directory,
+                creation_time=now,
+                destruction=min(
+                    destruction or now + self.default_destruction, now + self.max_destruction
+                ),
+                execution_duration=duration,
+                run_id=params.get("RUNID"),
+                owner=owner,
+                parameters=params,
+                files=moved,
+            )
+            return self._add(job)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    @abc.abstractmethod
+    def _job_count(self) -> int:
+        """How many jobs the store holds (all workers' for a shared store)."""
+
+    @abc.abstractmethod
+    def _add(self, job: Job) -> Job:
+        """Keep a new job; returns the snapshot `create` hands out."""
 
     @abc.abstractmethod
     def update_parameters(
@@ -409,6 +471,38 @@ class JobStoreBase(abc.ABC):
         self.close()
 
     # --- shared helpers ------------------------------------------------------------
+
+    def _set_limits(
+        self,
+        root: Path,
+        runner: JobRunner,
+        *,
+        default_execution_duration: int,
+        max_execution_duration: int,
+        default_destruction: timedelta,
+        max_destruction: timedelta,
+        max_jobs: int,
+        max_wait: float,
+        sweep_interval: float,
+    ) -> None:
+        """The settings every store has (the constructors' keyword arguments)."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.runner = runner
+        self.max_execution_duration = max_execution_duration
+        self.default_execution_duration = self._clamp_duration(default_execution_duration)
+        self.max_destruction = max_destruction
+        self.default_destruction = min(default_destruction, max_destruction)
+        self.max_jobs = max_jobs
+        self.max_wait = max_wait
+        self.sweep_interval = sweep_interval
+
+    def _wait_limit(self, job: Job, timeout: float, phase: str | None) -> tuple[str, float]:
+        """The phase to wait on and the deadline, or ("", 0) when not to wait."""
+        if (phase is not None and phase != job.phase) or job.phase not in ACTIVE_PHASES:
+            return "", 0.0
+        limit = self.max_wait if timeout < 0 else min(timeout, self.max_wait)
+        return job.phase, time.monotonic() + limit
 
     def _clamp_duration(self, seconds: int) -> int:
         if seconds < 0:
@@ -515,16 +609,17 @@ class JobStore(JobStoreBase):
         max_wait: float = 60.0,
         sweep_interval: float = 60.0,
     ) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.runner = runner
-        self.max_execution_duration = max_execution_duration
-        self.default_execution_duration = self._clamp_duration(default_execution_duration)
-        self.max_destruction = max_destruction
-        self.default_destruction = min(default_destruction, max_destruction)
-        self.max_jobs = max_jobs
-        self.max_wait = max_wait
-        self.sweep_interval = sweep_interval
+        self._set_limits(
+            root,
+            runner,
+            default_execution_duration=default_execution_duration,
+            max_execution_duration=max_execution_duration,
+            default_destruction=default_destruction,
+            max_destruction=max_destruction,
+            max_jobs=max_jobs,
+            max_wait=max_wait,
+            sweep_interval=sweep_interval,
+        )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
@@ -608,66 +703,12 @@ class JobStore(JobStoreBase):
 
     # --- operations ----------------------------------------------------------------
 
-    def create(
-        self,
-        parameters: Mapping[str, str],
-        files: Mapping[str, Path] | None = None,
-        *,
-        owner: str | None = None,
-        execution_duration: int | None = None,
-        destruction: datetime | None = None,
-    ) -> Job:
-        """Create a PENDING job; ``files`` (multipart parts) are moved into its directory.
+    def _job_count(self) -> int:
+        return len(self._jobs)
 
-        ``UPLOAD`` is checked against the files; ``RUNID`` sets the run id; the
-        execution duration and destruction time are clamped as by their setters.
-        """
-        files = dict(files or {})
-        duration = (
-            self.default_execution_duration
-            if execution_duration is None
-            else self._clamp_duration(execution_duration)
-        )
-        params = {k.upper(): v for k, v in parameters.items() if k.upper() not in CONTROL_PARAMS}
-        if params.get("UPLOAD"):
-            parse_upload_param([params["UPLOAD"]], files)
-        if self._closed.is_set():
-            raise JobLimitError("the service is shutting down")
-        if len(self._jobs) >= self.max_jobs:
-            self.sweep()
-        if len(self._jobs) >= self.max_jobs:
-            raise JobLimitError(
-                f"the service holds its maximum of {self.max_jobs} jobs; "
-                "delete finished jobs or try again later"
-            )
-        job_id = secrets.token_urlsafe(12)
-        while job_id.startswith("-"):
-            job_id = secrets.token_urlsafe(12)
-        directory = self.root / job_id
-        directory.mkdir()  # fails on the (astronomically unlikely) clash
-        try:
-            moved = self._move_files(directory, files)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        now = _now()
-        if destruction is not None and destruction.tzinfo is None:
-            destruction = destruction.replace(tzinfo=UTC)
-        job = Job(
-            job_id=job_id,
-            directory=directory,
-            creation_time=now,
-            destruction=min(
-                destruction or now + self.default_destruction, now + self.max_destruction
-            ),
-            execution_duration=duration,
-            run_id=params.get("RUNID"),
-            owner=owner,
-            parameters=params,
-            files=moved,
-        )
+    def _add(self, job: Job) -> Job:
         with self._lock:
-            self._jobs[job_id] = job
+            self._jobs[job.job_id] = job
             self._save(job)
             return job.copy()
 
@@ -675,7 +716,7 @@ class JobStore(JobStoreBase):
         self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
     ) -> Job:
         """Set parameters (and add uploads) of a PENDING job; UPLOAD tables are merged."""
-        params = {k.upper(): v for k, v in parameters.items() if k.upper() not in CONTROL_PARAMS}
+        params = _job_parameters(parameters)
         files = dict(files or {})
 
         def check(job: Job) -> str | None:
@@ -799,14 +840,6 @@ class JobStore(JobStoreBase):
             self._save(job)
             return job.copy()
 
-    def _wait_bounds(self, job_id: str, timeout: float, phase: str | None) -> tuple[str, float]:
-        """The phase to wait on and the deadline, or ("", 0) when not to wait (lock held)."""
-        job = self._job(job_id)
-        if (phase is not None and phase != job.phase) or job.phase not in ACTIVE_PHASES:
-            return "", 0.0
-        limit = self.max_wait if timeout < 0 else min(timeout, self.max_wait)
-        return job.phase, time.monotonic() + limit
-
     def wait(self, job_id: str, timeout: float, phase: str | None = None) -> Job:
         """Block while the job stays in ``phase`` (default: its current active phase).
 
@@ -814,7 +847,7 @@ class JobStore(JobStoreBase):
         ``timeout`` seconds (negative: the maximum), capped at ``max_wait``.
         """
         with self._changed:
-            waiting, deadline = self._wait_bounds(job_id, timeout, phase)
+            waiting, deadline = self._wait_limit(self._job(job_id), timeout, phase)
             while waiting and not self._closed.is_set():
                 job = self._jobs.get(job_id)
                 remaining = deadline - time.monotonic()
@@ -829,7 +862,7 @@ class JobStore(JobStoreBase):
         event = asyncio.Event()
         waiter = (loop, event)
         with self._lock:
-            waiting, deadline = self._wait_bounds(job_id, timeout, phase)
+            waiting, deadline = self._wait_limit(self._job(job_id), timeout, phase)
             self._async_waiters.add(waiter)
         try:
             while waiting and not self._closed.is_set():

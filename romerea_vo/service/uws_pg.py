@@ -63,12 +63,9 @@ from starlette.concurrency import run_in_threadpool
 
 from romerea_vo.errors import InvalidRequestError, RomeReaError
 
-from .params import parse_upload_param
 from .uws import (
     _STAGING,
     _STAGING_MAX_AGE,
-    ACTIVE_PHASES,
-    CONTROL_PARAMS,
     CancelToken,
     Job,
     JobLimitError,
@@ -76,6 +73,7 @@ from .uws import (
     JobRunner,
     JobStoreBase,
     Result,
+    _job_parameters,
     _message,
     _now,
     _unlink,
@@ -303,16 +301,17 @@ class PostgresJobStore(JobStoreBase):
         pool_size: int = 4,
     ) -> None:
         self.conninfo = conninfo
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.runner = runner
-        self.max_execution_duration = max_execution_duration
-        self.default_execution_duration = self._clamp_duration(default_execution_duration)
-        self.max_destruction = max_destruction
-        self.default_destruction = min(default_destruction, max_destruction)
-        self.max_jobs = max_jobs
-        self.max_wait = max_wait
-        self.sweep_interval = sweep_interval
+        self._set_limits(
+            root,
+            runner,
+            default_execution_duration=default_execution_duration,
+            max_execution_duration=max_execution_duration,
+            default_destruction=default_destruction,
+            max_destruction=max_destruction,
+            max_jobs=max_jobs,
+            max_wait=max_wait,
+            sweep_interval=sweep_interval,
+        )
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.poll_interval = poll_interval
@@ -422,79 +421,27 @@ class PostgresJobStore(JobStoreBase):
 
     # --- operations ------------------------------------------------------------------
 
-    def create(
-        self,
-        parameters: Mapping[str, str],
-        files: Mapping[str, Path] | None = None,
-        *,
-        owner: str | None = None,
-        execution_duration: int | None = None,
-        destruction: datetime | None = None,
-    ) -> Job:
-        """Create a PENDING job (as `JobStore.create`); the job limit counts all workers' jobs."""
-        files = dict(files or {})
-        duration = (
-            self.default_execution_duration
-            if execution_duration is None
-            else self._clamp_duration(execution_duration)
-        )
-        params = {k.upper(): v for k, v in parameters.items() if k.upper() not in CONTROL_PARAMS}
-        if params.get("UPLOAD"):
-            parse_upload_param([params["UPLOAD"]], files)
-        if self._closed.is_set():
-            raise JobLimitError("the service is shutting down")
-        if self._count() >= self.max_jobs:
-            self.sweep()
-            if self._count() >= self.max_jobs:
-                raise JobLimitError(
-                    f"the service holds its maximum of {self.max_jobs} jobs; "
-                    "delete finished jobs or try again later"
-                )
-        job_id = secrets.token_urlsafe(12)
-        while job_id.startswith("-"):
-            job_id = secrets.token_urlsafe(12)
-        directory = self.root / job_id
-        directory.mkdir()
-        try:
-            moved = self._move_files(directory, files)
-            now = _now()
-            if destruction is not None and destruction.tzinfo is None:
-                destruction = destruction.replace(tzinfo=UTC)
-            job = Job(
-                job_id=job_id,
-                directory=directory,
-                creation_time=now,
-                destruction=min(
-                    destruction or now + self.default_destruction, now + self.max_destruction
+    def _add(self, job: Job) -> Job:
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, creation_time,"
+                " execution_duration, destruction, parameters, files)"
+                " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    job.job_id,
+                    job.run_id,
+                    job.owner,
+                    job.creation_time,
+                    job.execution_duration,
+                    job.destruction,
+                    Jsonb(job.parameters),
+                    Jsonb({name: _rel(job, path) for name, path in job.files.items()}),
                 ),
-                execution_duration=duration,
-                run_id=params.get("RUNID"),
-                owner=owner,
-                parameters=params,
-                files=moved,
             )
-            with self._tx() as cur:
-                cur.execute(
-                    "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, creation_time,"
-                    " execution_duration, destruction, parameters, files)"
-                    " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        job_id,
-                        job.run_id,
-                        owner,
-                        job.creation_time,
-                        duration,
-                        job.destruction,
-                        Jsonb(params),
-                        Jsonb({name: _rel(job, path) for name, path in moved.items()}),
-                    ),
-                )
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
         return job
 
-    def _count(self) -> int:
+    def _job_count(self) -> int:
+        """All workers' jobs count against the limit."""
         with self._tx() as cur:
             cur.execute("SELECT count(*) AS n FROM romerea_uws.jobs")
             return cur.fetchone()["n"]
@@ -503,7 +450,7 @@ class PostgresJobStore(JobStoreBase):
         self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
     ) -> Job:
         """Set parameters (and add uploads) of a PENDING job; UPLOAD tables are merged."""
-        params = {k.upper(): v for k, v in parameters.items() if k.upper() not in CONTROL_PARAMS}
+        params = _job_parameters(parameters)
         files = dict(files or {})
 
         def check(job: Job) -> str | None:
@@ -689,12 +636,6 @@ class PostgresJobStore(JobStoreBase):
             with contextlib.suppress(RuntimeError):  # an event loop closed meanwhile
                 wake()
 
-    def _wait_bounds(self, job: Job, timeout: float, phase: str | None) -> tuple[str, float]:
-        if (phase is not None and phase != job.phase) or job.phase not in ACTIVE_PHASES:
-            return "", 0.0
-        limit = self.max_wait if timeout < 0 else min(timeout, self.max_wait)
-        return job.phase, time.monotonic() + limit
-
     def wait(self, job_id: str, timeout: float, phase: str | None = None) -> Job:
         """Block while the job stays in ``phase`` (default: its current active phase).
 
@@ -706,7 +647,7 @@ class PostgresJobStore(JobStoreBase):
         self._watch(job_id, event.set)  # before reading: no change can slip in between
         try:
             job = self.get(job_id)
-            waiting, deadline = self._wait_bounds(job, timeout, phase)
+            waiting, deadline = self._wait_limit(job, timeout, phase)
             while waiting and not self._closed.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -731,7 +672,7 @@ class PostgresJobStore(JobStoreBase):
         self._watch(job_id, wake)
         try:
             job = await run_in_threadpool(self.get, job_id)
-            waiting, deadline = self._wait_bounds(job, timeout, phase)
+            waiting, deadline = self._wait_limit(job, timeout, phase)
             while waiting and not self._closed.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
