@@ -46,6 +46,7 @@ from ..model import (
     shape_of,
 )
 from .base import Backend, Raw
+from .common import SIMPLE_FUNCTIONS, clamp, cross, dot, vec_angle
 
 
 class _Dialect(DuckDB):
@@ -60,34 +61,7 @@ class _Dialect(DuckDB):
 
 _DIALECT = _Dialect()
 
-_SIMPLE = {
-    "ABS": "abs",
-    "CEILING": "ceil",
-    "DEGREES": "degrees",
-    "EXP": "exp",
-    "FLOOR": "floor",
-    "LOG": "ln",
-    "LOG10": "log10",
-    "RADIANS": "radians",
-    "SQRT": "sqrt",
-    "ACOS": "acos",
-    "ASIN": "asin",
-    "ATAN": "atan",
-    "ATAN2": "atan2",
-    "COS": "cos",
-    "COT": "cot",
-    "SIN": "sin",
-    "TAN": "tan",
-    "POWER": "power",
-    "PI": "pi",
-    "LOWER": "lower",
-    "UPPER": "upper",
-    "COALESCE": "coalesce",
-    "COUNT": "count",
-    "AVG": "avg",
-    "MIN": "min",
-    "MAX": "max",
-}
+_SIMPLE = {**SIMPLE_FUNCTIONS, "CEILING": "ceil", "FLOOR": "floor", "AVG": "avg"}
 _CAST = {
     "SMALLINT": "SMALLINT",
     "INTEGER": "INTEGER",
@@ -152,25 +126,8 @@ class _Poly:
         return "[" + ", ".join(_num(c) for c in coords) + "]"
 
 
-def _dot(a: list[str], b: list[str]) -> str:
-    return f"(({a[0]}) * ({b[0]}) + ({a[1]}) * ({b[1]}) + ({a[2]}) * ({b[2]}))"
-
-
-def _cross(a: list[str], b: list[str]) -> list[str]:
-    return [
-        f"(({a[1]}) * ({b[2]}) - ({a[2]}) * ({b[1]}))",
-        f"(({a[2]}) * ({b[0]}) - ({a[0]}) * ({b[2]}))",
-        f"(({a[0]}) * ({b[1]}) - ({a[1]}) * ({b[0]}))",
-    ]
-
-
 def _comps(v: str) -> list[str]:
     return [f"{v}[1]", f"{v}[2]", f"{v}[3]"]
-
-
-# DuckDB's least()/greatest() skip NULLs; these propagate them, as SQL arithmetic does.
-def _clamp(x: str, lo: str, hi: str) -> str:
-    return f"(CASE WHEN ({x}) < {lo} THEN {lo} WHEN ({x}) > {hi} THEN {hi} ELSE ({x}) END)"
 
 
 def _let(value: str, name: str, body: str) -> str:
@@ -181,12 +138,6 @@ def _let(value: str, name: str, body: str) -> str:
 def _min(*items: str) -> str:
     body = "CASE WHEN list_count(adql_m) < len(adql_m) THEN NULL ELSE list_min(adql_m) END"
     return _let(f"[{', '.join(items)}]", "adql_m", body)
-
-
-def _vec_angle(a: list[str], b: list[str]) -> str:
-    """Angle in degrees between two unit vectors."""
-    c = _cross(a, b)
-    return f"degrees(atan2(sqrt({_dot(c, c)}), {_dot(a, b)}))"
 
 
 def _marker(sql: exp.Expression, candidate: spatial_join.Candidate) -> exp.Expression:
@@ -362,10 +313,10 @@ class DuckDBBackend(Backend):
         m = ROTATIONS[p.frame]
         v = _P(ra, dec).vec()
         x, y, z = ([_num(m[i][j]) for j in range(3)] for i in range(3))
-        rx, ry, rz = _dot(x, v), _dot(y, v), _dot(z, v)
+        rx, ry, rz = dot(x, v), dot(y, v), dot(z, v)
         return _P(
             f"((degrees(atan2({ry}, {rx})) + 360.0) % 360.0)",
-            f"degrees(asin({_clamp(rz, '-1.0', '1.0')}))",
+            f"degrees(asin({clamp(rz, '-1.0', '1.0')}))",
         )
 
     def stored_point(self, s: Stored) -> _P:
@@ -464,7 +415,7 @@ class DuckDBBackend(Backend):
                 r = math.radians(min(abs(c.radius_const), 180.0))
                 return _num(2 * math.pi * (1 - math.cos(r)) * sphere.SR_TO_DEG2)
             return (
-                f"(2 * pi() * (1 - cos(radians({_clamp(f'abs({c.radius})', '0.0', '180.0')})))"
+                f"(2 * pi() * (1 - cos(radians({clamp(f'abs({c.radius})', '0.0', '180.0')})))"
                 f" * {_num(sphere.SR_TO_DEG2)})"
             )
         poly = self.as_polygon(g)
@@ -493,7 +444,7 @@ class DuckDBBackend(Backend):
         vec = self.vectors_sql(poly.flat)  # type: ignore[arg-type]
         ra = _let(vec, v, f"(degrees(atan2({sums[1]}, {sums[0]})) + 360.0) % 360.0")
         norm = f"sqrt({sums[0]} * {sums[0]} + {sums[1]} * {sums[1]} + {sums[2]} * {sums[2]})"
-        dec = _let(vec, v, f"degrees(asin({_clamp(f'{sums[2]} / {norm}', '-1.0', '1.0')}))")
+        dec = _let(vec, v, f"degrees(asin({clamp(f'{sums[2]} / {norm}', '-1.0', '1.0')}))")
         return _P(ra, dec)
 
     def distance(self, a: Geometry, b: Geometry) -> str:
@@ -506,7 +457,7 @@ class DuckDBBackend(Backend):
         if shape == "circle":
             c = self.as_circle(b)
             gap = f"{self.point_distance(p, c.center)} - ({c.radius})"
-            return _clamp(gap, "0.0", "180.0")
+            return clamp(gap, "0.0", "180.0")
         poly = self.as_polygon(b)
         inside = self.pip(p, poly)
         return f"CASE WHEN {inside} THEN 0.0 ELSE {self.boundary_distance(p, poly)} END"
@@ -600,11 +551,11 @@ class DuckDBBackend(Backend):
         pa = self.as_polygon(a)
         if sb == "point":
             q = self.as_point(b)
-            return self.all_vertices(pa, lambda v: f"{_vec_angle(v, q.vec())} = 0.0")
+            return self.all_vertices(pa, lambda v: f"{vec_angle(v, q.vec())} = 0.0")
         if sb == "circle":
             o = self.as_circle(b)
             return self.all_vertices(
-                pa, lambda v: f"{_vec_angle(v, o.center.vec())} <= ({o.radius})"
+                pa, lambda v: f"{vec_angle(v, o.center.vec())} <= ({o.radius})"
             )
         pb = self.as_polygon(b)
         return f"({self.all_vertices_in(pa, pb)} AND NOT {self.edges_cross(pa, pb)})"
@@ -629,7 +580,7 @@ class DuckDBBackend(Backend):
                 return f"(({p.dec}) IS NOT NULL AND ({p.ra}) IS NOT NULL AND ({c.dec}) IS NOT NULL)"
             limit = _num(math.sin(math.radians(radius_const) / 2) ** 2)
         else:
-            limit = f"pow(sin(radians({_clamp(radius, '0.0', '180.0')}) / 2), 2)"
+            limit = f"pow(sin(radians({clamp(radius, '0.0', '180.0')}) / 2), 2)"
         if c.const is not None:
             ra0, dec0 = c.const
             cos0 = _num(math.cos(math.radians(dec0)))
@@ -671,14 +622,14 @@ class DuckDBBackend(Backend):
     def signed_area_sql(self, v: str) -> str:
         i = self.var("i")
         a, b, c = _comps(f"{v}[1]"), _comps(f"{v}[{i}]"), _comps(f"{v}[{i} + 1]")
-        num = _dot(a, _cross(b, c))
-        den = f"(1 + {_dot(a, b)} + {_dot(b, c)} + {_dot(c, a)})"
+        num = dot(a, cross(b, c))
+        den = f"(1 + {dot(a, b)} + {dot(b, c)} + {dot(c, a)})"
         return f"list_sum(list_transform(range(2, len({v})), lambda {i}: 2 * atan2({num}, {den})))"
 
     def winding_sql(self, p: list[str], v: str) -> str:
         i = self.var("i")
         a, b = _comps(f"{v}[{i}]"), _comps(f"{v}[{i} % len({v}) + 1]")
-        term = f"atan2({_dot(p, _cross(a, b))}, {_dot(a, b)} - {_dot(a, p)} * {_dot(b, p)})"
+        term = f"atan2({dot(p, cross(a, b))}, {dot(a, b)} - {dot(a, p)} * {dot(b, p)})"
         return f"list_sum(list_transform(range(1, len({v}) + 1), lambda {i}: {term}))"
 
     def orient_sql(self, v: str) -> str:
@@ -749,11 +700,11 @@ class DuckDBBackend(Backend):
         return _let(self.vectors_sql(poly.flat), v, body)  # type: ignore[arg-type]
 
     def arc_distance(self, p: list[str], a: list[str], b: list[str]) -> str:
-        n = _cross(a, b)
-        nn = f"sqrt({_dot(n, n)})"
-        inside = f"{_dot(_cross(a, p), n)} >= 0 AND {_dot(_cross(p, b), n)} >= 0 AND {nn} > 0"
-        perp = f"degrees(asin({_clamp(f'abs({_dot(p, n)}) / {nn}', '0.0', '1.0')}))"
-        ends = _min(_vec_angle(p, a), _vec_angle(p, b))
+        n = cross(a, b)
+        nn = f"sqrt({dot(n, n)})"
+        inside = f"{dot(cross(a, p), n)} >= 0 AND {dot(cross(p, b), n)} >= 0 AND {nn} > 0"
+        perp = f"degrees(asin({clamp(f'abs({dot(p, n)}) / {nn}', '0.0', '1.0')}))"
+        ends = _min(vec_angle(p, a), vec_angle(p, b))
         return f"(CASE WHEN {inside} THEN {perp} ELSE {ends} END)"
 
     def poly_vectors(self, poly: _Poly) -> str:
@@ -790,13 +741,13 @@ class DuckDBBackend(Backend):
         va, vb, i, j = self.var("v"), self.var("v"), self.var("i"), self.var("j")
         a1, a2 = _comps(f"{va}[{i}]"), _comps(f"{va}[{i} % len({va}) + 1]")
         b1, b2 = _comps(f"{vb}[{j}]"), _comps(f"{vb}[{j} % len({vb}) + 1]")
-        n1, n2 = _cross(a1, a2), _cross(b1, b2)
-        t = _cross(n1, n2)
+        n1, n2 = cross(a1, a2), cross(b1, b2)
+        t = cross(n1, n2)
         s = [
-            _dot(_cross(n1, a1), t),
-            _dot(_cross(a2, n1), t),
-            _dot(_cross(n2, b1), t),
-            _dot(_cross(b2, n2), t),
+            dot(cross(n1, a1), t),
+            dot(cross(a2, n1), t),
+            dot(cross(n2, b1), t),
+            dot(cross(b2, n2), t),
         ]
         test = f"(({' > 0 AND '.join(s)} > 0) OR ({' < 0 AND '.join(s)} < 0))"
         inner = f"list_bool_or(list_transform(range(1, len({vb}) + 1), lambda {j}: {test}))"

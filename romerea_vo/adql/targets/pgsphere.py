@@ -56,6 +56,7 @@ from ..model import (
     shape_of,
 )
 from .base import Backend, Raw
+from .common import SIMPLE_FUNCTIONS, clamp, cross, dot, vec_angle
 
 
 class _Dialect(Postgres):
@@ -68,31 +69,7 @@ class _Dialect(Postgres):
 
 _DIALECT = _Dialect()
 
-_SIMPLE = {
-    "ABS": "abs",
-    "DEGREES": "degrees",
-    "EXP": "exp",
-    "LOG": "ln",
-    "LOG10": "log10",
-    "RADIANS": "radians",
-    "SQRT": "sqrt",
-    "ACOS": "acos",
-    "ASIN": "asin",
-    "ATAN": "atan",
-    "ATAN2": "atan2",
-    "COS": "cos",
-    "COT": "cot",
-    "SIN": "sin",
-    "TAN": "tan",
-    "POWER": "power",
-    "PI": "pi",
-    "LOWER": "lower",
-    "UPPER": "upper",
-    "COALESCE": "coalesce",
-    "COUNT": "count",
-    "MIN": "min",
-    "MAX": "max",
-}
+_SIMPLE = SIMPLE_FUNCTIONS
 # Functions PostgreSQL computes in double precision whatever the argument: an integer
 # argument must come back as an integer, as ADQL (and the DuckDB target) types it.
 _INT_PRESERVED = {"CEILING": "ceil", "FLOOR": "floor"}
@@ -170,34 +147,11 @@ class _Poly:
         return "ARRAY[" + ", ".join(_num(c) for c in coords) + "]"
 
 
-def _dot(a: list[str], b: list[str]) -> str:
-    return f"(({a[0]}) * ({b[0]}) + ({a[1]}) * ({b[1]}) + ({a[2]}) * ({b[2]}))"
-
-
-def _cross(a: list[str], b: list[str]) -> list[str]:
-    return [
-        f"(({a[1]}) * ({b[2]}) - ({a[2]}) * ({b[1]}))",
-        f"(({a[2]}) * ({b[0]}) - ({a[0]}) * ({b[2]}))",
-        f"(({a[0]}) * ({b[1]}) - ({a[1]}) * ({b[0]}))",
-    ]
-
-
-# PostgreSQL's LEAST()/GREATEST() skip NULLs; these propagate them, as arithmetic does.
-def _clamp(x: str, lo: str, hi: str) -> str:
-    return f"(CASE WHEN ({x}) < {lo} THEN {lo} WHEN ({x}) > {hi} THEN {hi} ELSE ({x}) END)"
-
-
 def _wrap360(angle: str) -> str:
     """``(angle + 360) mod 360`` for an angle in [-180, 180], as DuckDB's ``%`` computes it
     (PostgreSQL has no ``%`` for doubles)."""
     s = f"(({angle}) + 360.0::float8)"
     return f"(CASE WHEN {s} >= 360.0::float8 THEN {s} - 360.0::float8 ELSE {s} END)"
-
-
-def _vec_angle(a: list[str], b: list[str]) -> str:
-    """Angle in degrees between two unit vectors."""
-    c = _cross(a, b)
-    return f"degrees(atan2(sqrt({_dot(c, c)}), {_dot(a, b)}))"
 
 
 def _polygon_text(vectors: list[sphere.Vec]) -> str:
@@ -373,10 +327,10 @@ class PgSphereBackend(Backend):
         m = ROTATIONS[p.frame]
         v = _P(ra, dec).vec()
         x, y, z = ([_num(m[i][j]) for j in range(3)] for i in range(3))
-        rx, ry, rz = _dot(x, v), _dot(y, v), _dot(z, v)
+        rx, ry, rz = dot(x, v), dot(y, v), dot(z, v)
         return _P(
             _wrap360(f"degrees(atan2({ry}, {rx}))"),
-            f"degrees(asin({_clamp(rz, '(-1.0::float8)', '1.0::float8')}))",
+            f"degrees(asin({clamp(rz, '(-1.0::float8)', '1.0::float8')}))",
         )
 
     def stored_point(self, s: Stored) -> _P:
@@ -502,7 +456,7 @@ class PgSphereBackend(Backend):
             if c.radius_const is not None:
                 r = math.radians(min(abs(c.radius_const), 180.0))
                 return _num(2 * math.pi * (1 - math.cos(r)) * sphere.SR_TO_DEG2)
-            r = _clamp(f"abs({c.radius})", "0.0::float8", "180.0::float8")
+            r = clamp(f"abs({c.radius})", "0.0::float8", "180.0::float8")
             return f"(2 * pi() * (1 - cos(radians({r}))) * {_num(sphere.SR_TO_DEG2)})"
         poly = self.as_polygon(g)
         if poly.vectors is not None:
@@ -515,8 +469,8 @@ class PgSphereBackend(Backend):
         )
         first, b, c = refs["f"], refs["b"], refs["c"]
         term = (
-            f"2 * atan2({_dot(first, _cross(b, c))}, "
-            f"1 + {_dot(first, b)} + {_dot(b, c)} + {_dot(c, first)})"
+            f"2 * atan2({dot(first, cross(b, c))}, "
+            f"1 + {dot(first, b)} + {dot(b, c)} + {dot(c, first)})"
         )
         s = f"sum({term})"
         smaller = f"abs({s} - {_num(_FOUR_PI)} * round({s} / {_num(_FOUR_PI)}))"
@@ -563,7 +517,7 @@ class PgSphereBackend(Backend):
         norm = f"sqrt({x} * {x} + {y} * {y} + {z} * {z})"
         ra = f"(SELECT {_wrap360(f'degrees(atan2({y}, {x}))')} {rows})"
         dec = (
-            f"(SELECT degrees(asin({_clamp(f'{z} / {norm}', '(-1.0::float8)', '1.0::float8')}))"
+            f"(SELECT degrees(asin({clamp(f'{z} / {norm}', '(-1.0::float8)', '1.0::float8')}))"
             f" {rows})"
         )
         return _P(_no_nulls(a, ra), _no_nulls(a, dec))
@@ -578,7 +532,7 @@ class PgSphereBackend(Backend):
         if shape == "circle":
             c = self.as_circle(b)
             gap = f"{self.point_distance(p, c.center)} - ({c.radius})"
-            return _clamp(gap, "0.0::float8", "180.0::float8")
+            return clamp(gap, "0.0::float8", "180.0::float8")
         poly = self.as_polygon(b)
         inside = f"{p.spoint()} <@ {self.spoly(poly)}"
         return f"CASE WHEN {inside} THEN 0.0::float8 ELSE {self.boundary_distance(p, poly)} END"
@@ -614,11 +568,11 @@ class PgSphereBackend(Backend):
         return _no_nulls(f, f"(SELECT min({arc}) FROM {rows})")
 
     def arc_distance(self, p: list[str], a: list[str], b: list[str]) -> str:
-        n = _cross(a, b)
-        nn = f"sqrt({_dot(n, n)})"
-        inside = f"{_dot(_cross(a, p), n)} >= 0 AND {_dot(_cross(p, b), n)} >= 0 AND {nn} > 0"
-        perp = f"degrees(asin({_clamp(f'abs({_dot(p, n)}) / {nn}', '0.0::float8', '1.0::float8')}))"
-        ends = f"LEAST({_vec_angle(p, a)}, {_vec_angle(p, b)})"
+        n = cross(a, b)
+        nn = f"sqrt({dot(n, n)})"
+        inside = f"{dot(cross(a, p), n)} >= 0 AND {dot(cross(p, b), n)} >= 0 AND {nn} > 0"
+        perp = f"degrees(asin({clamp(f'abs({dot(p, n)}) / {nn}', '0.0::float8', '1.0::float8')}))"
+        ends = f"LEAST({vec_angle(p, a)}, {vec_angle(p, b)})"
         return f"(CASE WHEN {inside} THEN {perp} ELSE {ends} END)"
 
     # --- geometry: predicates ---------------------------------------------------------
