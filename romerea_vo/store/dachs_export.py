@@ -47,22 +47,13 @@ from ..errors import RomeReaError
 from ..votable.schema import SCHEMA_DESCRIPTIONS, ColumnSchema, TableSchema, rome_tables
 from .database import Database
 from .ddl import attach_sql, physical_name, quote_ident
+from .postgres import PG_TYPES
 
 INDEX_MIXINS = {"pgsphere": "//scs#pgs-pos-index", "q3c": "//scs#q3cindex"}
 """``--index`` choice -> DaCHS mixin indexing the table's main RA/Dec."""
 
-DACHS_TYPES = {
-    "boolean": "boolean",
-    "unsignedByte": "smallint",
-    "short": "smallint",
-    "int": "integer",
-    "long": "bigint",
-    "float": "real",
-    "double": "double precision",
-    "char": "text",
-    "unicodeChar": "unicode",
-}
-"""VOTable datatype -> DaCHS (PostgreSQL) column type."""
+DACHS_TYPES = {**PG_TYPES, "unicodeChar": "unicode"}
+"""VOTable datatype -> DaCHS (PostgreSQL) column type: ours, but DaCHS's own ``unicode``."""
 
 _FITS_NUMERIC = {  # datatype -> (TFORM letter, big-endian numpy dtype)
     "unsignedByte": ("B", "u1"),

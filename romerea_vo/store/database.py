@@ -41,6 +41,39 @@ class FieldRecord:
     era: str
 
 
+def field_records(rows: list[tuple]) -> dict[str, FieldRecord]:
+    """The fields table's rows (field, directory, n_stars, n_images, era) by name."""
+    return {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+
+
+class OpenFields:
+    """Fields' products for reading lightcurves, each opened on first use and kept open;
+    shared by a database's request threads."""
+
+    def __init__(self, records: dict[str, FieldRecord], error: type[RomeReaError]):
+        self._records = records
+        self._error = error
+        self._open: dict[str, Field] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Field:
+        with self._lock:
+            if name not in self._open:
+                if name not in self._records:
+                    raise self._error(
+                        f"unknown field {name!r}; this database has "
+                        f"{', '.join(self._records) or 'no fields'}"
+                    )
+                self._open[name] = open_field(self._records[name].directory, name)
+            return self._open[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._open.values():
+                f.close()
+            self._open.clear()
+
+
 class DatabaseError(RomeReaError):
     pass
 
@@ -76,7 +109,7 @@ class Database:
             raise DatabaseError(
                 f"{self.path} is not a romerea-vo database (no romerea.fields table)"
             ) from None
-        self.fields = {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+        self.fields = field_records(rows)
         # a database holding only external catalogues has no authority set yet
         self.authority: str = setting[0] if setting else DEFAULT_AUTHORITY
         self.has_rome = has_rome_tables(self._con)
@@ -85,8 +118,7 @@ class Database:
         """External catalogues added by ``romerea-vo ingest-catalog``."""
         self.tables: list[TableSchema] = tap_tables(self.catalogues, rome=self.has_rome)
         """Every table published over TAP: ROME, external catalogues, TAP_SCHEMA."""
-        self._open_fields: dict[str, Field] = {}
-        self._lock = threading.Lock()
+        self._open_fields = OpenFields(self.fields, DatabaseError)
 
     target = "duckdb"
     """The ADQL translation target for this database."""
@@ -106,15 +138,7 @@ class Database:
 
     def field(self, name: str) -> Field:
         """The field's products (opened once, kept open), for reading lightcurves."""
-        with self._lock:
-            if name not in self._open_fields:
-                if name not in self.fields:
-                    raise DatabaseError(
-                        f"unknown field {name!r}; this database has "
-                        f"{', '.join(self.fields) or 'no fields'}"
-                    )
-                self._open_fields[name] = open_field(self.fields[name].directory, name)
-            return self._open_fields[name]
+        return self._open_fields.get(name)
 
     def metadata_is_current(self) -> bool:
         """Whether the database's TAP_SCHEMA is what this version generates from
@@ -138,8 +162,5 @@ class Database:
         return sorted(have, key=lambda r: r[0]) == sorted(want, key=lambda r: r[0])
 
     def close(self) -> None:
-        with self._lock:
-            for f in self._open_fields.values():
-                f.close()
-            self._open_fields.clear()
+        self._open_fields.close()
         self._con.close()

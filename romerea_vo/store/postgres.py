@@ -23,8 +23,6 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +33,7 @@ from ..errors import RomeReaError
 from ..products import open_field
 from ..products.reader import Field
 from ..votable.schema import TableSchema, load_table_schema, tap_tables
+from .database import OpenFields, field_records
 from .ddl import quote_ident
 from .field_tables import field_tables
 from .session import QueryFailed, QueryInterrupted
@@ -349,15 +348,6 @@ def ingest_fields_pg(
 # --- serving ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FieldRecord:
-    name: str
-    directory: Path
-    n_stars: int
-    n_images: int
-    era: str
-
-
 _COPY_CHUNK_BYTES = 8 * 2**20
 """CSV bytes parsed at once when streaming a result (whole rows)."""
 
@@ -645,15 +635,14 @@ class PostgresDatabase:
             con.close()
         from .ingest import DEFAULT_AUTHORITY
 
-        self.fields = {r[0]: FieldRecord(r[0], Path(r[1]), r[2], r[3], r[4]) for r in rows}
+        self.fields = field_records(rows)
         self.authority: str = setting[0] if setting else DEFAULT_AUTHORITY
         self.has_rome = True
         self.catalogues: list[TableSchema] = []
         self.tables: list[TableSchema] = tap_tables()
         self._pool: queue.LifoQueue = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
-        self._open_fields: dict[str, Field] = {}
-        self._lock = threading.Lock()
+        self._open_fields = OpenFields(self.fields, PostgresError)
 
     def physical_name(self, table: TableSchema) -> str:
         return physical_name(table)
@@ -687,15 +676,7 @@ class PostgresDatabase:
         self._slots.release()
 
     def field(self, name: str) -> Field:
-        with self._lock:
-            if name not in self._open_fields:
-                if name not in self.fields:
-                    raise PostgresError(
-                        f"unknown field {name!r}; this database has "
-                        f"{', '.join(self.fields) or 'no fields'}"
-                    )
-                self._open_fields[name] = open_field(self.fields[name].directory, name)
-            return self._open_fields[name]
+        return self._open_fields.get(name)
 
     def metadata_is_current(self) -> bool:
         expected = tap_schema_tables(self.tables)["tap_schema.columns"]
@@ -711,10 +692,7 @@ class PostgresDatabase:
         return sorted(map(repr, have)) == sorted(map(repr, want))
 
     def close(self) -> None:
-        with self._lock:
-            for f in self._open_fields.values():
-                f.close()
-            self._open_fields.clear()
+        self._open_fields.close()
         while True:
             try:
                 self._pool.get_nowait().close()
