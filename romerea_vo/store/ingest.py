@@ -12,6 +12,7 @@ import duckdb
 from .. import __version__
 from ..errors import RomeReaError
 from ..products import open_field
+from ..products.reader import Field
 from ..votable.schema import load_table_schema, rome_tables, tap_tables
 from .catalog_tables import catalog_tables
 from .ddl import CATALOG, attach_sql, create_table_sql, physical_name, quote_ident
@@ -102,6 +103,19 @@ def _replace_rows(con, table_name: str, rows, field: str | None) -> None:
         con.unregister("romerea_ingest_rows")
 
 
+def fields_row(field: Field) -> list:
+    """The ``romerea.fields`` row of a field being ingested (both databases)."""
+    return [
+        field.name,
+        str(field.directory.resolve()),
+        field.n_stars,
+        field.n_images,
+        field.era,
+        dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        f"romerea-vo {__version__}",
+    ]
+
+
 def ingest_fields(
     db_path: str | os.PathLike,
     field_dirs: Iterable[str | os.PathLike],
@@ -137,15 +151,7 @@ def ingest_fields(
                     con.execute(
                         f"INSERT OR REPLACE INTO {CATALOG}.romerea.fields "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            field.name,
-                            str(field.directory.resolve()),
-                            field.n_stars,
-                            field.n_images,
-                            field.era,
-                            dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                            f"romerea-vo {__version__}",
-                        ],
+                        fields_row(field),
                     )
                     summaries.append(
                         {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}

@@ -17,7 +17,6 @@ which emits no function outside ADQL's.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import os
 import queue
@@ -28,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .. import __version__
 from ..errors import RomeReaError
 from ..products import open_field
 from ..products.reader import Field
@@ -36,6 +34,7 @@ from ..votable.schema import TableSchema, load_table_schema, tap_tables
 from .database import OpenFields, field_records
 from .ddl import quote_ident
 from .field_tables import field_tables
+from .ingest import DEFAULT_AUTHORITY, fields_row
 from .session import QueryFailed, QueryInterrupted
 from .tap_schema import tap_schema_tables
 
@@ -238,8 +237,6 @@ def spatially_ordered(rows: pa.Table) -> pa.Table:
 
 
 def _authority(cur, requested: str | None) -> str:
-    from .ingest import DEFAULT_AUTHORITY
-
     cur.execute("SELECT value FROM romerea.settings WHERE key = 'authority'")
     row = cur.fetchone()
     if row and requested and requested != row[0]:
@@ -312,15 +309,7 @@ def ingest_fields_pg(
                             "n_stars = EXCLUDED.n_stars, n_images = EXCLUDED.n_images, "
                             "era = EXCLUDED.era, ingested_at = EXCLUDED.ingested_at, "
                             "software = EXCLUDED.software",
-                            [
-                                field.name,
-                                str(field.directory.resolve()),
-                                field.n_stars,
-                                field.n_images,
-                                field.era,
-                                dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                                f"romerea-vo {__version__}",
-                            ],
+                            fields_row(field),
                         )
                         summaries.append(
                             {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}
@@ -633,8 +622,6 @@ class PostgresDatabase:
             ) from None
         finally:
             con.close()
-        from .ingest import DEFAULT_AUTHORITY
-
         self.fields = field_records(rows)
         self.authority: str = setting[0] if setting else DEFAULT_AUTHORITY
         self.has_rome = True
