@@ -117,6 +117,18 @@ class Point:
     dec: Value
     frame: str = "ICRS"
 
+    def column_table(self) -> str | None:
+        """The table alias when the point is two plain columns of one table (what a
+        position index or the cross-match core can serve), else None."""
+        ra, dec = self.ra.sql, self.dec.sql
+        if not (self.ra.column and self.dec.column):
+            return None
+        if not (isinstance(ra, exp.Column) and isinstance(dec, exp.Column)):
+            return None
+        if not ra.table or ra.table != dec.table:
+            return None
+        return ra.table
+
 
 @dataclass
 class Circle:

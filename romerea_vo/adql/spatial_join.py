@@ -58,14 +58,8 @@ def _position(p: Geometry) -> _Position | None:
     """The alias and columns of ``POINT('ICRS', t.ra, t.dec)`` over plain columns."""
     if not isinstance(p, Point) or p.frame != ICRS:
         return None
-    ra, dec = p.ra.sql, p.dec.sql
-    if not (p.ra.column and p.dec.column):
-        return None
-    if not (isinstance(ra, exp.Column) and isinstance(dec, exp.Column)):
-        return None
-    if not ra.table or ra.table != dec.table:
-        return None
-    return _Position(ra.table, ra, dec)
+    table = p.column_table()
+    return None if table is None else _Position(table, p.ra.sql, p.dec.sql)
 
 
 def _pair(a: Geometry, b: Geometry, radius: Value, strict: bool) -> Candidate | None:

@@ -323,7 +323,7 @@ class PgSphereBackend(Backend):
             return _P(_num(ra), _num(dec), (ra, dec))
         ra, dec = self.text(p.ra), self.text(p.dec)
         if p.frame == ICRS:
-            return _P(ra, dec, None, _column_table(p))
+            return _P(ra, dec, None, p.column_table())
         m = ROTATIONS[p.frame]
         v = _P(ra, dec).vec()
         x, y, z = ([_num(m[i][j]) for j in range(3)] for i in range(3))
@@ -669,15 +669,3 @@ def _no_nulls(flat: str, sql: str) -> str:
     """``sql`` about a DALI polygon array, NULL when a coordinate is NULL (aggregates over
     the vertices would skip it)."""
     return f"(CASE WHEN array_position({flat}, NULL) IS NULL THEN {sql} END)"
-
-
-def _column_table(p: Point) -> str | None:
-    """The table alias when a point is two plain columns of one table."""
-    ra, dec = p.ra.sql, p.dec.sql
-    if not (p.ra.column and p.dec.column):
-        return None
-    if not (isinstance(ra, exp.Column) and isinstance(dec, exp.Column)):
-        return None
-    if not ra.table or ra.table != dec.table:
-        return None
-    return ra.table
