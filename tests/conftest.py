@@ -212,12 +212,14 @@ def field_positions(synthetic_field):
 
 
 TOPCAT_REMOTE_SOURCE = REPO.parent / "shared" / "vo_clients" / "java" / "TopcatRemote.java"
+TOPCAT_ACTIVATION_SOURCE = REPO / "tests" / "java" / "TopcatActivation.java"
 
 
 class TopcatSession(NamedTuple):
     client: object  # pyvo SAMPIntegratedClient, connected to the session's hub
     topcat_id: str
     control_port: int | None  # TopcatRemote's loopback control port, when available
+    activation_port: int | None  # tests/java/TopcatActivation.java's, when javac is there
 
 
 def topcat_command(port: int, command: str) -> dict:
@@ -234,6 +236,28 @@ def topcat_command(port: int, command: str) -> dict:
                 break
             data += chunk
     return json.loads(data.decode())
+
+
+def read_display_line(fd: int, proc, timeout: float) -> str | None:
+    """The display number Xvfb writes to its ``-displayfd``: everything up to the newline
+    (None if Xvfb exits, closes the pipe or says nothing within ``timeout`` seconds)."""
+    import select
+    import time
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return None
+            data += chunk
+    text = data.decode().strip()
+    return text if text.isdigit() else None
 
 
 @pytest.fixture(scope="session")
@@ -255,46 +279,81 @@ def topcat(tmp_path_factory):
     lockfile = home / ".samp"
     procs: list[subprocess.Popen] = []
     logs = {"xvfb": root / "xvfb.log", "topcat": root / "topcat.log"}
+    xvfb_args = ["-screen", "0", "1280x900x24", "-nolisten", "tcp", "-noreset"]
+
+    def log_tails() -> dict[str, str]:
+        return {k: v.read_text(errors="replace")[-1500:] for k, v in logs.items() if v.exists()}
+
+    def stop_group(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
     def start_display() -> tuple[subprocess.Popen, str]:
+        """Xvfb on a free display. Xvfb reports the number with ``-displayfd`` in two
+        writes, the digits and then a newline: a reader that closes the pipe after the
+        first read can kill it ("Cannot write display number to fd N", seen on a busy
+        machine), so the whole line is read. Should that still fail, a free display
+        number is picked here and Xvfb's socket waited for."""
         read_fd, write_fd = os.pipe()
         proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24",
-             "-nolisten", "tcp", "-noreset"],
+            ["Xvfb", "-displayfd", str(write_fd), *xvfb_args],
             pass_fds=(write_fd,), start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=logs["xvfb"].open("ab"),
         )  # fmt: skip
         procs.append(proc)
         os.close(write_fd)
-        display = os.read(read_fd, 16).decode().strip()
-        os.close(read_fd)
+        try:
+            display = read_display_line(read_fd, proc, 60)
+        finally:
+            os.close(read_fd)
+        if display is None:
+            stop_group(proc)
+            display = next(
+                str(n) for n in range(200, 1000)
+                if not Path(f"/tmp/.X11-unix/X{n}").exists()
+                and not Path(f"/tmp/.X{n}-lock").exists()
+            )  # fmt: skip
+            proc = subprocess.Popen(
+                ["Xvfb", f":{display}", *xvfb_args], start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=logs["xvfb"].open("ab"),
+            )  # fmt: skip
+            procs.append(proc)
         _wait(lambda: Path(f"/tmp/.X11-unix/X{display}").exists() or proc.poll() is not None,
-              10, f"Xvfb on :{display}")  # fmt: skip
+              60, f"Xvfb on :{display}")  # fmt: skip
+        if proc.poll() is not None:
+            raise RuntimeError(f"Xvfb exited ({proc.returncode}); log: {log_tails()}")
         return proc, display
 
     # TopcatRemote (../shared/vo_clients) wraps the unmodified TOPCAT with a loopback
-    # control port that makes TOPCAT itself send selections and highlights; without it,
-    # plain TOPCAT runs and the tests that need TOPCAT to send are skipped.
-    remote_classes = None
-    if TOPCAT_REMOTE_SOURCE.exists() and shutil.which("javac"):
-        build = root / "remote"
+    # control port that makes TOPCAT itself send selections and highlights; our own
+    # tests/java/TopcatActivation.java adds one for the Activation Actions window (and
+    # starts TopcatRemote when it is there). Without javac, plain TOPCAT runs and the
+    # tests that need either port are skipped.
+    classes = None
+    if shutil.which("javac"):
+        sources = [str(TOPCAT_ACTIVATION_SOURCE)]
+        if TOPCAT_REMOTE_SOURCE.exists():
+            sources.append(str(TOPCAT_REMOTE_SOURCE))
         made = subprocess.run(
-            ["javac", "-nowarn", "-cp", str(TOPCAT_JAR), "-d", str(build),
-             str(TOPCAT_REMOTE_SOURCE)],
+            ["javac", "-nowarn", "-cp", str(TOPCAT_JAR), "-d", str(root / "classes"), *sources],
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
-        remote_classes = build if made.returncode == 0 else None
-    port_file = root / "topcat.port"
+        classes = root / "classes" if made.returncode == 0 else None
+    has_remote = classes is not None and (classes / "TopcatRemote.class").exists()
+    port_files = {"remote": root / "topcat.port", "activation": root / "activation.port"}
 
     def start_topcat(display: str) -> subprocess.Popen:
         env = {**os.environ, "DISPLAY": f":{display}", "HOME": str(home),
                "SAMP_HUB": f"std-lockurl:file://{lockfile}"}  # fmt: skip
-        if remote_classes is not None:
-            port_file.unlink(missing_ok=True)
+        if classes is not None:
+            for path in port_files.values():
+                path.unlink(missing_ok=True)
             cmd = ["java", "-Xmx512m", f"-Duser.home={home}",
-                   f"-Dtopcat.remote.portfile={port_file}",
-                   "-cp", f"{remote_classes}:{TOPCAT_JAR}",
-                   "TopcatRemote", "-samp", "-nohub"]  # fmt: skip
+                   f"-Dtopcat.remote.portfile={port_files['remote']}",
+                   f"-Dtopcat.activation.portfile={port_files['activation']}",
+                   "-cp", f"{classes}:{TOPCAT_JAR}",
+                   "TopcatActivation", "-samp", "-nohub"]  # fmt: skip
         else:
             cmd = ["java", "-Xmx512m", f"-Duser.home={home}", "-cp", str(TOPCAT_JAR),
                    "uk.ac.starlink.topcat.Driver", "-samp", "-nohub"]  # fmt: skip
@@ -333,13 +392,13 @@ def topcat(tmp_path_factory):
             except TimeoutError as exc:
                 os.killpg(proc.pid, signal.SIGKILL)
                 if attempt == 2:
-                    tails = {k: v.read_text(errors="replace")[-1500:] for k, v in logs.items()}
-                    raise TimeoutError(f"{exc}; logs: {tails}") from None
-        control = None
-        if remote_classes is not None:
-            _wait(port_file.exists, 30, "TopcatRemote's control port")
-            control = int(port_file.read_text().strip())
-        yield TopcatSession(client, found, control)
+                    raise TimeoutError(f"{exc}; logs: {log_tails()}") from None
+        ports: dict[str, int | None] = {"remote": None, "activation": None}
+        for name, path in port_files.items():
+            if classes is not None and (name != "remote" or has_remote):
+                _wait(path.exists, 60, f"TOPCAT's {name} control port")
+                ports[name] = int(path.read_text().strip())
+        yield TopcatSession(client, found, ports["remote"], ports["activation"])
     finally:
         if client.is_connected:
             client.disconnect()

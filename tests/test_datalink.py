@@ -256,15 +256,20 @@ def test_tap_results_with_did_carry_a_descriptor(tap_server):
         f"SELECT TOP 5 field_id, did AS star FROM rome.field_index WHERE field = '{FIELD}'",
     )
     vot, services = descriptor_of(r.content)
-    assert len(services) == 1
-    params = {p.name: p.value for p in services[0].params}
-    assert params["accessURL"] == f"{tap_server}/datalink/links"
-    assert params["standardID"] == "ivo://ivoa.net/std/DataLink#links-1.1"
-    (group,) = services[0].groups
-    assert group.name == "inputParams"
-    (id_param,) = group.entries
+    # the lightcurve service first (TOPCAT's Invoke Service defaults to the first), then
+    # DataLink; both take the row's DID as ID
+    assert [s.ID for s in services] == ["lightcurve_service", "datalink_links"]
+    lightcurve, links = ({p.name: p.value for p in s.params} for s in services)
+    assert lightcurve["accessURL"] == f"{tap_server}/lightcurve"
+    assert "standardID" not in lightcurve
+    assert links["accessURL"] == f"{tap_server}/datalink/links"
+    assert links["standardID"] == "ivo://ivoa.net/std/DataLink#links-1.1"
     star = vot.get_first_table().get_field_by_id_or_name("star")
-    assert id_param.name == "ID" and id_param.ref == star.ID
+    for service in services:
+        (group,) = service.groups
+        assert group.name == "inputParams"
+        (id_param,) = group.entries
+        assert id_param.name == "ID" and id_param.ref == star.ID
     # no DID column, or a format that cannot hold it: no descriptor
     assert (
         descriptor_of(sync(tap_server, "SELECT TOP 2 field_id FROM rome.field_index").content)[1]
@@ -295,9 +300,29 @@ def test_async_results_carry_a_descriptor(tap_server):
     assert job.phase == "COMPLETED"
     r = httpx.get(job.result_uri, timeout=60)
     _, services = descriptor_of(r.content)
-    assert len(services) == 1
-    assert {p.name: p.value for p in services[0].params}["accessURL"].endswith("/datalink/links")
+    urls = [{p.name: p.value for p in s.params}["accessURL"] for s in services]
+    assert len(urls) == 2
+    assert urls[0].endswith("/lightcurve") and urls[1].endswith("/datalink/links")
     job.delete()
+
+
+def test_first_descriptor_invoked_on_a_row_gives_every_band(tap_server, bands_by_star):
+    """What TOPCAT's Invoke Service does with its default (first) descriptor, done by
+    pyvo's service-descriptor support: the row's lightcurve, every band's good points."""
+    from pyvo.dal.adhoc import DatalinkQuery
+
+    result = pyvo.dal.TAPService(f"{tap_server}/tap").search(
+        f"SELECT field_id, did FROM rome.field_index WHERE field = '{FIELD}' "
+        "AND field_id IN (20, 21) ORDER BY field_id"
+    )
+    first = next(r for r in result.votable.resources if r.utype == "adhoc:service")
+    for row in result:
+        lc = DatalinkQuery.from_resource([row], first).execute_votable().get_first_table()
+        lc = lc.to_table()
+        good = {band: n for band, n in bands_by_star[int(row["field_id"])].items() if n > 0}
+        assert good, "the test stars have good points"
+        assert dict(zip(*np.unique(np.asarray(lc["filter"]), return_counts=True),
+                        strict=True)) == good  # fmt: skip
 
 
 def test_pyvo_iter_datalinks_gives_every_band(tap_server, bands_by_star):
@@ -393,7 +418,7 @@ def test_scs_verb_maxrec_and_metadata(tap_server, field_positions):
         assert len(table.array) == 0 and "did" in [f.name for f in table.fields]
     assert "<BINARY2>" in get(RESPONSEFORMAT="votable/b2").text
     _, services = descriptor_of(get(VERB=1).content)
-    assert len(services) == 1
+    assert [s.ID for s in services] == ["lightcurve_service", "datalink_links"]
 
 
 @pytest.mark.parametrize(

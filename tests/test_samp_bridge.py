@@ -426,7 +426,7 @@ def _topcat_rows(client, topcat_id) -> int | None:
 
 @needs_topcat
 def test_topcat_gets_the_lightcurves_of_a_selection(topcat, tap_server, tap_result, good_points):
-    client, topcat_id, _ = topcat
+    client, topcat_id = topcat.client, topcat.topcat_id
     url, table = tap_result
     reply = client.call_and_wait(
         topcat_id,
@@ -517,7 +517,7 @@ def test_topcat_itself_sends_the_selection(topcat, tap_server, tap_result, good_
     lightcurves."""
     from tests.conftest import topcat_command
 
-    client, topcat_id, control = topcat
+    client, topcat_id, control = topcat.client, topcat.topcat_id, topcat.control_port
     if control is None:
         pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
     url, table = tap_result

@@ -7,6 +7,7 @@ own ``table.get.stil`` then hands back what it loaded, whose rows we count.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -46,7 +47,7 @@ def count_rows(url: str) -> int:
 
 @needs_topcat
 def test_topcat_loads_a_lightcurve_over_samp(topcat, tap_server):
-    client, topcat_id, _ = topcat
+    client, topcat_id = topcat.client, topcat.topcat_id
     url = f"{tap_server}/lightcurve?ID=ivo://romerea-vo.local/rome?ROME-FIELD-01/3"
     expected = count_rows(url)
     assert expected > 10
@@ -70,3 +71,60 @@ def test_topcat_loads_a_lightcurve_over_samp(topcat, tap_server):
 
     held = _wait(loaded, 30, "TOPCAT to hold the table")
     assert count_rows(held) == expected
+
+
+@needs_topcat
+def test_topcat_invoke_service_loads_the_rows_lightcurve(topcat, tap_server):
+    """The one-click lightcurve as a TOPCAT user gets it: a TAP result with DIDs loaded,
+    Activation Actions → Invoke Service → Load Table with the service TOPCAT offers
+    first, a row clicked; TOPCAT loads that star's lightcurve, every band's good points."""
+    import json
+    from urllib.parse import urlencode
+
+    from .conftest import topcat_command
+
+    if topcat.activation_port is None:
+        pytest.skip("no javac: TOPCAT's activation control port could not be built")
+    port = topcat.activation_port
+    field_id = 7
+    adql = (
+        "SELECT field_id, ra, dec, did FROM rome.field_index "
+        f"WHERE field = 'ROME-FIELD-01' AND field_id BETWEEN {field_id - 2} AND {field_id + 2} "
+        "ORDER BY field_id"
+    )
+    url = f"{tap_server}/tap/sync?" + urlencode({"LANG": "ADQL", "QUERY": adql})
+    before = {t["id"] for t in topcat_command(port, "tables")["tables"]}
+    reply = topcat.client.call_and_wait(
+        topcat.topcat_id,
+        {"samp.mtype": "table.load.votable",
+         "samp.params": {"url": url, "name": "stars with DIDs"}},
+        "120",
+    )  # fmt: skip
+    assert reply["samp.status"] == "samp.ok", reply
+
+    def new_tables() -> list[dict]:
+        return [t for t in topcat_command(port, "tables")["tables"] if t["id"] not in before]
+
+    (stars,) = _wait(new_tables, 60, "TOPCAT to list the TAP result")
+    state = topcat_command(port, f"invoke-service {stars['id']} Load Table")
+    assert state["ok"], state
+    (service,) = [
+        s for s in state["state"] if s["_ActivationType"].endswith(".ServiceActivationType")
+    ]
+    assert service["service"] == "lightcurve", json.dumps(service)  # our descriptor, first
+    assert service["action"] == "Load Table" and service["_isActive"] == "true"
+    seen = {t["id"] for t in topcat_command(port, "tables")["tables"]}
+    assert topcat_command(port, f"activate {stars['id']} 2")["ok"]  # the row of field_id 7
+
+    def loaded() -> list[dict]:
+        return [t for t in topcat_command(port, "tables")["tables"] if t["id"] not in seen]
+
+    (lightcurve,) = _wait(loaded, 120, "TOPCAT to load the invoked lightcurve")
+    did = f"ivo://romerea-vo.local/rome?ROME-FIELD-01/{field_id}"
+    expected = parse_single_table(
+        io.BytesIO(urllib.request.urlopen(
+            f"{tap_server}/lightcurve?" + urlencode({"ID": did}), timeout=60).read())
+    ).to_table()  # fmt: skip
+    assert len(expected) > 10 and set(expected["filter"]) >= {"ip"}
+    assert lightcurve["rows"] == len(expected)
+    assert lightcurve["columns"][:2] == ["hjd", "filter"]

@@ -175,9 +175,11 @@ class TapService:
 
     async def sync(self, request: Request) -> Response:
         scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
-        session = None
+        session = result = None
 
         def cleanup() -> None:
+            if result is not None:
+                result.close()
             if session is not None:
                 session.close()
             shutil.rmtree(scratch, ignore_errors=True)
@@ -233,7 +235,7 @@ class TapService:
                 raise QueryCancelled(result.error)
             job.add_result("result", path, result.media_type)
         finally:
-            session.close()
+            session.close()  # no timer to stop first: async jobs run with timeout=None
 
     # --- VOSI -------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ __all__ = [
     "DataLinkService",
     "attach_descriptor",
     "did_field_position",
+    "lightcurve_descriptor",
     "service_descriptor",
 ]
 
@@ -67,6 +68,7 @@ DID_FIELD_ID = "col_did"
 _NCNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 DESCRIPTOR_ID = "datalink_links"
+LIGHTCURVE_DESCRIPTOR_ID = "lightcurve_service"
 
 BAND_NAMES = {"gp": "SDSS g'", "rp": "SDSS r'", "ip": "SDSS i'"}
 
@@ -117,6 +119,26 @@ _SCHEMA = pa.schema(
 # --------------------------------------------------------------------------- descriptors
 
 
+def lightcurve_descriptor(lightcurve_url: str, id_ref: str = DID_FIELD_ID) -> str:
+    """The ``adhoc:service`` RESOURCE that invokes the lightcurve service on a row's DID:
+    every band's good points in one time-series table. It comes first on a result, so
+    TOPCAT's *Invoke Service* activation (Plot Table, Load Table) defaults to it."""
+    url = html.escape(lightcurve_url, quote=True)
+    return (
+        f'<RESOURCE type="meta" utype="adhoc:service" ID="{LIGHTCURVE_DESCRIPTOR_ID}" '
+        'name="lightcurve">\n'
+        "<DESCRIPTION>Lightcurve of the star: its good points in every band (g', r', i') "
+        "in one table, HJD with a filter column.</DESCRIPTION>\n"
+        f'<PARAM name="accessURL" datatype="char" arraysize="*" ucd="meta.ref.url" '
+        f'value="{url}"/>\n'
+        f'<PARAM name="contentType" datatype="char" arraysize="*" value="{VOTABLE_MEDIA}"/>\n'
+        '<GROUP name="inputParams">\n'
+        f'<PARAM name="ID" datatype="char" arraysize="*" ucd="meta.id;meta.main" '
+        f'ref="{html.escape(id_ref, quote=True)}" value=""/>\n'
+        "</GROUP>\n</RESOURCE>\n"
+    )
+
+
 def service_descriptor(links_url: str, id_ref: str = DID_FIELD_ID) -> str:
     """The ``adhoc:service`` RESOURCE pointing clients from a table's DID column (the FIELD
     with XML ID ``id_ref``) to the DataLink links endpoint at ``links_url``."""
@@ -159,8 +181,9 @@ def attach_descriptor(
     sources: Sequence[tuple[str, str] | None],
     base_url: str | None,
 ) -> tuple[list[FieldSpec], list[str]]:
-    """``fields`` with an XML ID on the DID FIELD, and the service descriptor RESOURCE to
-    append to the VOTable; unchanged and none without a DID FIELD or ``base_url``."""
+    """``fields`` with an XML ID on the DID FIELD, and the service descriptor RESOURCEs to
+    append to the VOTable (the lightcurve service, then DataLink); unchanged and none
+    without a DID FIELD or ``base_url``."""
     fields = list(fields)
     pos = did_field_position(fields, sources) if base_url else None
     if pos is None or any(f.ID for f in fields):
@@ -168,10 +191,14 @@ def attach_descriptor(
     # The ID is the FIELD's name where that is a legal XML ID: astropy names columns
     # by ID, so any other value would rename the column for astropy users.
     name = fields[pos].name
-    ident = name if _NCNAME.match(name) and name != DESCRIPTOR_ID else DID_FIELD_ID
+    reserved = (DESCRIPTOR_ID, LIGHTCURVE_DESCRIPTOR_ID)
+    ident = name if _NCNAME.match(name) and name not in reserved else DID_FIELD_ID
     fields[pos] = dataclasses.replace(fields[pos], ID=ident)
-    links_url = f"{base_url.rstrip('/')}/datalink/links"
-    return fields, [service_descriptor(links_url, ident)]
+    base = base_url.rstrip("/")
+    return fields, [
+        lightcurve_descriptor(f"{base}/lightcurve", ident),
+        service_descriptor(f"{base}/datalink/links", ident),
+    ]
 
 
 # --------------------------------------------------------------------------- look-ups

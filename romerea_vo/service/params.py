@@ -17,20 +17,12 @@ from typing import BinaryIO
 from urllib.parse import parse_qsl
 
 import anyio
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from romerea_vo.adql.reserved import is_reserved
 from romerea_vo.errors import InvalidRequestError
-
-try:  # python-multipart >= 0.0.13 (the module used to be called "multipart")
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-except ModuleNotFoundError:  # pragma: no cover
-    from multipart.exceptions import FormParserError  # type: ignore[no-redef]
-    from multipart.multipart import (  # type: ignore[no-redef]
-        MultipartParser,
-        parse_options_header,
-    )
 
 __all__ = [
     "DEFAULT_MAX_FIELD_BYTES",

@@ -261,6 +261,8 @@ class TapEngine:
         duration running out while streaming) end the table with a QUERY_STATUS=ERROR INFO
         and are recorded in ``QueryResult.error``. With ``base_url`` (the service root), a
         VOTable result holding publisher DIDs gets a DataLink service descriptor."""
+        if cancel is not None and cancel.is_set():
+            raise QueryCancelled("query was aborted")
         expired = threading.Event()
         timer = None
         if timeout:
@@ -272,8 +274,6 @@ class TapEngine:
             timer = threading.Timer(timeout, _expire)
             timer.daemon = True
             timer.start()
-        if cancel is not None and cancel.is_set():
-            raise QueryCancelled("query was aborted")
         try:
             schema, reader = session.arrow(prepared.sql, batch_rows=BATCH_ROWS)
             # The first batch runs the query far enough for most runtime errors to show
@@ -287,7 +287,7 @@ class TapEngine:
             if timer:
                 timer.cancel()
             raise InvalidRequestError(f"query failed: {_first_line(exc)}") from None
-        result = QueryResult(media_type=prepared.fmt.media_type, chunks=iter(()))
+        result = QueryResult(media_type=prepared.fmt.media_type, chunks=iter(()), timer=timer)
         fields = self._fields(prepared, schema)
         descriptors: list[str] = []
         if base_url and prepared.fmt.serializer == "votable":
@@ -357,6 +357,14 @@ class QueryResult:
     rows: int = 0
     overflow: bool = False
     error: str | None = None
+    timer: threading.Timer | None = None
+    """The execution-duration timer; cancelled when the stream ends or by ``close``."""
+
+    def close(self) -> None:
+        """Stop the execution-duration timer: call it before the session is closed, as the
+        stream may never be read to its end (a client that went away)."""
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _cancel_message(expired: threading.Event, timeout: float | None) -> str:

@@ -373,6 +373,8 @@ class PgSession:
         self._read_only = False
         self._in_transaction = False
         self._streams: list[Iterator[pa.RecordBatch]] = []
+        self._closing = threading.Lock()
+        self._closed = False
 
     # The same calls as the DuckDB session (romerea_vo.store.database.DuckDBSession).
 
@@ -554,10 +556,18 @@ class PgSession:
         return self._temp
 
     def interrupt(self) -> None:
-        """Cancel the running statement (from another thread)."""
-        self._con.cancel()
+        """Cancel the running statement (from another thread); a no-op once closed: the
+        connection then belongs to the pool, and a late cancel would stop another
+        request's statement."""
+        with self._closing:
+            if not self._closed:
+                self._con.cancel()
 
     def close(self) -> None:
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
         for stream in self._streams:
             with contextlib.suppress(Exception):
                 stream.close()

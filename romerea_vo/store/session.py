@@ -17,6 +17,7 @@ engine refused or failed the statement), whatever the engine.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import duckdb
@@ -40,6 +41,8 @@ class DuckDBSession:
 
     def __init__(self, cursor: duckdb.DuckDBPyConnection):
         self._cur = cursor
+        self._closing = threading.Lock()
+        self._closed = False
 
     def register(self, name: str, rows: pa.Table) -> None:
         self._cur.register(name, rows)
@@ -81,10 +84,16 @@ class DuckDBSession:
             raise QueryFailed(str(exc)) from None
 
     def interrupt(self) -> None:
-        self._cur.interrupt()
+        """Cancel the running statement, from another thread; a no-op once closed (a late
+        execution-duration timer or client disconnect must not touch a closed cursor)."""
+        with self._closing:
+            if not self._closed:
+                self._cur.interrupt()
 
     def close(self) -> None:
-        self._cur.close()
+        with self._closing:
+            self._closed = True
+            self._cur.close()
 
     def __enter__(self) -> DuckDBSession:
         return self
