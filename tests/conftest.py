@@ -268,9 +268,10 @@ def topcat(tmp_path_factory):
     import signal
     import subprocess
 
-    from pyvo.samp import SAMPHubServer, SAMPIntegratedClient
+    from pyvo.samp import SAMPIntegratedClient
     from pyvo.samp.lockfile_helpers import read_lockfile
 
+    from romerea_vo.samp.hub import SampHub
     from tests.test_topcat_samp import TOPCAT_JAR, _wait
 
     root = tmp_path_factory.mktemp("samp")
@@ -364,7 +365,7 @@ def topcat(tmp_path_factory):
         procs.append(proc)
         return proc
 
-    hub = SAMPHubServer(lockfile=str(lockfile), web_profile=False, addr="127.0.0.1")
+    hub = SampHub(lockfile=str(lockfile), web_profile=False, addr="127.0.0.1")
     hub.start()
     client = SAMPIntegratedClient(name="romerea-vo test", addr="127.0.0.1")
     try:

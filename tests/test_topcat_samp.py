@@ -69,7 +69,7 @@ def test_topcat_loads_a_lightcurve_over_samp(topcat, tap_server):
         )  # fmt: skip
         return r.get("samp.result", {}).get("url") if r["samp.status"] == "samp.ok" else None
 
-    held = _wait(loaded, 30, "TOPCAT to hold the table")
+    held = _wait(loaded, 120, "TOPCAT to hold the table")
     assert count_rows(held) == expected
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from .. import __version__
 from ..errors import RomeReaError
 from .http import DocumentServer, icon_png
+from .hub import SampHub
 from .sources import StarId, StarSource
 from .tables import RefusedURL, TableCache, UrlPolicy, resolve_rows
 
@@ -279,9 +280,7 @@ class Bridge:
         }
 
     def _start_hub(self) -> None:
-        from pyvo.samp import SAMPHubServer
-
-        hub = SAMPHubServer(
+        hub = SampHub(
             lockfile=str(self._lockfile) if self._lockfile else None,
             web_profile=False,
             addr="127.0.0.1",
