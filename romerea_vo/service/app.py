@@ -115,7 +115,8 @@ class TapService:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         limits = config.limits
         self.nrows = self._table_rows()
-        self.datalink = DataLinkService(self.db)
+        self.lightcurves = LightcurveService(self.db)
+        self.datalink = DataLinkService(self.db, estimate_size=self.lightcurves.estimated_size)
         self.scs = ConeSearchService(self.db, limits)
         self.public_url: str | None = config.public_url
         """Root URL of the service: the configured one, else as the last request named it.
@@ -382,7 +383,7 @@ def create_app(config: ServiceConfig) -> Starlette:
     ]
     if service.db.has_rome:  # a database of external catalogues only has no ROME stars
         routes += [
-            Route("/lightcurve", LightcurveService(service.db).endpoint, methods=["GET", "POST"]),
+            Route("/lightcurve", service.lightcurves.endpoint, methods=["GET", "POST"]),
             Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
             Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
         ]

@@ -11,8 +11,10 @@ duplicates dropped, all rows of one ID consecutive):
 * ``#auxiliary``: sync TAP queries for the star's rows in ``rome.stars`` and (when it
   has any) ``rome.lightcurve_stats``.
 
-``content_length`` is NULL: the lightcurve documents are made on request and their size
-is not known in advance. Unknown or malformed IDs give one ``#this`` row with an
+``content_length`` of a lightcurve link is an estimate (the documents are made on
+request): the good points in ``rome.lightcurve_stats`` times the bytes a point takes in
+the field's default BINARY2 document, plus the document's header, both measured once per
+field by the lightcurve service; NULL for the plot and the TAP queries. Unknown or malformed IDs give one ``#this`` row with an
 ``error_message`` (``NotFoundFault:`` / ``UsageFault:``), a star whose photometry cube
 is missing on disk gives ``FatalFault:`` rows for its lightcurve and preview links (the
 auxiliary links still work); a request without ID is a DALI error (HTTP 400).
@@ -28,7 +30,7 @@ import dataclasses
 import html
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -90,7 +92,11 @@ LINK_FIELDS: tuple[FieldSpec, ...] = (
         "long",
         unit="byte",
         ucd="phys.size;meta.file",
-        description="Size of what the link returns (NULL: made on request, not known).",
+        description=(
+            "Approximate size of what the link returns: for lightcurves, the document in "
+            "its default serialisation, estimated from its number of good points; NULL "
+            "where not known in advance (plots, TAP queries)."
+        ),
     ),
     _char(
         "content_qualifier",
@@ -276,9 +282,18 @@ def _load_field(db: Database, name: str) -> _FieldStars:
 class DataLinkService:
     """The ``/datalink/links`` endpoint over an ingested database."""
 
-    def __init__(self, db: Database, *, max_ids: int = MAX_IDS):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_ids: int = MAX_IDS,
+        estimate_size: Callable[[str, int], int | None] | None = None,
+    ):
+        """``estimate_size(did, n_points)``: the approximate size of a star's lightcurve
+        document (the lightcurve service's model), for ``content_length``."""
         self.db = db
         self.max_ids = max_ids
+        self.estimate_size = estimate_size
         self._fields: dict[str, _FieldStars] = {}
         self._lock = threading.Lock()
 
@@ -334,6 +349,12 @@ class DataLinkService:
                 )
             good = [None if n == _NO_STATS else int(n) for n in stars.n_good[field_id]]
             counts = ", ".join(f"{b} {n}" for b, n in zip(layout.FILTERS, good, strict=True) if n)
+
+            def size(n_points: int | None) -> int | None:
+                if n_points is None or self.estimate_size is None or missing:
+                    return None
+                return self.estimate_size(ident, n_points)  # noqa: B023 (called at once)
+
             links = [
                 (
                     "#this",
@@ -342,6 +363,7 @@ class DataLinkService:
                     VOTABLE_MEDIA,
                     "#timeseries",
                     "lightcurve-all",
+                    size(None if None in good else sum(good)),
                 )
             ]
             for j, band in enumerate(layout.FILTERS):
@@ -355,6 +377,7 @@ class DataLinkService:
                             VOTABLE_MEDIA,
                             "#timeseries",
                             f"lightcurve-{band}",
+                            size(good[j]),
                         )
                     )
             links.append(
@@ -365,9 +388,10 @@ class DataLinkService:
                     "image/png",
                     None,
                     "lightcurve-plot",
+                    None,
                 )
             )
-            for semantics, url, description, ctype, qualifier, local in links:
+            for semantics, url, description, ctype, qualifier, local, length in links:
                 if missing:
                     row(ident, semantics, error_message=missing, description=description,
                         content_type=ctype, content_qualifier=qualifier,
@@ -375,7 +399,7 @@ class DataLinkService:
                 else:
                     row(ident, semantics, access_url=url, description=description,
                         content_type=ctype, content_qualifier=qualifier,
-                        local_semantics=local)  # fmt: skip
+                        local_semantics=local, content_length=length)  # fmt: skip
             where = f"field = '{field}' AND field_id = {field_id}"
             aux = [("rome.stars", "stars-row", "Catalogue row (positions, photometry, Gaia)")]
             if any(n is not None for n in good):

@@ -224,6 +224,7 @@ class LightcurveService:
         self._lock = threading.Lock()
         self._columns: dict[str, _FieldColumns] = {}
         self._schemas: dict[tuple, _Schema] = {}
+        self._sizes: dict[str, tuple[int, float]] = {}
 
     # ----- look-ups (worker threads)
 
@@ -379,13 +380,23 @@ class LightcurveService:
         base = f"{star.ref.field}_{star.ref.field_id}"
         if req.fmt is None:
             return self._png(star, pts, req), "image/png", base + ".png"
+        batch, fields = self._table(star, pts, req)
+        body = self._document(star, pts, req, batch, fields)
+        return body, req.fmt.media_type, f"{base}.{req.fmt.extension}"
+
+    def _table(
+        self, star: _Star, pts: PointArrays, req: LightcurveRequest
+    ) -> tuple[pa.RecordBatch, list[FieldSpec]]:
         band = req.bands[0] if req.bands and len(req.bands) == 1 else None
         schema = self._schema(pts.layout, star.columns, band, False)
-        batch = self.batch(star, pts, schema)
-        body = b"".join(
+        return self.batch(star, pts, schema), schema.fields
+
+    def _document(self, star, pts, req, batch: pa.RecordBatch, fields) -> bytes:
+        assert req.fmt is not None
+        return b"".join(
             write_result(
                 batch,
-                schema.fields,
+                fields,
                 req.fmt,
                 resource_infos=self._infos(req, pts.layout, 1),
                 table_name="lightcurve",
@@ -394,7 +405,27 @@ class LightcurveService:
                 timesys=[TIMESYS],
             )
         )
-        return body, req.fmt.media_type, f"{base}.{req.fmt.extension}"
+
+    def estimated_size(self, did: str, n_points: int) -> int | None:
+        """About how many bytes the default (BINARY2) lightcurve document of ``did`` with
+        ``n_points`` points has: a per-field model (bytes without points, bytes per
+        point) measured once by writing that star's document with and without its
+        points. None when it cannot be measured (no points, unreadable field)."""
+        try:
+            star = self.resolve(did)
+            model = self._sizes.get(star.ref.field)
+            if model is None:
+                req = parse_request({"ID": [did]})
+                pts = self.points(star, req)
+                batch, fields = self._table(star, pts, req)
+                if batch.num_rows == 0:
+                    return None
+                full = len(self._document(star, pts, req, batch, fields))
+                empty = len(self._document(star, pts, req, batch.slice(0, 0), fields))
+                model = self._sizes[star.ref.field] = (empty, (full - empty) / batch.num_rows)
+        except RomeReaError:
+            return None
+        return round(model[0] + model[1] * n_points)
 
     def many(self, req: LightcurveRequest) -> tuple[Iterator[bytes], str, str]:
         """Several stars: resolve them all (errors before any byte is sent), then stream."""
