@@ -14,9 +14,11 @@ duplicates dropped, all rows of one ID consecutive):
 ``content_length`` of a lightcurve link is an estimate (the documents are made on
 request): the good points in ``rome.lightcurve_stats`` times the bytes a point takes in
 the field's default BINARY2 document, plus the document's header, both measured once per
-field by the lightcurve service; NULL for the plot and the TAP queries. Unknown or malformed IDs give one ``#this`` row with an
-``error_message`` (``NotFoundFault:`` / ``UsageFault:``), a star whose photometry cube
-is missing on disk gives ``FatalFault:`` rows for its lightcurve and preview links (the
+field by the lightcurve service; NULL for the plot and the TAP queries.
+
+Unknown or malformed IDs give one ``#this`` row with an ``error_message``
+(``NotFoundFault:`` / ``UsageFault:``), a star whose photometry cube is missing on disk
+gives ``FatalFault:`` rows for its lightcurve and preview links (the
 auxiliary links still work); a request without ID is a DALI error (HTTP 400).
 
 The table is TABLEDATA unless RESPONSEFORMAT asks for another serialisation or format.
@@ -350,10 +352,10 @@ class DataLinkService:
             good = [None if n == _NO_STATS else int(n) for n in stars.n_good[field_id]]
             counts = ", ".join(f"{b} {n}" for b, n in zip(layout.FILTERS, good, strict=True) if n)
 
-            def size(n_points: int | None) -> int | None:
-                if n_points is None or self.estimate_size is None or missing:
+            def size(n_points: int | None, did: str = ident) -> int | None:
+                if n_points is None or self.estimate_size is None:
                     return None
-                return self.estimate_size(ident, n_points)  # noqa: B023 (called at once)
+                return self.estimate_size(did, n_points)
 
             links = [
                 (
