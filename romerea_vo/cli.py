@@ -593,6 +593,7 @@ def cmd_samp(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     source = open_source(service=args.service, field_dirs=args.field_dirs, db=args.db)
     try:
+        source.check()
         with Bridge(
             source,
             hub=args.hub,

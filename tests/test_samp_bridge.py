@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import queue
 import threading
 import time
@@ -280,6 +281,42 @@ def test_refused_url_says_why(bridge, scripted):
     assert scripted.drain() == []
 
 
+def test_local_file_table_refused_with_what_to_do(bridge, scripted, tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("ra,dec\n268.0,-29.9\n")
+    reply = scripted.call(
+        bridge.client_id,
+        "table.highlight.row",
+        {"row": "0", "url": path.as_uri(), "table-id": "never-sent"},
+    )
+    assert reply["samp.status"] == "samp.error"
+    text = reply["samp.error"]["samp.errortxt"]
+    assert "--allow-dir" in text and "Send Table" in text, text
+
+
+def test_subset_of_a_learned_table_is_read_from_the_learned_copy(
+    bridge, scripted, tap_result, tmp_path
+):
+    """TOPCAT sends a table it loaded from a local file as a copy on its own loopback
+    server, but names the file in later messages about that table: the copy learned
+    under the table-id serves them, with no --allow-dir."""
+    url, table = tap_result
+    scripted.drain()
+    learned = scripted.call(
+        bridge.client_id, "table.load.votable", {"url": url, "table-id": "topcat-file-3"}
+    )
+    assert learned["samp.status"] == "samp.ok", learned
+    local = (tmp_path / "stars.csv").as_uri()  # never fetched: not allowed, and not there
+    reply = scripted.call(
+        bridge.client_id,
+        "table.select.rowList",
+        {"row-list": ["1", "4"], "table-id": "topcat-file-3", "url": local},
+    )
+    assert reply["samp.status"] == "samp.ok", reply
+    ids = set(map(str, fetch_table(scripted.next_load()["url"])["id"]))
+    assert ids == {str(table["did"][1]), str(table["did"][4])}
+
+
 def test_point_at_sky(bridge, scripted, field_positions, good_points):
     star = field_positions[20]
     reply = scripted.call(
@@ -429,6 +466,23 @@ def test_hub_start_mode(tmp_path, service_source):
     assert not lockfile.exists()
 
 
+def test_a_hub_the_bridge_started_outlives_it_while_others_use_it(tmp_path, service_source):
+    lockfile = tmp_path / ".samp"
+    with Bridge(service_source, hub="start", lockfile=lockfile) as b:
+        params = b.hub_params
+        topcat = Scripted(params, "topcat")
+    try:  # the bridge is gone; the hub serves the other client on
+        assert lockfile.exists()
+        assert topcat.client.get_registered_clients()  # a hub call that still works
+        assert all(
+            topcat.client.get_metadata(c).get("samp.name") != "romerea-vo"
+            for c in topcat.client.get_registered_clients()
+        )
+    finally:
+        topcat.close()
+    _wait(lambda: not lockfile.exists(), 60, "the hub to stop after its last client left")
+
+
 def test_document_server_expires_and_serves_only_its_documents():
     docs = DocumentServer(ttl=5.0)  # long enough for the first fetches on a busy machine
     try:
@@ -543,6 +597,23 @@ def test_cli_samp_starts_a_hub_and_stops_on_sigint(tmp_path, tap_db):
     assert proc.returncode == 0, out
     assert "unregistered" in out and "stopped" in out
     assert not lockfile.exists()
+
+
+def test_cli_samp_refuses_an_unreachable_service(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "romerea_vo.cli", "samp", "--service", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.startswith("romerea-vo: error: cannot reach the romerea-vo service")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / ".samp").exists()
 
 
 @needs_topcat

@@ -40,6 +40,7 @@ import html
 import logging
 import math
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,7 +54,7 @@ import numpy as np
 from .. import __version__
 from ..errors import RomeReaError
 from .http import DocumentServer, icon_png
-from .hub import SampHub
+from .hub import default_lockfile, start_hub_process
 from .sources import StarId, StarSource
 from .tables import RefusedURL, TableCache, UrlPolicy, resolve_rows
 
@@ -69,6 +70,7 @@ POINT_AT = "coord.pointAt.sky"
 PING = "samp.app.ping"
 SUBSCRIBED = (SELECT, HIGHLIGHT, LOAD, POINT_AT, PING, LC_MTYPE)
 HUB_MODES = ("auto", "connect", "start")
+SEND_TABLE_HINT = "send the table to romerea-vo (TOPCAT: Interop > Send Table to > romerea-vo)"
 
 
 class _Failure(RomeReaError):
@@ -178,7 +180,7 @@ class Bridge:
         self._pending: _Pending | None = None
         self._gen = 0
         self._last_single: tuple[str, str, float] | None = None  # did, target, time
-        self._hub_server = None
+        self._hub_process: subprocess.Popen | None = None  # the hub we started, if any
         self._docs: DocumentServer | None = None
         self._watchdog: threading.Thread | None = None
         self._metadata: dict[str, str] = {}
@@ -221,13 +223,23 @@ class Bridge:
             self._pending = None
             self._gen += 1
         self._pool.shutdown(wait=True, cancel_futures=True)
+        others = self._other_clients() if self._hub_process is not None else 0
         self._disconnect(unregister=True)
         if self._docs is not None:
             self._docs.close()
-        if self._hub_server is not None:
-            with contextlib.suppress(Exception):
-                self._hub_server.stop()
-            self._hub_server = None
+        if self._hub_process is not None:
+            # The hub stops by itself once its last client has gone: left running while
+            # TOPCAT or others still use it, gone with us when nobody else does.
+            if others:
+                log.info("leaving the SAMP hub running: %d other client(s) use it", others)
+            else:
+                try:
+                    self._hub_process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._hub_process.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self._hub_process.wait(10)
+            self._hub_process = None
 
     def __enter__(self) -> Bridge:
         return self.start()
@@ -280,20 +292,23 @@ class Bridge:
         }
 
     def _start_hub(self) -> None:
-        hub = SampHub(
-            lockfile=str(self._lockfile) if self._lockfile else None,
-            web_profile=False,
-            addr="127.0.0.1",
-        )
-        hub.start()
-        self._hub_server = hub
-        log.info("started a SAMP hub at %s", hub.params.get("samp.hub.xmlrpc.url"))
+        lockfile = self._lockfile or default_lockfile()
+        self._hub_process = start_hub_process(lockfile)
+        self._lockfile = lockfile
+        log.info("started a SAMP hub (lockfile %s)", lockfile)
+
+    def _other_clients(self) -> int:
+        """How many clients besides us and the hub are registered (0 if unknown)."""
+        conn = self._conn
+        try:
+            hub_id = conn[1]._hub_id if conn else None  # from the registration's samp.hub-id
+            return sum(1 for cid in self.clients() if cid != hub_id)
+        except Exception:
+            return 0
 
     def _current_hub_params(self) -> dict | None:
         from pyvo.samp.lockfile_helpers import read_lockfile
 
-        if self._hub_server is not None and self._hub_server.is_running:
-            return self._hub_server.params
         if self._lockfile is not None:
             if not self._lockfile.exists():
                 raise RomeReaError(f"no SAMP lockfile at {self._lockfile}")
@@ -520,26 +535,38 @@ class Bridge:
     # --- handlers (worker threads) ------------------------------------------------------
 
     def _table_url(self, params: dict) -> str:
+        """The URL to read the message's table from: the copy learned under its table-id
+        whatever URL the message carries (TOPCAT's messages about a table it loaded from
+        a local file carry that file's URL, not the copy it sent us), else its URL."""
         url, table_id = params.get("url"), params.get("table-id")
+        if table_id:
+            with self._lock:
+                known = self._tables.get(table_id)
+            if known:
+                return known
         if url:
             if table_id:
                 with self._lock:
                     self._tables.setdefault(table_id, url)
             return url
         if table_id:
-            with self._lock:
-                known = self._tables.get(table_id)
-            if known:
-                return known
             raise _Failure(
                 f"unknown table: table-id {table_id!r} was never loaded with a URL romerea-vo "
-                "saw; send the table to romerea-vo (TOPCAT: Interop > Send Table) and retry"
+                f"saw; {SEND_TABLE_HINT}"
             )
         raise _Failure('the message names no table: give "url" or "table-id"')
 
+    def _table(self, params: dict):
+        """The message's table (fetched once, cached); a refused URL says what to do."""
+        url = self._table_url(params)
+        try:
+            return self.cache.get(url)
+        except RefusedURL as exc:
+            raise RefusedURL(f"{exc}; or {SEND_TABLE_HINT}") from None
+
     def _resolve(self, params: dict, rows: list[int]) -> tuple[list[StarId | None], int, str]:
         """Stars of ``rows`` (None where unmatched), the table's row count, the method."""
-        table = self.cache.get(self._table_url(params))
+        table = self._table(params)
         valid = [r for r in rows if 0 <= r < len(table)]
         stars: list[StarId | None] = [None] * len(rows)
         method = "none"

@@ -1,5 +1,10 @@
 """The SAMP hub the bridge starts when there is none (``romerea-vo samp --hub start``).
 
+The hub runs in a process of its own (``python -m romerea_vo.samp.hub --lockfile F``),
+so that it outlives the bridge while other clients (TOPCAT, Aladin) still use it: it
+stops once its last client has gone (or when no client came within ``--idle-exit``
+seconds), and on SIGTERM/SIGINT, removing its lockfile.
+
 pyvo's :class:`~pyvo.samp.SAMPHubServer` (as astropy.samp's before it) has a race in
 ``callAndWait``: it hands the message to the recipient on another thread *before* it
 records that it waits for a reply, and drops any reply to a message it does not wait
@@ -11,11 +16,24 @@ records the wait when the message id is made, before the message goes out.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 from pyvo.samp import SAMPHubServer
 
-__all__ = ["SampHub"]
+from ..errors import RomeReaError
+
+__all__ = ["SampHub", "default_lockfile", "start_hub_process"]
 
 _SYNC_TAG = "samp::sync::call"
 """pyvo's tag for the messages of callAndWait (the last part of its message ids)."""
@@ -43,3 +61,68 @@ class SampHub(SAMPHubServer):
         if sender_msg_id == _SYNC_TAG:
             self._sync_msg_ids_heap[msg_id] = None  # waited for before it is sent
         return msg_id
+
+
+def default_lockfile() -> Path:
+    """Where SAMP clients look for the hub: ``SAMP_HUB=std-lockurl:file://...`` or
+    ``~/.samp``. Raises :class:`RomeReaError` for a SAMP_HUB that is not a local file."""
+    hub = os.environ.get("SAMP_HUB", "").strip()
+    if not hub:
+        return Path.home() / ".samp"
+    parts = urllib.parse.urlsplit(hub.removeprefix("std-lockurl:"))
+    if not hub.startswith("std-lockurl:") or parts.scheme != "file":
+        raise RomeReaError(f"SAMP_HUB={hub!r} names no local lockfile; cannot start a hub there")
+    return Path(urllib.request.url2pathname(parts.path))
+
+
+def start_hub_process(lockfile: Path, *, timeout: float = 60.0) -> subprocess.Popen:
+    """Start a hub process writing ``lockfile``; return once the lockfile is there.
+    Raises :class:`RomeReaError` if the hub does not come up within ``timeout`` s."""
+    lockfile.unlink(missing_ok=True)  # a stale one (no hub answered there)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "romerea_vo.samp.hub", "--lockfile", str(lockfile)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C in the bridge's terminal is not the hub's
+    )
+    deadline = time.monotonic() + timeout
+    while not lockfile.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise RomeReaError(f"the SAMP hub did not start: {err.splitlines()[-1:] or '?'}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RomeReaError(f"the SAMP hub did not write {lockfile} within {timeout:g} s")
+        time.sleep(0.05)
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m romerea_vo.samp.hub")
+    parser.add_argument("--lockfile", required=True, type=Path)
+    parser.add_argument("--idle-exit", type=float, default=60.0,
+                        help="stop when no client registered within this many seconds")  # fmt: skip
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    hub = SampHub(lockfile=str(args.lockfile), web_profile=False, addr="127.0.0.1")
+    hub.start()
+    started, had_clients = time.monotonic(), False
+    try:
+        while not stop.wait(0.2):
+            clients = len(hub._private_keys) - 1  # the hub is a client of itself
+            had_clients |= clients > 0
+            if clients == 0 and (had_clients or time.monotonic() - started > args.idle_exit):
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

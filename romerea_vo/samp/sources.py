@@ -121,6 +121,12 @@ class StarSource(ABC):
     def authority(self) -> str | None:
         """The DID authority of this source's stars (``ivo://.../rome``), if known."""
 
+    def check(self) -> None:
+        """Raise :class:`SourceError` if the source cannot serve stars (checked at start,
+        so that a wrong ``--service`` is said at once, not at the first click)."""
+        if not self.authority:
+            raise SourceError("no ROME stars to serve")
+
     @abstractmethod
     def match_positions(
         self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: float
@@ -465,6 +471,10 @@ class ServiceSource(StarSource):
             if len(table):
                 self._authority = str(table["did"][0]).rpartition("?")[0]
         return self._authority
+
+    def check(self) -> None:
+        if not self.authority:  # unreachable: SourceError from the query
+            raise SourceError(f"the service at {self.service_url} serves no ROME stars")
 
     @staticmethod
     def _rows_to_ids(table) -> Iterator[StarId]:

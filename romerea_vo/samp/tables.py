@@ -101,7 +101,10 @@ class UrlPolicy:
             what.append(f"file URLs under {', '.join(map(str, self.allowed_dirs))}")
         text = what[0] if len(what) == 1 else f"{', '.join(what[:-1])} and {what[-1]}"
         if not self.allowed_dirs:
-            text += " URLs (no file URLs: no directories configured)"
+            text += (
+                " URLs (no file URLs: start the bridge with --allow-dir DIR to read local "
+                "tables under DIR)"
+            )
         return f"only {text} are fetched"
 
     def _refuse(self, url: str, why: str) -> RefusedURL:
@@ -132,7 +135,7 @@ class UrlPolicy:
             raise self._refuse(url, "not an absolute file path")
         path = Path(raw).resolve()  # follows symlinks and '..'
         if not any(path.is_relative_to(d) for d in self.allowed_dirs):
-            raise self._refuse(url, f"{path} is not under an allowed directory")
+            raise self._refuse(url, f"{path} is not under an allowed directory (--allow-dir)")
         return path
 
     def check(self, url: str) -> None:
