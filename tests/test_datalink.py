@@ -134,6 +134,9 @@ def test_links_single_star(tap_server, authority, bands_by_star):
         assert query.get("BAND") == (None if band == "all" else [band])
         if band != "all" and bands[band] >= 0:
             assert f"{bands[band]} good points" in str(row["description"])
+        # the band first: TOPCAT's DataLink window lists the links by description
+        prefix = "All bands" if band == "all" else f"{band[0]}'"
+        assert str(row["description"]).startswith(f"{prefix} lightcurve of "), row
     (preview,) = table[table["semantics"] == "#preview"]
     assert preview["content_type"] == "image/png"
     assert parse_qs(urlsplit(str(preview["access_url"])).query)["RESPONSEFORMAT"] == ["png"]

@@ -167,6 +167,23 @@ def test_metadata_params_infos_ucds(tap_server, synthetic_field, did):
     )
 
 
+def test_columns_and_name_suit_a_time_plot(tap_server, did):
+    """TOPCAT's time plot takes the first time column as X and the next numeric one as
+    Y; its table list shows the TABLE name: the magnitude comes right after time and
+    band, and the name says which star."""
+    table = parse(io.BytesIO(get(tap_server, ID=did("ROME-FIELD-01", 5)).content))
+    table = table.get_first_table()
+    names = [f.name for f in table.fields]
+    assert names[:5] == ["hjd", "filter", "normalized_mag", "normalized_mag_err", "qc_flag"]
+    assert len(names) == len(set(names)) and {"dataset_code", "image_index"} <= set(names)
+    assert table.name == "ROME-FIELD-01 5 lightcurve"
+    several = parse(io.BytesIO(get(tap_server, ID=[did("ROME-FIELD-01", 5),
+                                                   did("ROME-FIELD-01", 6)]).content))  # fmt: skip
+    several = several.get_first_table()
+    assert several.name == "ROME lightcurves (2 stars)"
+    assert [f.name for f in several.fields][6:9] == ["hjd", "filter", "normalized_mag"]
+
+
 def test_band_without_data_is_empty_table(tap_server, did):
     # star 1 of the synthetic field is not detected in any gp dataset
     r = get(tap_server, ID=did("ROME-FIELD-01", 1), BAND="gp")

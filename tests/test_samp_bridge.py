@@ -185,7 +185,12 @@ def test_registers_with_metadata_and_one_subscription_set(bridge, scripted):
     with urllib.request.urlopen(meta["samp.icon.url"], timeout=10) as resp:
         assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
     with urllib.request.urlopen(meta["samp.documentation.url"], timeout=10) as resp:
-        assert LC_MTYPE.encode() in resp.read()
+        assert resp.headers["Content-Type"].startswith("text/html")
+        page = resp.read().decode()
+    # a page for people: what it listens for, what it sends, the TOPCAT switches
+    assert page.startswith("<!DOCTYPE html>") and "<h1>" in page and "<pre>" not in page
+    for text in (LC_MTYPE, "table.select.rowList", "Send Row Index", "Send Table to"):
+        assert text in page, text
     subs = c.get_subscriptions(bridge.client_id)
     assert set(SUBSCRIBED) <= set(subs)
 
@@ -243,7 +248,7 @@ def test_highlight_sends_one_star(bridge, scripted, tap_result, good_points):
     )
     assert reply["samp.status"] == "samp.ok", reply
     load = scripted.next_load()
-    assert load["name"] == f"{FIELD} {int(table['field_id'][4])} lc"
+    assert load["name"] == f"{FIELD} {int(table['field_id'][4])} lightcurve"
     assert len(fetch_table(load["url"])) == good_points(str(table["did"][4]))
 
 
@@ -326,7 +331,7 @@ def test_point_at_sky(bridge, scripted, field_positions, good_points):
     )
     assert reply["samp.status"] == "samp.ok", reply
     load = scripted.next_load()
-    assert load["name"] == f"{FIELD} {int(star['field_id'])} lc"
+    assert load["name"] == f"{FIELD} {int(star['field_id'])} lightcurve"
     assert len(fetch_table(load["url"])) == good_points(did(int(star["field_id"])))
     far = scripted.call(bridge.client_id, "coord.pointAt.sky", {"ra": "10.0", "dec": "-80.0"})
     assert far["samp.status"] == "samp.warning"
@@ -370,7 +375,7 @@ def test_highlight_storm_sends_only_the_last(bridge, scripted, tap_result):
     finally:
         bridge.debounce = debounce
     assert scripted.drain() == []
-    assert load["name"] == f"{FIELD} {int(table['field_id'][9])} lc"
+    assert load["name"] == f"{FIELD} {int(table['field_id'][9])} lightcurve"
 
 
 def test_selection_over_the_cap_is_a_warning(hub, service_source, scripted, tap_result):
@@ -417,7 +422,7 @@ def test_hub_restart(tmp_path, service_source):
                 assert b.client_id in s.client.get_registered_clients()
                 reply = s.call(b.client_id, LC_MTYPE, {"ids": [did(3)]})
                 assert reply["samp.status"] == "samp.ok", reply
-                assert s.next_load()["name"] == f"{FIELD} 3 lc"
+                assert s.next_load()["name"] == f"{FIELD} 3 lightcurve"
             finally:
                 s.close()
         finally:

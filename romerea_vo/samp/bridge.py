@@ -26,7 +26,7 @@
   and ``url``.
 
 Tables go out with ``table.load.votable`` (``url``, ``table-id`` ``romerea-lc-<hex>``,
-``name`` such as ``ROME-FIELD-01 78284 lc`` or ``ROME lightcurves (3 stars)``), from the
+``name`` such as ``ROME-FIELD-01 78284 lightcurve`` or ``ROME lightcurves (3 stars)``), from the
 service's ``/lightcurve`` URL when the source is a service, else from the bridge's own
 loopback HTTP server (:mod:`romerea_vo.samp.http`). Calls are answered with ``reply()``
 from a worker thread once the target has answered the load: the hub's callback thread
@@ -36,6 +36,7 @@ only queues work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import math
@@ -169,6 +170,7 @@ class Bridge:
         self.cache = TableCache(self.policy)
         self.sent: list[SentTable] = []
         """Every table sent, oldest first (for logs, tests and benchmarks)."""
+        self._loaded: dict[tuple, SentTable] = {}  # (recipients, quality, dids) -> last sent
         self.on_sent: Callable[[SentTable], None] | None = None
 
         self._tables: dict[str, str] = {}  # table-id -> url, learned or ours
@@ -274,10 +276,7 @@ class Bridge:
     def _make_metadata(self) -> dict[str, str]:
         assert self._docs is not None
         icon = self._docs.publish(icon_png(), "icon.png", media="image/png", permanent=True)
-        about = (
-            "<html><head><title>romerea-vo SAMP bridge</title></head><body>"
-            f"<pre>{html.escape(__doc__ or '')}</pre></body></html>"
-        ).encode()
+        about = about_page(self.name, self.source.service_url, self.max_stars).encode()
         doc = self._docs.publish(about, "about.html", media="text/html", permanent=True)
         return {
             "samp.name": self.name,
@@ -712,6 +711,8 @@ class Bridge:
         sent = [self.send_lightcurves(g, recipients, quality=quality) for g in groups]
         if single:
             self._last_single = (stars[0].did, ",".join(recipients), time.monotonic())
+        if all(t.status == "already loaded" for t in sent):
+            message = f"{message}; already loaded as {sent[0].name}: highlighted there"
         result = {
             "message": message if warning is None else f"{message}; {warning}",
             "matched": str(matched),
@@ -752,9 +753,16 @@ class Bridge:
         """
         if not stars:
             raise _Failure("no stars to send")
+        key = (tuple(recipients), quality, tuple(s.did for s in stars))
+        earlier = self._loaded.get(key) if len(recipients) == 1 else None
+        if earlier is not None and self._still_loaded(recipients[0], earlier):
+            # The client still holds these lightcurves (it knew the table-id): highlighted
+            # there rather than loaded twice under the same name.
+            log.info("%s is already loaded in %s: highlighted", earlier.name, recipients[0])
+            return dataclasses.replace(earlier, status="already loaded", sent_at=time.time())
         table_id = f"romerea-lc-{secrets.token_hex(6)}"
         if len(stars) == 1:
-            name = f"{stars[0].field} {stars[0].field_id} lc"
+            name = f"{stars[0].field} {stars[0].field_id} lightcurve"
         else:
             name = f"ROME lightcurves ({len(stars)} stars)"
         url = self.source.lightcurve_url(stars, quality=quality)
@@ -784,6 +792,8 @@ class Bridge:
         sent = SentTable(table_id, url, name, list(stars), list(recipients), status)
         with self._lock:
             self.sent.append(sent)
+            if len(recipients) == 1:
+                self._loaded[key] = sent
         log.info("sent %s (%s) to %s", name, table_id, ", ".join(recipients) or "all")
         if self.highlight_back and recipients:
             for rid in recipients:
@@ -791,6 +801,14 @@ class Bridge:
         if self.on_sent is not None:
             self.on_sent(sent)
         return sent
+
+    def _still_loaded(self, recipient: str, table: SentTable) -> bool:
+        """Highlight the first row of a table sent earlier; whether the client has it."""
+        params = {"table-id": table.table_id, "url": table.url, "row": "0"}
+        try:
+            return self.call(recipient, HIGHLIGHT, params, 30).get("samp.status") == "samp.ok"
+        except Exception:  # not subscribed, or the table was deleted there
+            return False
 
     def _load_call(self, recipient: str, params: dict) -> str | None:
         """Call table.load.votable on one client; None if it loaded, else the reason."""
@@ -811,6 +829,56 @@ class Bridge:
                     self._notify(cid, POINT_AT, {"ra": repr(star.ra), "dec": repr(star.dec)})
         except Exception as exc:
             log.warning("could not point Aladin at %s: %s", star.did, exc)
+
+
+def about_page(name: str, service_url: str | None, max_stars: int) -> str:
+    """The bridge's SAMP documentation page: what it listens for, what it sends back,
+    and the TOPCAT switches that make TOPCAT send rows to it."""
+    service = (
+        f'<a href="{html.escape(service_url)}/">{html.escape(service_url)}</a>'
+        if service_url
+        else "its own files"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)}: ROME/REA SAMP bridge</title>
+<style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;line-height:1.4}}
+code{{background:#f2f2f2;padding:0 .2em}}</style></head><body>
+<h1>{html.escape(name)}: ROME/REA lightcurves over SAMP</h1>
+<p>This SAMP client turns ROME/REA stars selected in TOPCAT or Aladin into lightcurve
+tables (every band, good points, HJD with a <code>filter</code> column), sent back to
+the client that asked. Stars come from {service}.</p>
+<h2>What it listens for</h2>
+<ul>
+<li><code>table.highlight.row</code>: the star of that row, one table
+(<i>FIELD id</i> lightcurve).</li>
+<li><code>table.select.rowList</code>: the stars of the selected rows, one table with an
+<code>id</code> column (at most {max_stars} stars).</li>
+<li><code>coord.pointAt.sky</code>: the nearest star within the match radius.</li>
+<li><code>table.load.votable</code>: a table sent to the bridge is remembered, so that
+later rows of it can be resolved.</li>
+<li><code>romerea.lightcurves.send</code> (<code>ids</code>: publisher DIDs, or
+<code>positions</code>: [ra, dec] pairs).</li>
+</ul>
+<p>Rows are resolved by a <code>did</code> (or <code>field</code> +
+<code>field_id</code>) column; any other table by its RA/Dec columns, matched to the
+ROME field index.</p>
+<h2>In TOPCAT</h2>
+<ol>
+<li>Load a table: a TAP query on the ROME service, or your own list with RA/Dec.</li>
+<li>If it is not from the ROME service, send it to the bridge once:
+<i>Interop &rarr; Send Table to &rarr; {html.escape(name)}</i>.</li>
+<li>To get a star's lightcurve by clicking its row: open the table's <i>Activation
+Actions</i> window and tick <i>Send Row Index</i> (or <i>Send Sky
+Coordinates</i>); then click a row.</li>
+<li>To get many stars at once: define a subset (e.g. with the plot's lasso) and use
+<i>Transmit Subset</i> in the Row Subsets window (or the subset's
+<i>Send to {html.escape(name)}</i>).</li>
+</ol>
+<p>What the bridge could not do (an unknown table, no star matched, the {max_stars}-star
+cap) is said in its reply, which TOPCAT shows in the activation log and in
+<i>Interop &rarr; SAMP Control &rarr; Sent Messages</i>, and in the bridge's terminal.</p>
+</body></html>
+"""
 
 
 class _WarningResult(_Failure):

@@ -75,6 +75,8 @@ DESCRIPTOR_ID = "datalink_links"
 LIGHTCURVE_DESCRIPTOR_ID = "lightcurve_service"
 
 BAND_NAMES = {"gp": "SDSS g'", "rp": "SDSS r'", "ip": "SDSS i'"}
+BAND_LABELS = {"gp": "g'", "rp": "r'", "ip": "i'"}
+"""How a band starts a link's description (TOPCAT lists links by description)."""
 
 
 def _char(name: str, ucd: str, description: str) -> FieldSpec:
@@ -361,7 +363,7 @@ class DataLinkService:
                 (
                     "#this",
                     lc,
-                    f"Lightcurve of {star}, all bands (good points: {counts or 'none'})",
+                    f"All bands lightcurve of {star} (good points: {counts or 'none'})",
                     VOTABLE_MEDIA,
                     "#timeseries",
                     "lightcurve-all",
@@ -375,7 +377,8 @@ class DataLinkService:
                         (
                             "#this",
                             f"{lc}&BAND={band}",
-                            f"Lightcurve of {star} in {BAND_NAMES[band]} ({band}; {n})",
+                            f"{BAND_LABELS[band]} lightcurve of {star} "
+                            f"({BAND_NAMES[band]}, {band}; {n})",
                             VOTABLE_MEDIA,
                             "#timeseries",
                             f"lightcurve-{band}",

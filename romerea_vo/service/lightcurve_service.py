@@ -192,8 +192,13 @@ class _Schema:
         self.identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
         self.cube_columns = lay.columns[1:]
         self.metadata = tuple(metadata)
-        names = ("hjd", "filter", "dataset_code", "image", "image_index")
-        names += self.cube_columns + self.metadata
+        # Time, band, the science magnitude, its error and the quality flag first: TOPCAT's
+        # time plot then takes the magnitude as Y and can colour by filter at once.
+        first = ("hjd", "filter", lay.science_mag, f"{lay.science_mag}_err", "qc_flag")
+        first = tuple(n for n in first if n in ("hjd", "filter") or n in self.cube_columns)
+        rest = ("dataset_code", "image", "image_index", *self.cube_columns, *self.metadata)
+        names = first + tuple(n for n in rest if n not in first)
+        self.point_names = names
         fields = []
         for name in self.identity:
             if name == "id":
@@ -324,18 +329,19 @@ class LightcurveService:
                 pa.nulls(n, pa.int64()) if gaia is None else pa.array(np.full(n, gaia, np.int64)),
             ]
         data = np.ascontiguousarray(pts.data.T)
-        arrays += [
-            pa.array(data[0]),
-            cols.filter.take(idx),
-            cols.dataset_code.take(idx),
-            cols.image.take(idx),
-            pa.array(pts.image_index.astype(np.int32)),
-        ]
+        by_name: dict[str, pa.Array] = {
+            "hjd": pa.array(data[0]),
+            "filter": cols.filter.take(idx),
+            "dataset_code": cols.dataset_code.take(idx),
+            "image": cols.image.take(idx),
+            "image_index": pa.array(pts.image_index.astype(np.int32)),
+        }
         for j, name in enumerate(schema.cube_columns, start=1):
             kind = _INTEGER_COLUMNS.get(name)
-            arrays.append(pa.array(data[j] if kind is None else data[j].astype(np.int16)))
+            by_name[name] = pa.array(data[j] if kind is None else data[j].astype(np.int16))
         for name in schema.metadata:
-            arrays.append(pa.array(cols.metadata[name][pts.image_index]))
+            by_name[name] = pa.array(cols.metadata[name][pts.image_index])
+        arrays += [by_name[name] for name in schema.point_names]
         return pa.RecordBatch.from_arrays(arrays, names=[f.name for f in schema.fields])
 
     # ----- documents
@@ -399,7 +405,7 @@ class LightcurveService:
                 fields,
                 req.fmt,
                 resource_infos=self._infos(req, pts.layout, 1),
-                table_name="lightcurve",
+                table_name=f"{star.ref.field} {star.ref.field_id} lightcurve",
                 table_description=_description(star, req),
                 params=self._params(star),
                 timesys=[TIMESYS],
@@ -451,7 +457,7 @@ class LightcurveService:
             schema.fields,
             req.fmt,
             resource_infos=self._infos(req, first, len(stars)),
-            table_name="lightcurves",
+            table_name=f"ROME lightcurves ({len(stars)} stars)",
             table_description=f"Lightcurves of {len(stars)} ROME/REA stars, each sorted by "
             "time; the id column holds each star's publisher DID.",
             timesys=[TIMESYS],
