@@ -320,17 +320,17 @@ def test_database_with_only_the_catalogue_serves(tmp_path, survey, survey_files,
             service.search("SELECT TOP 1 * FROM rome.stars")
         with pytest.raises(pyvo.dal.DALQueryError, match=r"rome\.photometry"):
             service.search("SELECT TOP 1 * FROM rome.photometry")
-        assert httpx.get(live.url + "/scs?RA=0&DEC=0&SR=1").status_code == 404
-        caps = httpx.get(live.url + "/tap/capabilities").text
+        assert httpx.get(live.url + "/scs?RA=0&DEC=0&SR=1", timeout=120).status_code == 404
+        caps = httpx.get(live.url + "/tap/capabilities", timeout=120).text
         assert "ConeSearch" not in caps and "DataLink" not in caps
         # the examples document offers a cone on the catalogue, and it runs
-        page = httpx.get(live.url + "/tap/examples").text
+        page = httpx.get(live.url + "/tap/examples", timeout=120).text
         queries = [
             html.unescape(q) for q in re.findall(r'property="query">(.*?)</pre>', page, re.S)
         ]
         assert len(queries) == 1 and "ext.survey" in queries[0]
         assert len(service.search(queries[0]).to_table()) > 0
-        assert "Only this" in httpx.get(live.url + "/").text
+        assert "Only this" in httpx.get(live.url + "/", timeout=120).text
     finally:
         live.stop()
 
@@ -549,11 +549,12 @@ def test_maxrec_bounds_a_plain_photometry_select(both_server):
     url = f"{both_server}/tap/sync"
     for maxrec, rows in (("0", 0), ("7", 7)):
         r = httpx.post(url, data={"LANG": "ADQL", "QUERY": "SELECT field FROM rome.photometry",
-                                  "MAXREC": maxrec, "RESPONSEFORMAT": "csv"})  # fmt: skip
+                                  "MAXREC": maxrec, "RESPONSEFORMAT": "csv"},
+                       timeout=120)  # fmt: skip
         assert r.status_code == 200, r.text[:300]
         assert r.text.splitlines()[1:] == ["ROME-FIELD-01"] * rows
     for query in ("SELECT COUNT(*) FROM rome.photometry", "SELECT DISTINCT filter FROM "
                   "rome.photometry", "SELECT field FROM rome.photometry"):  # fmt: skip
         maxrec = "1000000" if query.endswith("photometry") else "5"
-        r = httpx.post(url, data={"LANG": "ADQL", "QUERY": query, "MAXREC": maxrec})
+        r = httpx.post(url, data={"LANG": "ADQL", "QUERY": query, "MAXREC": maxrec}, timeout=120)
         assert r.status_code == 400 and "must name its stars" in r.text, query

@@ -54,6 +54,7 @@ def count_stars(tap_url: str) -> dict[str, int]:
             "QUERY": "SELECT field, COUNT(*) AS n FROM rome.field_index GROUP BY field",
             "RESPONSEFORMAT": "csv",
         },
+        timeout=120,
     )
     assert r.status_code == 200, r.text
     rows = [line.split(",") for line in r.text.strip().splitlines()[1:]]
@@ -108,7 +109,7 @@ def test_demo_synthesises_ingests_and_serves(tmp_path, quiet):
     try:
         counts = count_stars(url)
         assert counts["ROME-FIELD-01"] >= 2000
-        page = httpx.get(url.removesuffix("/tap") + "/")
+        page = httpx.get(url.removesuffix("/tap") + "/", timeout=120)
         assert "ROME-FIELD-01" in page.text
     finally:
         stop(proc)

@@ -241,8 +241,12 @@ def test_other_formats(tap_server, synthetic_field, did):
 
 
 def test_case_insensitive_params_and_post(tap_server, did):
-    a = httpx.get(f"{tap_server}/lightcurve?id={did('ROME-FIELD-01', 5)}&band=IP&quality=GOOD")
-    b = httpx.post(f"{tap_server}/lightcurve", data={"ID": did("ROME-FIELD-01", 5), "BAND": "ip"})
+    a = httpx.get(
+        f"{tap_server}/lightcurve?id={did('ROME-FIELD-01', 5)}&band=IP&quality=GOOD", timeout=120
+    )
+    b = httpx.post(
+        f"{tap_server}/lightcurve", data={"ID": did("ROME-FIELD-01", 5), "BAND": "ip"}, timeout=120
+    )
     assert a.status_code == b.status_code == 200
     assert len(parse_single_table(io.BytesIO(a.content)).to_table()) == len(
         parse_single_table(io.BytesIO(b.content)).to_table()
@@ -298,13 +302,15 @@ def test_errors(tap_server, authority, params, status, needle):
 
 def test_png_of_several_stars_is_refused(tap_server, did):
     params = [("ID", did("ROME-FIELD-01", 1)), ("ID", did("ROME-FIELD-01", 2))]
-    r = httpx.get(f"{tap_server}/lightcurve", params=[*params, ("RESPONSEFORMAT", "png")])
+    r = httpx.get(
+        f"{tap_server}/lightcurve", params=[*params, ("RESPONSEFORMAT", "png")], timeout=120
+    )
     assert r.status_code == 400 and "single ID" in error_text(r)
 
 
 def test_unknown_id_among_several(tap_server, did):
     params = [("ID", did("ROME-FIELD-01", 1)), ("ID", did("ROME-FIELD-01", 99999))]
-    r = httpx.get(f"{tap_server}/lightcurve", params=params)
+    r = httpx.get(f"{tap_server}/lightcurve", params=params, timeout=120)
     assert r.status_code == 404 and "99999" in error_text(r)
 
 
@@ -366,7 +372,7 @@ def test_missing_cube_is_a_clear_error_other_fields_served(tmp_path, synthetic_f
         assert get(live.url, ID=f"{auth}?ROME-FIELD-01/{kept}").status_code == 200
         assert get(live.url, ID=f"{auth}?ROME-FIELD-02/3").status_code == 200
         both = [("ID", f"{auth}?ROME-FIELD-02/3"), ("ID", f"{auth}?ROME-FIELD-01/{lost}")]
-        assert httpx.get(f"{live.url}/lightcurve", params=both).status_code == 500
+        assert httpx.get(f"{live.url}/lightcurve", params=both, timeout=120).status_code == 500
         assert get(live.url, ID=f"{auth}?ROME-FIELD-01/{lost}").status_code == 500  # still
     finally:
         live.stop()

@@ -221,11 +221,14 @@ def test_adql_identifier():
 
 def test_get_and_urlencoded_post(echo):
     url, _ = echo
-    got = httpx.get(f"{url}/echo", params=[("lang", "ADQL"), ("Query", "SELECT 'a&b'")]).json()
+    got = httpx.get(
+        f"{url}/echo", params=[("lang", "ADQL"), ("Query", "SELECT 'a&b'")], timeout=120
+    ).json()
     assert got["values"] == {"LANG": ["ADQL"], "QUERY": ["SELECT 'a&b'"]}
     got = httpx.post(
         f"{url}/echo?MAXREC=5",
         data={"query": "SELECT * FROM t WHERE x < 1", "upload": ["a,param:a", "b,param:b"]},
+        timeout=120,
     ).json()
     assert got["values"] == {
         "MAXREC": ["5"],
@@ -245,6 +248,7 @@ def test_multipart_fields_and_files(echo):
             "Tab1": ("t1.xml", table, "application/x-votable+xml"),
             "other": ("../../evil name", b"a,b\n1,2\n", "text/csv"),
         },
+        timeout=120,
     ).json()
     assert got["values"] == {"QUERY": ["SELECT * FROM TAP_UPLOAD.t1"], "UPLOAD": ["t1,param:Tab1"]}
     assert got["files"]["Tab1"] == {"size": len(table), "head": table[:40].decode()}
@@ -255,7 +259,7 @@ def test_multipart_fields_and_files(echo):
 
 def test_field_too_long_refused(echo):
     url, _ = echo
-    response = httpx.post(f"{url}/echo", files={"QUERY": (None, "x" * 5000)})
+    response = httpx.post(f"{url}/echo", files={"QUERY": (None, "x" * 5000)}, timeout=120)
     assert response.status_code == 400
     assert "parameter 'QUERY' exceeds the 4 KiB limit" in response.json()["error"]
 
@@ -307,6 +311,7 @@ def test_truncated_multipart_refused_and_removed(echo):
         f"{url}/echo",
         content=body,
         headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+        timeout=120,
     )
     assert response.status_code == 400 and "truncated" in response.json()["error"]
     assert not any(p.name.endswith("_t1") for p in files_under(root))
@@ -314,16 +319,19 @@ def test_truncated_multipart_refused_and_removed(echo):
 
 def test_bad_content_types(echo):
     url, _ = echo
-    response = httpx.post(f"{url}/echo", content=b"{}", headers={"Content-Type": "text/json"})
+    response = httpx.post(
+        f"{url}/echo", content=b"{}", headers={"Content-Type": "text/json"}, timeout=120
+    )
     assert response.status_code == 400 and "unsupported Content-Type" in response.json()["error"]
     response = httpx.post(
-        f"{url}/echo", content=b"x", headers={"Content-Type": "multipart/form-data"}
+        f"{url}/echo", content=b"x", headers={"Content-Type": "multipart/form-data"}, timeout=120
     )
     assert response.status_code == 400 and "boundary" in response.json()["error"]
     response = httpx.post(
         f"{url}/echo",
         content=b"QUERY=%FF",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=120,
     )
     assert response.status_code == 400 and "UTF-8" in response.json()["error"]
 
@@ -333,6 +341,7 @@ def test_duplicate_file_parts_refused(echo):
     response = httpx.post(
         f"{url}/echo",
         files=[("t1", ("a.xml", b"aaa", "text/xml")), ("t1", ("b.xml", b"bbb", "text/xml"))],
+        timeout=120,
     )
     assert response.status_code == 400 and "two uploads named 't1'" in response.json()["error"]
     assert not any(p.read_bytes() in (b"aaa", b"bbb") for p in files_under(root))

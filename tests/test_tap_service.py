@@ -71,11 +71,14 @@ def test_capabilities_and_tables_via_pyvo(tap):
 
 
 def test_examples_and_landing(tap_server):
-    ex = httpx.get(f"{tap_server}/tap/examples")
+    ex = httpx.get(f"{tap_server}/tap/examples", timeout=120)
     assert ex.status_code == 200 and 'property="query"' in ex.text
-    page = httpx.get(f"{tap_server}/")
+    page = httpx.get(f"{tap_server}/", timeout=120)
     assert page.status_code == 200 and "ROME-FIELD-01" in page.text and "/tap" in page.text
-    assert httpx.get(f"{tap_server}/tap/availability").text.count("<avl:available>true") == 1
+    assert (
+        httpx.get(f"{tap_server}/tap/availability", timeout=120).text.count("<avl:available>true")
+        == 1
+    )
 
 
 # --- sync queries ---
@@ -208,7 +211,7 @@ def test_votlint_clean(tap_server, fmt, tmp_path):
 )
 def test_bad_requests_get_dali_errors(tap_server, params, needle):
     data = {"REQUEST": "doQuery", "LANG": "ADQL", **params}
-    r = httpx.post(f"{tap_server}/tap/sync", data=data)
+    r = httpx.post(f"{tap_server}/tap/sync", data=data, timeout=120)
     assert r.status_code == 400
     assert needle in error_message(r)
 
@@ -279,7 +282,7 @@ def test_async_run_wait_fetch_delete(tap, tap_server, tap_work):
     job_dir = tap_work / "jobs" / job.job_id
     assert (job_dir / "job.json").exists()
     job.delete()
-    assert httpx.get(job_url).status_code == 404
+    assert httpx.get(job_url, timeout=120).status_code == 404
     assert not job_dir.exists()  # nothing left behind
 
 
@@ -294,17 +297,18 @@ def test_async_execution_duration_enforced(tap_server):
             "EXECUTIONDURATION": "1",
             "PHASE": "RUN",
         },
+        timeout=120,
     )
     job_url = str(r.url) if r.status_code == 200 else r.headers.get("location")
     assert job_url
     for _ in range(30):
-        phase = httpx.get(f"{job_url}/phase").text.strip()
+        phase = httpx.get(f"{job_url}/phase", timeout=120).text.strip()
         if phase in ("ERROR", "COMPLETED", "ABORTED"):
             break
         httpx.get(job_url, params={"WAIT": "2", "PHASE": phase}, timeout=10)
     assert phase == "ERROR"
-    assert "execution duration" in httpx.get(f"{job_url}/error").text
-    httpx.delete(job_url)
+    assert "execution duration" in httpx.get(f"{job_url}/error", timeout=120).text
+    httpx.delete(job_url, timeout=120)
 
 
 # --- concurrency ---
@@ -342,12 +346,12 @@ def test_twenty_concurrent_clients_mixed(tap_server, tap_work):
         job = r.headers.get("location") or str(r.url)
         phase = "QUEUED"
         for _ in range(40):
-            phase = httpx.get(f"{job}/phase").text.strip()
+            phase = httpx.get(f"{job}/phase", timeout=120).text.strip()
             if phase in ("ERROR", "COMPLETED", "ABORTED"):
                 break
             httpx.get(job, params={"WAIT": "2", "PHASE": phase}, timeout=10)
-        message = httpx.get(f"{job}/error").text
-        httpx.delete(job)
+        message = httpx.get(f"{job}/error", timeout=120).text
+        httpx.delete(job, timeout=120)
         return phase == "ERROR" and "execution duration" in message
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
