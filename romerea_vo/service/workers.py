@@ -106,6 +106,10 @@ def check_config(config: ServiceConfig, workers: int) -> None:
         ensure_schema(config.jobs_db)  # fail here, with one message, not in every worker
 
 
+HEALTHCHECK_TIMEOUT = 120.0
+"""Seconds a worker may take to answer uvicorn's health check (start-up included)."""
+
+
 def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound, listening TCP socket for the service (``port`` 0: any free port).
 
@@ -156,6 +160,11 @@ def serve_workers(
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        # uvicorn replaces a worker that does not answer its health check in time (5 s
+        # by default). A worker still starting on a busy machine (importing, opening the
+        # database) was killed before it had taken its socket from the parent, which then
+        # held a listening socket nobody served: connections hashed to it hung for ever.
+        timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT,
     )
     manager = _own_socket_per_worker(Multiprocess)(uv_config, sockets=[sock])
     manager.run()
