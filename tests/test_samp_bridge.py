@@ -664,3 +664,113 @@ def test_topcat_itself_sends_the_selection(topcat, tap_server, tap_result, good_
         single = good_points(str(table["did"][5]))
         _wait(lambda: _topcat_rows(client, topcat_id) == single, 120, "TOPCAT's lightcurve")
     source.close()
+
+
+@needs_topcat
+def test_topcat_subset_of_a_table_loaded_from_a_local_file(
+    topcat, tap_server, tap_result, good_points, tmp_path
+):
+    """A user's own list, loaded into TOPCAT from a CSV file: sent to the bridge once
+    (Interop > Send Table), then a subset transmitted by TOPCAT itself. TOPCAT names the
+    file in the subset message; the bridge reads the copy it learned, with no
+    --allow-dir."""
+    from tests.conftest import topcat_command
+
+    client, topcat_id = topcat.client, topcat.topcat_id
+    control, port = topcat.control_port, topcat.activation_port
+    if control is None or port is None:
+        pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
+    _, table = tap_result
+    csv = tmp_path / "my_stars.csv"
+    lines = ["name,ra,dec"] + [
+        f"mine{i},{float(table['ra'][i])!r},{float(table['dec'][i])!r}" for i in range(6)
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    reply = client.call_and_wait(
+        topcat_id,
+        {"samp.mtype": "table.load.stil",
+         "samp.params": {"url": csv.as_uri(), "format": "csv(header=true)",
+                         "name": "my stars"}},
+        "120",
+    )  # fmt: skip
+    assert reply["samp.status"] == "samp.ok", reply
+
+    def listed(label: str) -> list[dict]:
+        return [t for t in topcat_command(port, "tables")["tables"] if t["label"] == label]
+
+    (mine,) = _wait(lambda: listed("my stars"), 60, "TOPCAT to list the CSV table")
+    source = open_source(service=tap_server)
+    try:
+        with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
+            _wait(
+                lambda: "romerea-vo" in json.dumps(topcat_command(control, "clients")),
+                60,
+                "TOPCAT to see the bridge",
+            )
+            assert topcat_command(control, f"broadcast-table {mine['id']}").get("ok", True)
+            _wait(lambda: b.learned_tables, 60, "the bridge to learn TOPCAT's table")
+            answer = topcat_command(control, f"select {mine['id']} 1,3")
+            assert "file:" in answer.get("message", ""), answer  # what TOPCAT names
+            expected = sum(good_points(str(table["did"][r])) for r in (1, 3))
+            _wait(lambda: _topcat_rows(client, topcat_id) == expected, 120,
+                  "TOPCAT's lightcurves of the subset")  # fmt: skip
+            assert len(b.sent[-1].stars) == 2
+    finally:
+        source.close()
+
+
+@needs_topcat
+def test_topcat_clicks_reach_a_restarted_bridge_and_lightcurves_plot_themselves(
+    topcat, tap_server, tap_result, good_points
+):
+    """A TAP result in TOPCAT, a row highlighted by TOPCAT itself, the bridge restarted,
+    another row highlighted: the new bridge fetches the table from the URL in TOPCAT's
+    message. Each lightcurve arrives labelled with its star, magnitude after time and
+    band; the same star asked for again is highlighted in TOPCAT, not loaded twice."""
+    from tests.conftest import topcat_command
+
+    client, topcat_id = topcat.client, topcat.topcat_id
+    control, port = topcat.control_port, topcat.activation_port
+    if control is None or port is None:
+        pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
+    url, table = tap_result
+    reply = client.call_and_wait(
+        topcat_id,
+        {"samp.mtype": "table.load.votable",
+         "samp.params": {"url": url, "table-id": "tap-restart", "name": "ROME stars (restart)"}},
+        "120",
+    )  # fmt: skip
+    assert reply["samp.status"] == "samp.ok", reply
+    labels = lambda: [t["label"] for t in topcat_command(port, "tables")["tables"]]  # noqa: E731
+    _wait(lambda: "ROME stars (restart)" in labels(), 60, "TOPCAT to list the TAP result")
+    (tid,) = [t["id"] for t in topcat_command(port, "tables")["tables"]
+              if t["label"] == "ROME stars (restart)"]  # fmt: skip
+    source = open_source(service=tap_server)
+    try:
+        for row in (2, 8):  # one bridge, then a restarted one
+            with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
+                _wait(lambda: len(json.dumps(topcat_command(control, "clients")).split(
+                    '"romerea-vo"')) == 2, 60, "TOPCAT to see this bridge only")  # fmt: skip
+                star = f"{FIELD} {int(table['field_id'][row])} lightcurve"
+                assert topcat_command(control, f"highlight {tid} {row}").get("ok", True)
+                _wait(lambda star=star: star in labels(), 120, f"TOPCAT to load {star}")
+                (lc,) = [t for t in topcat_command(port, "tables")["tables"]
+                         if t["label"] == star]  # fmt: skip
+                assert lc["rows"] == good_points(str(table["did"][row]))
+                assert lc["columns"][:4] == ["hjd", "filter", "normalized_mag",
+                                             "normalized_mag_err"]  # fmt: skip
+        # the same star once more (past the bridge's 2 s guard against TOPCAT's echo):
+        # TOPCAT still holds its lightcurve, so it is highlighted there, not loaded again
+        with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
+            _wait(lambda: len(json.dumps(topcat_command(control, "clients")).split(
+                '"romerea-vo"')) == 2, 60, "TOPCAT to see this bridge only")  # fmt: skip
+            count = len(labels())
+            for _ in range(2):
+                assert topcat_command(control, f"highlight {tid} 5").get("ok", True)
+                _wait(lambda: b.sent and b.sent[-1].stars[0].field_id == int(table["field_id"][5]),
+                      120, "the bridge to serve the highlight")  # fmt: skip
+                time.sleep(2.5)
+            assert len(labels()) == count + 1
+            assert [s.status for s in b.sent[-2:]] == ["samp.ok", "already loaded"]
+    finally:
+        source.close()

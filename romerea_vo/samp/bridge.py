@@ -256,6 +256,12 @@ class Bridge:
         return conn[1].get_public_id() if conn else None
 
     @property
+    def learned_tables(self) -> dict[str, str]:
+        """table-id -> URL of every table the bridge knows (learned or its own)."""
+        with self._lock:
+            return dict(self._tables)
+
+    @property
     def hub_params(self) -> dict | None:
         """The lockfile contents of the hub we are connected to."""
         conn = self._conn
