@@ -765,10 +765,9 @@ def test_topcat_clicks_reach_a_restarted_bridge_and_lightcurves_plot_themselves(
             _wait(lambda: len(json.dumps(topcat_command(control, "clients")).split(
                 '"romerea-vo"')) == 2, 60, "TOPCAT to see this bridge only")  # fmt: skip
             count = len(labels())
-            for _ in range(2):
+            for n in (1, 2):
                 assert topcat_command(control, f"highlight {tid} 5").get("ok", True)
-                _wait(lambda: b.sent and b.sent[-1].stars[0].field_id == int(table["field_id"][5]),
-                      120, "the bridge to serve the highlight")  # fmt: skip
+                _wait(lambda n=n: len(b.sent) == n, 120, "the bridge to serve the highlight")
                 time.sleep(2.5)
             assert len(labels()) == count + 1
             assert [s.status for s in b.sent[-2:]] == ["samp.ok", "already loaded"]

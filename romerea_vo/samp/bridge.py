@@ -169,7 +169,7 @@ class Bridge:
         self.policy = UrlPolicy(trusted_prefixes=tuple(prefixes), allowed_dirs=tuple(allow_dirs))
         self.cache = TableCache(self.policy)
         self.sent: list[SentTable] = []
-        """Every table sent, oldest first (for logs, tests and benchmarks)."""
+        """Every table sent (or, status "already loaded", highlighted again), oldest first."""
         self._loaded: dict[tuple, SentTable] = {}  # (recipients, quality, dids) -> last sent
         self.on_sent: Callable[[SentTable], None] | None = None
 
@@ -765,7 +765,10 @@ class Bridge:
             # The client still holds these lightcurves (it knew the table-id): highlighted
             # there rather than loaded twice under the same name.
             log.info("%s is already loaded in %s: highlighted", earlier.name, recipients[0])
-            return dataclasses.replace(earlier, status="already loaded", sent_at=time.time())
+            again = dataclasses.replace(earlier, status="already loaded", sent_at=time.time())
+            with self._lock:
+                self.sent.append(again)
+            return again
         table_id = f"romerea-lc-{secrets.token_hex(6)}"
         if len(stars) == 1:
             name = f"{stars[0].field} {stars[0].field_id} lightcurve"
