@@ -15,11 +15,10 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin
 
 import httpx
-import pyvo
 import pytest
+import pyvo
 from astropy.table import Table
 
-XHTML = "{http://www.w3.org/1999/xhtml}"
 AGGREGATES = {"per_quadrant"}
 """Examples that count stars rather than list them (no did expected)."""
 
@@ -33,9 +32,7 @@ def tap_server(tap_server_both):
 def dali_examples(tap_url: str) -> list[dict[str, str]]:
     """id, name and query of each example in the DALI examples document."""
     r = httpx.get(f"{tap_url}/tap/examples", timeout=60)
-    assert r.status_code == 200 and r.headers["content-type"].startswith(
-        "application/xhtml+xml"
-    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xhtml+xml")
     root = ET.fromstring(r.content)
     out = []
     for div in root.iter():
