@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pyvo
 
 from tests.test_cli import run_cli
+from tests.test_service_examples import check_examples
 
 
 def start_service(*args: str, env=None) -> tuple[subprocess.Popen, str]:
@@ -199,6 +201,11 @@ def test_demo_prints_the_samp_command_and_an_example_star(demo_cache):
             timeout=60,
         )
         assert rows.text.split() == ["did", did]
+        # every service example runs on the demo field (the upload: 5 of its stars)
+        targets = pyvo.dal.TAPService(url).run_sync(
+            "SELECT TOP 5 ra, dec FROM rome.field_index ORDER BY field_id"
+        )
+        check_examples(root, targets.to_table())
     finally:
         stop(proc)
     assert proc.returncode == 0
