@@ -9,12 +9,16 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 
 from . import __version__
 from .errors import InvalidRequestError, RomeReaError
+
+if TYPE_CHECKING:  # the service is imported when a command serves, not at start-up
+    from .service.app import TapService
 
 OUTPUT_FORMATS = {
     ".vot": "votable",
@@ -440,7 +444,7 @@ class _InProcessBridge:
             self.source.close()
 
 
-def _next_steps(service, url: str, samp: bool) -> str:
+def _next_steps(service: TapService, url: str, samp: bool) -> str:
     """What ``demo`` prints after the TAP URL: the SAMP bridge and a star to try."""
     lines = []
     if samp:
