@@ -106,8 +106,11 @@ def service(tap_db, jobs_db, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast_csv(service) -> str:
     """What FAST gives, from the synchronous endpoint."""
+    # the first request waits for the workers to finish starting: slow on a busy machine
     r = httpx.post(
-        f"{service.url}/sync", data={"LANG": "ADQL", "QUERY": FAST, "RESPONSEFORMAT": "csv"}
+        f"{service.url}/sync",
+        data={"LANG": "ADQL", "QUERY": FAST, "RESPONSEFORMAT": "csv"},
+        timeout=120,
     )
     assert r.status_code == 200 and "ROME-FIELD-01,800\r\n" in r.text, r.text
     return r.text
@@ -136,7 +139,7 @@ def submit(url: str, query: str, run: bool = True, fmt: str = "csv") -> str:
     data = {"LANG": "ADQL", "QUERY": query, "RESPONSEFORMAT": fmt}
     if run:
         data["PHASE"] = "RUN"
-    r = httpx.post(f"{url}/async", data=data)
+    r = httpx.post(f"{url}/async", data=data, timeout=120)  # workers may be starting
     assert r.status_code == 303, r.text
     return r.headers["location"]
 
