@@ -9,12 +9,16 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 
 from . import __version__
 from .errors import InvalidRequestError, RomeReaError
+
+if TYPE_CHECKING:  # the service is imported when a command serves, not at start-up
+    from .service.app import TapService
 
 OUTPUT_FORMATS = {
     ".vot": "votable",
@@ -379,7 +383,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     db_path = cache / "demo" / "demo.duckdb"
     _ensure_ingested(db_path, [directory], quiet=args.quiet, owned=True)
-    return _serve(db_path, args.host, args.port, work_dir=None)
+    return _serve(
+        db_path,
+        args.host,
+        args.port,
+        work_dir=None,
+        next_steps=True,
+        samp=args.samp,
+        quiet=args.quiet,
+    )
+
+
+class _InProcessBridge:
+    """The SAMP bridge ``demo --samp`` runs beside the service, on the service's URL.
+
+    It starts in a thread begun before the server accepts connections: its first
+    requests to the service wait in the listening socket's backlog until uvicorn
+    serves them, so no readiness poll is needed. Hub mode ``auto``: the running hub,
+    else one of its own. Closed after the service has stopped."""
+
+    def __init__(self, url: str, quiet: bool):
+        import logging
+        import threading
+
+        logging.basicConfig(
+            level=logging.WARNING if quiet else logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+        )
+        self.url = url
+        self.bridge = None
+        self.source = None
+        self._thread = threading.Thread(target=self._start, name="romerea-demo-samp", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _start(self) -> None:
+        from .samp.bridge import Bridge
+        from .samp.sources import ServiceSource
+
+        try:
+            self.source = ServiceSource(self.url)
+            self.bridge = Bridge(self.source, hub="auto").start()
+        except Exception as exc:  # any failure: say so in one line, keep serving
+            print(f"romerea-vo: error: the SAMP bridge did not start: {exc}", file=sys.stderr)
+            return
+        print(
+            f"SAMP bridge registered as {self.bridge.client_id} "
+            f"(hub {self.bridge.hub_params.get('samp.hub.xmlrpc.url')})",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        """Unregister the bridge (stopping the hub only if it started one)."""
+        self._thread.join(timeout=120)
+        if self.bridge is not None:
+            self.bridge.close()
+            print("SAMP bridge stopped", flush=True)
+        if self.source is not None:
+            self.source.close()
+
+
+def _next_steps(service: TapService, url: str, samp: bool) -> str:
+    """What ``demo`` prints after the TAP URL: the SAMP bridge and a star to try."""
+    lines = []
+    if samp:
+        lines.append("SAMP bridge: starting here (joins the running SAMP hub, else starts one)")
+    else:
+        lines += [
+            "Next, the SAMP bridge (stars selected in TOPCAT -> their lightcurves in TOPCAT):",
+            f"  romerea-vo samp --service {url}",
+        ]
+    star = service.example_star
+    if star is not None:
+        links = star.links(url)
+        lines += [
+            f"Example star: {star.field} {star.field_id}, DID {star.did}",
+            f"  lightcurve: {links['lightcurve']}",
+            f"  plot:       {links['plot']}",
+        ]
+    return "\n".join(lines)
 
 
 def _ensure_ingested(
@@ -428,7 +511,12 @@ def _serve(
     jobs_db: str | None = None,
     public_url: str | None = None,
     job_threads: int = 2,
+    next_steps: bool = False,
+    samp: bool = False,
+    quiet: bool = False,
 ) -> int:
+    """Serve ``db_path`` until Ctrl-C; ``next_steps`` (demo) prints the SAMP command and
+    an example star, ``samp`` runs the SAMP bridge in this process too."""
     import uvicorn
 
     from .service.app import ServiceConfig, create_app
@@ -452,17 +540,26 @@ def _serve(
         f"\nTAP service: {url}/tap   (landing page {url}/)\n"
         f"  TOPCAT: VO > Table Access Protocol (TAP) Query, TAP URL {url}/tap\n"
         f'  pyvo:   pyvo.dal.TAPService("{url}/tap").search('
-        f'"SELECT TOP 10 * FROM rome.field_index")\n'
-        "Ctrl-C stops the service.",
+        f'"SELECT TOP 10 * FROM rome.field_index")',
         flush=True,
     )
+    if next_steps and app is not None:
+        print(_next_steps(app.state.service, url, samp), flush=True)
+    print("Ctrl-C stops the service.", flush=True)
     if app is None:
         serve_workers(config, sock, workers, listen_url=url)
         print("service stopped", flush=True)
         return 0
+    bridge = _InProcessBridge(url, quiet) if samp else None
+    if bridge is not None:
+        bridge.start()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
-        server.run(sockets=[sock])
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+            server.run(sockets=[sock])
+    finally:
+        if bridge is not None:
+            bridge.close()
     print("service stopped", flush=True)
     return 0
 
@@ -640,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where the demo field lives (default ~/.cache/romerea-vo)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-serve", action="store_true", help="only synthesise and summarise")
+    p.add_argument("--samp", action="store_true", help="run the SAMP bridge in this process too "
+                   "(joins the running SAMP hub, else starts one)")  # fmt: skip
     _listen_args(p)
     p.set_defaults(func=cmd_demo)
 

@@ -242,3 +242,26 @@ def test_service_refuses_a_database_with_other_metadata(tmp_path, tap_db):
     fresh = Database(tap_db)
     assert fresh.metadata_is_current()
     fresh.close()
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        "UPDATE tap_schema.tables SET description = 'e.g. field_id IN (78284, 78285)' "
+        "WHERE table_name = 'rome.photometry'",
+        "UPDATE tap_schema.schemas SET description = 'old' WHERE schema_name = 'rome'",
+    ],
+)
+def test_stale_table_or_schema_descriptions_are_not_current(tmp_path, tap_db, update):
+    """A database whose TAP_SCHEMA table or schema descriptions are another version's is
+    not served as current (TOPCAT reads them from TAP_SCHEMA): `demo` re-ingests it."""
+    copy = tmp_path / "old.duckdb"
+    copy.write_bytes(tap_db.read_bytes())
+    con = duckdb.connect(str(copy))
+    con.execute(update)
+    con.close()
+    db = Database(copy)
+    try:
+        assert not db.metadata_is_current()
+    finally:
+        db.close()

@@ -106,6 +106,7 @@ def service(tap_db, jobs_db, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast_csv(service) -> str:
     """What FAST gives, from the synchronous endpoint."""
+    # the first request waits for the workers to finish starting: slow on a busy machine
     r = httpx.post(
         f"{service.url}/sync",
         data={"LANG": "ADQL", "QUERY": FAST, "RESPONSEFORMAT": "csv"},

@@ -24,13 +24,12 @@ from ..store import open_database
 from ..store.catalog_tables import position_columns
 from ..store.database import DatabaseError
 from ..store.ddl import quote_ident
-from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
 from ..votable.writer import error_votable
 from . import vosi
 from .datalink import LINKS_STANDARD_ID, DataLinkService
-from .examples import catalogue_examples, examples_xhtml, rome_examples
+from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
 from .params import DaliParams, read_dali_params
 from .scs import SCS_STANDARD_ID, ConeSearchService
@@ -115,6 +114,9 @@ class TapService:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         limits = config.limits
         self.nrows = self._table_rows()
+        self.example_star: ExampleStar | None = self._find_example_star()
+        """The star the examples, the landing page and ``romerea-vo demo`` name (None
+        without ROME stars)."""
         self.lightcurves = LightcurveService(self.db)
         self.datalink = DataLinkService(self.db, estimate_size=self.lightcurves.estimated_size)
         self.scs = ConeSearchService(self.db, limits)
@@ -290,8 +292,8 @@ class TapService:
 
     async def examples(self, request: Request) -> Response:
         examples = []
-        if self.db.has_rome:
-            examples += rome_examples(*self._example_position())
+        if self.example_star is not None:
+            examples += rome_examples(self.example_star)
         for table in self.db.catalogues:
             ra_col, dec_col = position_columns(table)
             ra, dec = self._catalogue_position(table, ra_col, dec_col)
@@ -316,50 +318,112 @@ class TapService:
         row = rows[0] if rows else None
         return (row[0], row[1]) if row and row[0] is not None else (0.0, 0.0)
 
-    def _example_position(self) -> tuple[str, float, float]:
+    def _find_example_star(self) -> ExampleStar | None:
+        """A star that exists here, for the examples and the landing page: in the first
+        field, the one whose i' lightcurve varies most against its errors (as the
+        variable-star example ranks them), else the field's first star."""
+        if not self.db.has_rome:
+            return None
         field_index = self.db.physical_name(self.engine.schemas["rome.field_index"])
-        try:
-            with self.db.session() as session:
+        stats = self.db.physical_name(self.engine.schemas["rome.lightcurve_stats"])
+        columns = "f.field, f.field_id, f.ra, f.dec, f.did"
+        with self.db.session() as session:
+            for name in self.db.fields:  # in field order; a field may have no stars
+                field = "'" + name.replace("'", "''") + "'"
                 rows = session.fetchall(
-                    f"SELECT field, avg(ra), avg(dec) FROM {field_index} "
-                    "GROUP BY field ORDER BY field LIMIT 1"
+                    f"SELECT {columns} FROM {field_index} AS f JOIN {stats} AS s "
+                    "ON f.field = s.field AND f.field_id = s.field_id "
+                    f"WHERE s.field = {field} AND s.filter = 'ip' AND s.n_good >= 20 "
+                    "AND s.median_err > 0 "
+                    "ORDER BY s.mad_std_mag / s.median_err DESC, f.field_id LIMIT 1"
+                ) or session.fetchall(
+                    f"SELECT {columns} FROM {field_index} AS f WHERE f.field = {field} "
+                    "ORDER BY f.field_id LIMIT 1"
                 )
-        except QueryFailed:
-            rows = []
-        return rows[0] if rows else ("ROME-FIELD-01", 268.0, -29.0)
+                if rows:
+                    field_name, field_id, ra, dec, did = rows[0]
+                    return ExampleStar(field_name, int(field_id), float(ra), float(dec), did)
+        return None
+
+    def _table_rows_html(self) -> str:
+        rows = []
+        for t in self.engine.tables:
+            if t.virtual:  # rome.photometry: no stored rows, made from the cubes per query
+                count = "read from the HDF5 cubes on demand"
+            else:
+                count = f"{self.nrows.get(t.qualified_name, 0):,}"
+            rows.append(
+                f"<tr><td><code>{html.escape(t.qualified_name)}</code></td><td>{count}</td>"
+                f"<td>{html.escape(t.description)}</td></tr>"
+            )
+        return "".join(rows)
+
+    def _rome_html(self, root: str) -> str:
+        """What the service offers beside TAP, with the example star's links."""
+        star = self.example_star
+        if star is None:
+            return ""
+        links = {k: html.escape(v) for k, v in star.links(root).items()}
+        scs = html.escape(f"{root}/scs?RA={star.ra:.6f}&DEC={star.dec:.6f}&SR=0.005")
+        return f"""<h2>Lightcurves, DataLink, cone search, SAMP</h2>
+<dl>
+<dt>Lightcurves</dt><dd><code>{html.escape(root)}/lightcurve?ID=&lt;did&gt;</code>
+[<code>&amp;BAND=gp|rp|ip</code>] [<code>&amp;QUALITY=good|valid|all</code>]
+[<code>&amp;RESPONSEFORMAT=votable|csv|fits|png</code>]: a star's points, every band in one
+time-series VOTable, read from the photometry cubes on request. Every TAP result with a
+<code>did</code> column offers it as a service: in TOPCAT's <i>Activation Actions</i> tick
+<i>Invoke Service</i>, set <i>Plot Table</i>, and click a row.</dd>
+<dt>DataLink</dt><dd><code>{html.escape(root)}/datalink/links?ID=&lt;did&gt;</code>: each
+star's lightcurve per band and all bands, a PNG preview, and TAP queries for its catalogue
+rows.</dd>
+<dt>Simple Cone Search</dt><dd><code>{html.escape(root)}/scs?RA=&amp;DEC=&amp;SR=</code>
+(degrees) over the field index.</dd>
+<dt>SAMP bridge</dt><dd><code>romerea-vo samp --service {html.escape(root)}</code>: select or
+click stars in TOPCAT (or Aladin) and their lightcurves arrive in TOPCAT as tables.</dd>
+</dl>
+<h2>An example star</h2>
+<p>{html.escape(star.field)} star {star.field_id} at RA {star.ra:.6f}&deg;,
+Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
+<a href="{links["lightcurve"]}">lightcurve (VOTable)</a>,
+<a href="{links["plot"]}">plot (PNG)</a>,
+<a href="{links["datalink"]}">DataLink links</a>,
+<a href="{scs}">cone search around it</a>.</p>
+"""
 
     async def landing(self, request: Request) -> Response:
-        tap = self.base_url(request)
+        root = str(request.base_url).rstrip("/")
+        tap = root + "/tap"
         fields = "".join(
             f"<tr><td>{html.escape(f.name)}</td><td>{f.n_stars:,}</td><td>{f.n_images:,}</td>"
             f"<td>{html.escape(f.era)}</td></tr>"
             for f in self.db.fields.values()
         )
-        tables = "".join(
-            f"<tr><td><code>{html.escape(t.qualified_name)}</code></td>"
-            f"<td>{self.nrows.get(t.qualified_name, 0):,}</td>"
-            f"<td>{html.escape(t.description)}</td></tr>"
-            for t in self.engine.tables
-        )
         first_table = self.engine.tables[0].qualified_name
         body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.config.title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .6em;
-text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}</style></head><body>
+text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}dd{{margin-bottom:.6em}}
+</style></head><body>
 <h1>{html.escape(self.config.title)}</h1>
-<p>An IVOA TAP 1.1 service (romerea-vo {__version__}). TAP URL: <code>{html.escape(tap)}</code></p>
+<p>romerea-vo {__version__}: the ROME/REA survey's field data products in the Virtual
+Observatory.</p>
+<h2>TAP (ADQL)</h2>
+<p>An IVOA TAP 1.1 service. TAP URL: <code>{html.escape(tap)}</code></p>
 <ul><li><a href="{tap}/capabilities">capabilities</a></li>
-<li><a href="{tap}/tables">tables</a></li><li><a href="{tap}/examples">examples</a></li>
+<li><a href="{tap}/tables">tables</a></li><li><a href="{tap}/examples">examples</a>
+(queries that return rows here; in TOPCAT's TAP window: <i>Examples &rarr;
+Service-Provided</i>)</li>
 <li><a href="{tap}/availability">availability</a></li>
 <li><a href="{tap}/async">async jobs</a></li></ul>
-<h2>Connect</h2>
 <p>TOPCAT: <i>VO &rarr; Table Access Protocol (TAP) Query</i>, enter the TAP URL above.</p>
 <pre>import pyvo
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
 tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
-<h2>Fields</h2><table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
+{self._rome_html(root)}<h2>Fields</h2>
+<table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
 {fields}</table>
-<h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>{tables}</table>
+<h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>
+{self._table_rows_html()}</table>
 </body></html>"""
         return HTMLResponse(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -14,17 +15,49 @@ class Example:
     query: str
 
 
-def rome_examples(field: str, ra: float, dec: float) -> list[Example]:
-    """Examples using a field of this database and a position inside it."""
+@dataclass(frozen=True)
+class ExampleStar:
+    """A star of the served database that the examples, the landing page and
+    ``romerea-vo demo`` name, chosen at start-up (see ``TapService``)."""
+
+    field: str
+    field_id: int
+    ra: float
+    dec: float
+    did: str
+
+    def links(self, base_url: str) -> dict[str, str]:
+        """The star's lightcurve (VOTable), plot (PNG) and DataLink URLs under the
+        service root ``base_url``."""
+        ident = quote(self.did, safe="")
+        return {
+            "lightcurve": f"{base_url}/lightcurve?ID={ident}",
+            "plot": f"{base_url}/lightcurve?ID={ident}&RESPONSEFORMAT=png",
+            "datalink": f"{base_url}/datalink/links?ID={ident}",
+        }
+
+
+UPLOAD_NAME = "t1"
+"""The upload the cross-match example reads: TOPCAT's TAP window uploads the table with
+ID N in its table list as ``TAP_UPLOAD.tN`` (TOPCAT 4.8 help, TAP Query panel), so
+``t1`` is the first table loaded."""
+
+
+def rome_examples(star: ExampleStar) -> list[Example]:
+    """Examples that return rows on the served data: around ``star`` and in its field.
+    Every example listing stars returns their ``did``, which DataLink, the lightcurve
+    service and the SAMP bridge accept."""
+    field, ra, dec = star.field, star.ra, star.dec
     return [
         Example(
             "cone",
             "Stars within 1 arcmin of a position",
-            "A cone search on the field index; each row carries the star's publisher DID, "
-            "which DataLink and the lightcurve service accept.",
+            f"A cone search on the field index around star {star.field_id} of {field}; each "
+            "row carries the star's publisher DID, which DataLink and the lightcurve service "
+            "accept.",
             "SELECT field, field_id, ra, dec, gaia_source_id, did\n"
             "FROM rome.field_index\n"
-            f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.5f}, {dec:.5f}, "
+            f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.6f}, {dec:.6f}, "
             "1.0/60))",
         ),
         Example(
@@ -32,7 +65,7 @@ def rome_examples(field: str, ra: float, dec: float) -> list[Example]:
             "A colour-magnitude selection with Gaia photometry",
             "Joins the field index to the stars table and selects red giants by their "
             "calibrated g'-i' colour and i' magnitude from the lsc_doma datasets.",
-            "SELECT f.field, f.field_id, f.ra, f.dec, s.cal_i_mag_lsc_doma,\n"
+            "SELECT f.field, f.field_id, f.did, f.ra, f.dec, s.cal_i_mag_lsc_doma,\n"
             "       s.cal_g_mag_lsc_doma - s.cal_i_mag_lsc_doma AS g_i, s.gaia_g_mag\n"
             "FROM rome.field_index AS f JOIN rome.stars AS s\n"
             "  ON f.field = s.field AND f.field_id = s.field_id\n"
@@ -43,22 +76,27 @@ def rome_examples(field: str, ra: float, dec: float) -> list[Example]:
             "variables",
             "Candidate variable stars from the lightcurve statistics",
             "Stars whose i' lightcurve scatter is large compared with their photometric "
-            "errors, with enough good points.",
-            "SELECT TOP 100 field, field_id, n_good, median_mag, mad_std_mag, median_err,\n"
-            "       mad_std_mag / median_err AS excess\n"
-            "FROM rome.lightcurve_stats\n"
-            "WHERE filter = 'ip' AND n_good >= 20 AND mad_std_mag > 3 * median_err\n"
+            "errors, with enough good points; the DID links each to its lightcurve.",
+            "SELECT TOP 100 s.field, s.field_id, f.did, s.n_good, s.median_mag, "
+            "s.mad_std_mag,\n"
+            "       s.median_err, s.mad_std_mag / s.median_err AS excess\n"
+            "FROM rome.lightcurve_stats AS s JOIN rome.field_index AS f\n"
+            "  ON f.field = s.field AND f.field_id = s.field_id\n"
+            "WHERE s.filter = 'ip' AND s.n_good >= 20 AND s.mad_std_mag > 3 * s.median_err\n"
             "ORDER BY excess DESC",
         ),
         Example(
             "upload_xmatch",
             "Cross-match an uploaded list within 1 arcsec",
-            "Upload a table named targets with ra and dec columns (TOPCAT's TAP window or "
-            "pyvo's uploads=) and find the ROME stars within 1 arcsec of each row.",
+            f"Finds the ROME stars within 1 arcsec of each row of an uploaded table with ra "
+            f"and dec columns (degrees). As written it reads TAP_UPLOAD.{UPLOAD_NAME}, the name "
+            "TOPCAT's TAP window gives table 1 of its table list (table N is TAP_UPLOAD.tN: "
+            "change the number to the table's). pyvo: tap.search(query, "
+            f'uploads={{"{UPLOAD_NAME}": table}}).',
             "SELECT u.*, f.field, f.field_id, f.did,\n"
             "       DISTANCE(POINT('ICRS', u.ra, u.dec), POINT('ICRS', f.ra, f.dec)) * 3600 "
             "AS sep_arcsec\n"
-            "FROM TAP_UPLOAD.targets AS u JOIN rome.field_index AS f\n"
+            f"FROM TAP_UPLOAD.{UPLOAD_NAME} AS u JOIN rome.field_index AS f\n"
             "  ON 1 = CONTAINS(POINT('ICRS', f.ra, f.dec), CIRCLE('ICRS', u.ra, u.dec, "
             "1.0/3600))",
         ),

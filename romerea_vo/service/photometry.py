@@ -26,9 +26,10 @@ MAX_STARS = 1000
 MAX_SAMPLE_ROWS = 100_000
 RESTRICTION = (
     "a query on rome.photometry must name its stars with top-level WHERE conditions on "
-    "that table, e.g. WHERE field = 'ROME-FIELD-01' AND field_id IN (78284, 78285) "
-    f"(at most {MAX_STARS} stars), or be a plain SELECT TOP n (n <= {MAX_SAMPLE_ROWS}) "
-    "sample without WHERE, GROUP BY, ORDER BY or joins"
+    "that table, e.g. WHERE field = 'ROME-FIELD-01' AND field_id IN (1, 2) (a field's "
+    f"field_id runs from 1 to its number of stars; at most {MAX_STARS} stars), or be a "
+    f"plain SELECT TOP n (n <= {MAX_SAMPLE_ROWS}) sample without WHERE, GROUP BY, "
+    "ORDER BY or joins"
 )
 SAMPLE = "*sample*"
 """Key of :func:`requested_stars`' result for a ``SELECT TOP n`` sample: value [n]."""

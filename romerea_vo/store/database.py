@@ -144,22 +144,19 @@ class Database:
         """Whether the database's TAP_SCHEMA is what this version generates from
         votable_schemas/ and the stored external catalogue definitions (a database
         ingested by another version may differ)."""
-        from .tap_schema import tap_schema_tables
+        from .tap_schema import CURRENT_CHECK, metadata_matches
 
-        expected = tap_schema_tables(self.tables)["tap_schema.columns"]
-        cols = ["table_name", "column_name", "datatype", "unit", "ucd", "description"]
-        want = list(zip(*(expected.column(c).to_pylist() for c in cols), strict=True))
         cur = self.cursor()
         try:
-            have = cur.execute(
-                f"SELECT {', '.join(cols)} FROM {CATALOG}.tap_schema.columns "
-                "ORDER BY table_name, column_index"
-            ).fetchall()
+            stored = {
+                name: cur.execute(f"SELECT {', '.join(cols)} FROM {CATALOG}.{name}").fetchall()
+                for name, cols in CURRENT_CHECK.items()
+            }
         except duckdb.Error:
             return False
         finally:
             cur.close()
-        return sorted(have, key=lambda r: r[0]) == sorted(want, key=lambda r: r[0])
+        return metadata_matches(self.tables, stored)
 
     def close(self) -> None:
         self._open_fields.close()

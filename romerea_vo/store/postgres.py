@@ -36,7 +36,7 @@ from .ddl import quote_ident
 from .field_tables import field_tables
 from .ingest import DEFAULT_AUTHORITY, fields_row
 from .session import QueryFailed, QueryInterrupted
-from .tap_schema import tap_schema_tables
+from .tap_schema import CURRENT_CHECK, metadata_matches, tap_schema_tables
 
 PG_TYPES = {
     "boolean": "boolean",
@@ -676,17 +676,17 @@ class PostgresDatabase:
         return self._open_fields.get(name)
 
     def metadata_is_current(self) -> bool:
-        expected = tap_schema_tables(self.tables)["tap_schema.columns"]
-        cols = ["table_name", "column_name", "datatype", "unit", "ucd", "description"]
-        want = list(zip(*(expected.column(c).to_pylist() for c in cols), strict=True))
         session = self.session()
         try:
-            have = session.fetchall(f"SELECT {', '.join(cols)} FROM tap_schema.columns")
+            stored = {
+                name: session.fetchall(f"SELECT {', '.join(cols)} FROM {name}")
+                for name, cols in CURRENT_CHECK.items()
+            }
         except Exception:
             return False
         finally:
             session.close()
-        return sorted(map(repr, have)) == sorted(map(repr, want))
+        return metadata_matches(self.tables, stored)
 
     def close(self) -> None:
         self._open_fields.close()

@@ -25,6 +25,27 @@ def _table(name: str, rows: list[dict]) -> pa.Table:
     )
 
 
+CURRENT_CHECK = {
+    "tap_schema.schemas": ("schema_name", "description"),
+    "tap_schema.tables": ("table_name", "description"),
+    "tap_schema.columns": ("table_name", "column_name", "datatype", "unit", "ucd", "description"),
+}
+"""The TAP_SCHEMA columns a database's metadata must match to be served as current: a
+database whose stored descriptions (e.g. of a table or schema) differ was ingested by
+another version, and clients reading TAP_SCHEMA would see stale text."""
+
+
+def metadata_matches(tables: list[TableSchema], stored: dict[str, list[tuple]]) -> bool:
+    """Whether ``stored`` (rows of the :data:`CURRENT_CHECK` columns per TAP_SCHEMA table,
+    in any order) is what this version generates for ``tables``."""
+    generated = tap_schema_tables(tables)
+    for name, cols in CURRENT_CHECK.items():
+        want = zip(*(generated[name].column(c).to_pylist() for c in cols), strict=True)
+        if sorted(map(repr, want)) != sorted(map(repr, stored.get(name, []))):
+            return False
+    return True
+
+
 def tap_schema_tables(tables: list[TableSchema] | None = None) -> dict[str, pa.Table]:
     """Rows of every TAP_SCHEMA table, keyed by ``tap_schema.<name>``."""
     tables = tap_tables() if tables is None else tables

@@ -244,7 +244,9 @@ TAP_SCHEMA_TABLES = tuple(
 
 SCHEMA_DESCRIPTIONS = {
     "rome": "ROME/REA microlensing survey field data products (pyDANDIA): star catalogues, "
-    "datasets, images and per-star lightcurve statistics.",
+    "datasets, images, per-star lightcurve statistics and every photometric point "
+    "(rome.photometry, read from the HDF5 cubes for the stars a query names). Each star's "
+    "did leads to its lightcurves (the lightcurve service and DataLink).",
     "TAP_SCHEMA": "Metadata of the tables and columns this service publishes (TAP 1.1).",
 }
 
