@@ -60,7 +60,7 @@ def _default_cache() -> Path:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .products.synthetic import synthesize_field
+    from .products.synthetic import SignalRates, synthesize_field
 
     out = synthesize_field(
         args.outdir,
@@ -69,6 +69,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         n_images=args.images,
         seed=args.seed,
         progress=not args.quiet,
+        rates=SignalRates(args.event_rate, args.periodic_rate, args.irregular_rate),
     )
     print(f"wrote synthetic field {args.field} to {out}")
     return 0
@@ -369,10 +370,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if truth_path.exists():
         truth = Table.read(truth_path)
         events = truth[truth["kind"] == "microlensing"]
+        n_signals = int(np.count_nonzero(truth["kind"] != "constant"))
         if len(events):
             fid = int(events["field_id"][0])
             print(
-                f"\n{len(truth)} injected signals ({len(events)} microlensing events); "
+                f"\n{n_signals} injected signals ({len(events)} microlensing events); "
                 f"plot one:\n  romerea-vo lightcurve {directory} --field-id {fid} -o event.png"
             )
     if args.no_serve:
@@ -648,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stars", type=int, default=2000, help="number of stars (default %(default)s)")
     p.add_argument("--images", type=int, default=400, help="number of images (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--event-rate", type=float, default=0.01,
+                   help="fraction of stars with a microlensing event (default %(default)s)")
+    p.add_argument("--periodic-rate", type=float, default=0.01,
+                   help="fraction of periodic variables (default %(default)s)")
+    p.add_argument("--irregular-rate", type=float, default=0.005,
+                   help="fraction of irregular variables and trends (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
