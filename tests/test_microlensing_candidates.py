@@ -1,0 +1,91 @@
+"""Finding injected microlensing events and variables by ADQL alone, on a served field,
+checked against the generator's truth table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from romerea_vo.lightcurves import read_points
+from romerea_vo.products import open_field
+from romerea_vo.products.synthetic import SignalRates, synthesize_field
+from romerea_vo.variability.pspl import magnification
+
+FIELD = "ROME-FIELD-07"
+pyvo = pytest.importorskip("pyvo")
+
+
+@pytest.fixture(scope="module")
+def event_field(tmp_path_factory):
+    out = tmp_path_factory.mktemp("events") / FIELD
+    rates = SignalRates(microlensing=0.04, periodic=0.02, irregular=0.01)
+    synthesize_field(out, field=FIELD, n_stars=1500, n_images=900, seed=21, rates=rates)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(event_field, tmp_path_factory):
+    from romerea_vo.service.app import ServiceConfig, create_app
+    from romerea_vo.store import ingest_fields
+    from tests.conftest import LiveServer
+
+    db = tmp_path_factory.mktemp("eventsdb") / "rome.duckdb"
+    ingest_fields(db, [event_field])
+    app = create_app(ServiceConfig(db_path=db, work_dir=tmp_path_factory.mktemp("eventswork")))
+    live = LiveServer(app)
+    yield pyvo.dal.TAPService(f"{live.url}/tap")
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def truth(event_field) -> Table:
+    return Table.read(event_field / f"{FIELD}_synthetic_truth.ecsv")
+
+
+def detectable(event_field, truth) -> set[int]:
+    """Events with a peak of >= 0.2 mag and >= 8 good points within t0 +- tE."""
+    found = set()
+    with open_field(event_field) as field:
+        for row in truth[truth["kind"] == "microlensing"]:
+            a = magnification(np.array(max(row["u0"], 1e-6)))
+            peak = 2.5 * np.log10(row["fs"] * a + 1 - row["fs"])
+            t = read_points(field, int(row["field_id"])).hjd
+            if peak >= 0.2 and np.sum(np.abs(t - row["t0"]) <= row["tE"]) >= 8:
+                found.add(int(row["field_id"]))
+    return found
+
+
+def test_adql_finds_the_injected_events(served, event_field, truth):
+    result = served.run_sync(
+        "SELECT c.field_id, c.t0, c.te, c.u0, c.peak_mag_ip, f.ra, f.dec "
+        "FROM rome.microlensing_candidates AS c JOIN rome.field_index AS f "
+        "ON c.field = f.field AND c.field_id = f.field_id "
+        f"WHERE c.classification = 'candidate' AND c.field = '{FIELD}' ORDER BY c.score DESC"
+    ).to_table()
+    kinds = dict(zip(truth["field_id"].tolist(), truth["kind"].tolist(), strict=True))
+    found = {int(i) for i in result["field_id"]}
+    events = detectable(event_field, truth)
+    assert len(events) >= 10
+    false = [i for i in found if kinds[i] != "microlensing"]
+    assert len(false) <= 1, [(i, kinds[i]) for i in false]
+    assert len(found & events) >= 0.8 * len(events), (sorted(events - found), len(events))
+    by_id = {int(r["field_id"]): r for r in truth}
+    for row in result:
+        event = by_id[int(row["field_id"])]
+        if event["kind"] == "microlensing" and event["u0"] < 0.5:
+            assert abs(row["t0"] - event["t0"]) < 0.5 * event["tE"]
+
+
+def test_adql_finds_variables_by_inv_eta_and_iqr(served, truth):
+    result = served.run_sync(
+        "SELECT field_id, inv_eta, iqr_mag FROM rome.lightcurve_stats "
+        f"WHERE field = '{FIELD}' AND filter = 'ip' AND n_good >= 50 "
+        "AND inv_eta > 1 AND iqr_mag > 0.02"
+    ).to_table()
+    kinds = dict(zip(truth["field_id"].tolist(), truth["kind"].tolist(), strict=True))
+    picked = [kinds[int(i)] for i in result["field_id"]]
+    assert len(picked) >= 10
+    assert np.mean([k != "constant" for k in picked]) >= 0.9
+    irregular = {int(i) for i in truth["field_id"][truth["kind"] == "irregular"]}
+    assert len(irregular & {int(i) for i in result["field_id"]}) >= 0.5 * len(irregular)
