@@ -29,9 +29,9 @@ with underestimated errors do not inflate them):
   (a trend is one-sided), 16 baseline_ratio >
   MAX_BASELINE_RATIO (variable baseline), 32 the model misses the points within t0 +- tE
   (their median chi^2 over noise^2 > MAX_WINDOW_RATIO), 64 tE at a bound of the fit,
-  128 no positive baseline flux in any band;
+  128 no positive baseline flux in any band, 256 tE > MAX_TE (how slow trends fit);
 * classification: ``candidate`` when score >= SCORE_MIN, the peak amplitude is
-  >= MIN_AMPLITUDE and no flag is set; ``variable`` with flag 16 or 32; ``artefact``
+  >= MIN_AMPLITUDE and no flag is set; ``variable`` with flag 16, 32 or 256; ``artefact``
   with any other flag; ``weak`` otherwise.
 """
 
@@ -60,6 +60,7 @@ MIN_AMPLITUDE = 0.05  # mag
 MIN_POINTS_IN_WINDOW = 5
 MIN_BASELINE_POINTS = 20
 MIN_SIDE_POINTS = 10
+MAX_TE = 500.0  # days
 MAX_BASELINE_RATIO = 2.0
 MAX_WINDOW_RATIO = 3.0
 _CAP = 25.0
@@ -75,8 +76,9 @@ FLAGS = {
     "poor_fit_in_window": 32,
     "te_at_bound": 64,
     "no_baseline_flux": 128,
+    "outside_prior": 256,
 }
-_VARIABLE = FLAGS["variable_baseline"] | FLAGS["poor_fit_in_window"]
+_VARIABLE = FLAGS["variable_baseline"] | FLAGS["poor_fit_in_window"] | FLAGS["outside_prior"]
 CLASSES = ("candidate", "weak", "variable", "artefact")
 BANDS = ("gp", "rp", "ip")
 
@@ -188,6 +190,8 @@ def _score(fit, t, mag, err, dataset, dataset_band) -> dict:
         flags |= FLAGS["te_at_bound"]
     if not amplitudes:
         flags |= FLAGS["no_baseline_flux"]
+    if fit.tE > MAX_TE:
+        flags |= FLAGS["outside_prior"]
     if flags == 0 and score >= SCORE_MIN and amplitude >= MIN_AMPLITUDE:
         classification = "candidate"
     elif flags & _VARIABLE:
