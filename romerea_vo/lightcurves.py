@@ -319,45 +319,65 @@ def lightcurves(
 # --- statistics ---------------------------------------------------------------------
 
 
-def _block_statistics(
-    block: np.ndarray, lay: PhotometryLayout, mag_col: str, times: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Statistics and variability indices over axis 1 of (stars, images, columns) for
-    good points; ``times`` are the images' (ascending) IMAGES hjd."""
-    good = _quality_mask(block, lay, "good", mag_col)
-    attempted = _quality_mask(block, lay, "all", mag_col)
-    mag_all = block[..., lay.index(mag_col)]
-    err_all = block[..., lay.index(layout.error_column(mag_col))]
-    out = indices.band_indices(times, mag_all, err_all, good, attempted)
-    mag = np.where(good, mag_all, np.nan)
-    err = np.where(good, err_all, np.nan)
-    hjd = np.where(good, block[..., 0], np.nan)
-    n = out["n_good"]
-    has = n > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        safe = mag[has]
-        med = out["median_mag"]
-        out["mean_mag"] = _fill(has, np.nanmean(safe, axis=1))
-        out["min_mag"] = _fill(has, np.nanmin(safe, axis=1))
-        out["max_mag"] = _fill(has, np.nanmax(safe, axis=1))
-        std = np.full(len(n), np.nan)
-        two = n > 1
-        std[two] = np.nanstd(mag[two], axis=1, ddof=1)
-        out["std_mag"] = std
-        out["mad_std_mag"] = _fill(
-            has, 1.482602218505602 * np.nanmedian(np.abs(safe - med[has][:, None]), axis=1)
+@dataclass
+class _BlockColumns:
+    """The columns of a block of cube rows the statistics pass uses, (stars, images)."""
+
+    hjd: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+    good: np.ndarray
+    attempted: np.ndarray
+
+    @classmethod
+    def of(cls, block: np.ndarray, lay: PhotometryLayout, mag_col: str) -> _BlockColumns:
+        return cls(
+            hjd=block[..., 0],
+            mag=block[..., lay.index(mag_col)],
+            err=block[..., lay.index(layout.error_column(mag_col))],
+            good=_quality_mask(block, lay, "good", mag_col),
+            attempted=_quality_mask(block, lay, "all", mag_col),
         )
-        out["median_err"] = _fill(has, np.nanmedian(err[has], axis=1))
-        out["hjd_first"] = _fill(has, np.nanmin(hjd[has], axis=1))
-        out["hjd_last"] = _fill(has, np.nanmax(hjd[has], axis=1))
+
+    def select(self, idx: np.ndarray) -> _BlockColumns:
+        """The same columns for the images ``idx`` only (contiguous copies)."""
+        return _BlockColumns(*(a[:, idx] for a in vars(self).values()))
+
+
+def _row_median(values: np.ndarray, good: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Median of each row's good values (NaN for none), by one sort of the block."""
+    ordered = np.sort(np.where(good, values, np.nan), axis=1)
+    rows = np.arange(len(n))
+    half = np.maximum(n - 1, 0) / 2.0
+    lo, hi = np.floor(half).astype(np.int64), np.ceil(half).astype(np.int64)
+    if ordered.shape[1] == 0:
+        return np.full(len(n), np.nan)
+    return np.where(n > 0, (ordered[rows, lo] + ordered[rows, hi]) / 2.0, np.nan)
+
+
+def _block_statistics(cols: _BlockColumns, times: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics and variability indices of one filter's images (``times``: their
+    ascending IMAGES hjd) for every star of a block."""
+    good = cols.good
+    out = indices.band_indices(times, cols.mag, cols.err, good, cols.attempted)
+    n = out["n_good"]
+    med = out["median_mag"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag0 = np.where(good, cols.mag, 0.0)
+        mean = mag0.sum(axis=1) / n
+        out["mean_mag"] = mean
+        out["min_mag"] = np.where(n > 0, np.where(good, cols.mag, np.inf).min(axis=1), np.nan)
+        out["max_mag"] = np.where(n > 0, np.where(good, cols.mag, -np.inf).max(axis=1), np.nan)
+        centred = np.where(good, cols.mag - mean[:, None], 0.0)
+        out["std_mag"] = np.where(n > 1, np.sqrt((centred**2).sum(axis=1) / (n - 1)), np.nan)
+        out["mad_std_mag"] = 1.482602218505602 * _row_median(
+            np.abs(cols.mag - med[:, None]), good, n
+        )
+        out["median_err"] = _row_median(cols.err, good, n)
+        out["hjd_first"] = np.where(n > 0, np.where(good, cols.hjd, np.inf).min(axis=1), np.nan)
+        out["hjd_last"] = np.where(n > 0, np.where(good, cols.hjd, -np.inf).max(axis=1), np.nan)
     out["time_span"] = out["hjd_last"] - out["hjd_first"]
     return out
-
-
-def _fill(has: np.ndarray, values: np.ndarray) -> np.ndarray:
-    full = np.full(len(has), np.nan)
-    full[has] = values
-    return full
 
 
 @dataclass
@@ -387,26 +407,22 @@ class _FieldGeometry:
         self.band = self.dataset_band[self.dataset[self.all_images]]
         instrument = np.array([c.rsplit("_", 1)[0] for c in image_codes])[self.all_images]
         self.visits = indices.visit_slots(self.hjd[self.all_images], self.band, instrument)
+        # each filter's images as positions within all_images (both in time order)
+        self.position = {
+            f: np.flatnonzero(np.isin(self.all_images, field.select_images([f])))
+            for f in filters
+        }
 
 
-def _fit_block(
-    block: np.ndarray, lay: PhotometryLayout, mag_col: str, geo: _FieldGeometry, rows
-) -> list[dict | None]:
-    """PSPL fits of the given rows of a block on all their good points."""
-    sub = block[rows][:, geo.all_images]
-    good = _quality_mask(sub, lay, "good", mag_col)
+def _fit_rows(cols: _BlockColumns, geo: _FieldGeometry, rows: np.ndarray) -> list[dict | None]:
+    """PSPL fits of the given rows of a block (columns over all images of the pass)."""
     ds = geo.dataset[geo.all_images]
     fits = []
-    for k in range(len(rows)):
-        g = good[k]
-        points = sub[k][g]
+    for k in rows:
+        g = cols.good[k]
         fits.append(
             candidates.candidate_row(
-                points[:, 0],
-                points[:, lay.index(mag_col)],
-                points[:, lay.index(layout.error_column(mag_col))],
-                ds[g],
-                geo.dataset_band,
+                cols.hjd[k][g], cols.mag[k][g], cols.err[k][g], ds[g], geo.dataset_band
             )
         )
     return fits
@@ -470,19 +486,15 @@ def field_statistics(
             parts = (rows[s : s + per_block] for s in range(0, len(rows), per_block))
             blocks = ((quadrant_ids[r], np.stack([cube.read_star(i) for i in r])) for r in parts)
         for ids, block in blocks:
-            sub = block[:, geo.all_images]
-            good = _quality_mask(sub, cube.layout, "good", mag_col)
+            every = _BlockColumns.of(block, cube.layout, mag_col).select(geo.all_images)
+            del block
             stetson = indices.stetson_indices(
-                sub[..., cube.layout.index(mag_col)],
-                sub[..., cube.layout.index(layout.error_column(mag_col))],
-                good,
-                geo.band,
-                geo.visits,
+                every.mag, every.err, every.good, geo.band, geo.visits
             )
-            del sub, good
             per_band = {}
-            for flt, idx in selections.items():
-                stats = _block_statistics(block[:, idx, :], cube.layout, mag_col, geo.hjd[idx])
+            for flt in selections:
+                cols = every.select(geo.position[flt])
+                stats = _block_statistics(cols, geo.hjd[geo.all_images[geo.position[flt]]])
                 stats.update({n: stetson[n] for n in stetson_names})
                 per_band[flt] = stats
                 keep = stats["n_good"] > 0
@@ -500,9 +512,7 @@ def field_statistics(
                     )
                 )
                 started = time.perf_counter()
-                for row, values in zip(
-                    chosen, _fit_block(block, cube.layout, mag_col, geo, chosen), strict=True
-                ):
+                for row, values in zip(chosen, _fit_rows(every, geo, chosen), strict=True):
                     if values is None:
                         continue
                     cand_rows["field_id"].append(int(ids[row]))
@@ -510,7 +520,7 @@ def field_statistics(
                         cand_rows[name].append(values[name])
                 fit_seconds += time.perf_counter() - started
                 n_fits += len(chosen)
-            bar.update(len(block))
+            bar.update(len(ids))
     bar.close()
     arrays = {
         name: np.concatenate(parts) if parts else np.array([]) for name, parts in collected.items()

@@ -248,14 +248,15 @@ def stetson_indices(
             factor = np.sqrt(n_b / (n_b - 1.0))
             d = factor[:, None] * (m - mean[:, None]) / e
             delta[:, cols] = np.where(g & (n_b >= 2)[:, None], d, np.nan)
-        slots = np.where(
-            visits[None, :, :] >= 0,
-            delta[:, np.maximum(visits, 0)],
-            np.nan,
-        )  # (stars, visits, 3)
-        order = np.argsort(np.isnan(slots), axis=2, kind="stable")
-        slots = np.take_along_axis(slots, order, axis=2)
-        first, second, third = slots[..., 0], slots[..., 1], slots[..., 2]
+        # each visit's points in pairing order; NaN where absent or not good
+        a, b, c = (
+            np.where(visits[:, k] >= 0, delta[:, np.maximum(visits[:, k], 0)], np.nan)
+            for k in range(3)
+        )
+        va, vb = ~np.isnan(a), ~np.isnan(b)
+        first = np.where(va, a, np.where(vb, b, c))
+        second = np.where(va, np.where(vb, b, c), np.where(vb, c, np.nan))
+        third = np.where(va & vb, c, np.nan)
         pair = first * second  # NaN unless both exist
         single_first = np.where(np.isnan(second), first**2 - 1.0, np.nan)
         single_third = third**2 - 1.0

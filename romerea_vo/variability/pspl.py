@@ -26,7 +26,8 @@ U0_MAX = 3.0
 _TE_GRID = np.geomspace(1.0, 300.0, 9)
 _U0_GRID = np.array([0.05, 0.3, 0.7, 1.2])
 _T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
-_PEAK_WINDOWS = (1, 5, 25)  # points in the running sums that locate the brightening
+_STARTS = 2  # refinements, from the best grid points of different tE
+_PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
 _HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
 
 
@@ -76,14 +77,24 @@ class PsplFit:
         return np.where(known, self.fs[k] * magnification(u) + self.fb[k], np.nan)
 
 
-def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray):
-    """Per trial (rows of a) and dataset: the weighted least-squares fs, fb and chi2."""
+def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=None):
+    """Per trial (rows of a) and dataset: the weighted least-squares fs, fb and chi2.
+    With ``ds`` (one trial): per-dataset sums by bincount instead of the matrix."""
     aw = a * w
-    s_aa = (a * aw) @ onehot
-    s_a = aw @ onehot
-    s_af = (aw * f) @ onehot
-    s_1 = w @ onehot
-    s_f = (w * f) @ onehot
+    if ds is not None:
+        n_ds = onehot.shape[1]
+
+        def dot(x):
+            return np.bincount(ds, x[0], minlength=n_ds)[None, :]
+
+        s_aa, s_a, s_af = dot(a * aw), dot(aw), dot(aw * f)
+        s_1, s_f = dot(w[None, :]), dot((w * f)[None, :])
+    else:
+        s_aa = (a * aw) @ onehot
+        s_a = aw @ onehot
+        s_af = (aw * f) @ onehot
+        s_1 = w @ onehot
+        s_f = (w * f) @ onehot
     det = s_aa * s_1 - s_a**2
     with np.errstate(divide="ignore", invalid="ignore"):
         fs = (s_1 * s_af - s_a * s_f) / det
@@ -141,28 +152,41 @@ def fit_pspl(
     # an event brightens: the source flux of the best-sampled dataset must be positive
     main = int(np.argmax(np.bincount(ds, minlength=n_ds)))
     chi2 = np.where(fs[:, main] > 0, chi2, np.inf)
-    best = int(np.argmin(chi2))
-    start = np.array([t0[best], math.log(te[best]), u0[best]])
     sw = np.sqrt(w)
 
-    def residuals(p):
+    def model(p):
         a = magnification(np.hypot(p[2], (t - p[0]) / math.exp(p[1])))[None, :]
-        fs, fb, _ = _linear(a, flux, w, onehot)
-        return sw * (flux - fs[0, ds] * a[0] - fb[0, ds])
+        fs, fb, chi2 = _linear(a, flux, w, onehot, ds)
+        return a[0], fs[0], fb[0], float(chi2[0])
+
+    def residuals(p):
+        a, fs, fb, _ = model(p)
+        return sw * (flux - fs[ds] * a - fb[ds])
 
     lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
     hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
-    start = np.clip(start, lo, hi)
-    try:
-        res = least_squares(
-            residuals, start, bounds=(lo, hi), loss="soft_l1", f_scale=_HUBER, x_scale="jac"
-        )
-        p, converged, jac = res.x, bool(res.success), res.jac
-    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-        p, converged, jac = start, False, None
-    a = magnification(np.hypot(p[2], (t - p[0]) / math.exp(p[1])))[None, :]
-    fs, fb, chi2_fit = _linear(a, flux, w, onehot)
-    chi2_fit = float(chi2_fit[0])
+    # refine the best grid point of each of the _STARTS best tE values; keep the best
+    best_of_te = {}
+    for k in np.argsort(chi2):
+        if not np.isfinite(chi2[k]) or len(best_of_te) == _STARTS:
+            break
+        best_of_te.setdefault(te[k], k)
+    if not best_of_te:
+        best_of_te = {te[0]: 0}
+    p, converged, jac, chi2_fit = None, False, None, np.inf
+    for k in best_of_te.values():
+        start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
+        try:
+            res = least_squares(
+                residuals, start, bounds=(lo, hi), loss="soft_l1", f_scale=_HUBER, x_scale="jac"
+            )
+            trial, ok, trial_jac = res.x, bool(res.success), res.jac
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            trial, ok, trial_jac = start, False, None
+        trial_chi2 = model(trial)[3]
+        if p is None or trial_chi2 < chi2_fit:
+            p, converged, jac, chi2_fit = trial, ok, trial_jac, trial_chi2
+    _a, fs, fb, chi2_fit = model(p)
     errs = np.full(3, np.nan)
     if jac is not None and np.all(np.isfinite(jac)):
         with np.errstate(all="ignore"):
@@ -187,6 +211,6 @@ def fit_pspl(
         n_points=n,
         converged=converged,
         datasets=labels,
-        fs=fs[0],
-        fb=fb[0],
+        fs=fs,
+        fb=fb,
     )
