@@ -136,7 +136,36 @@ def field_summary(directory: str | Path) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     print(field_summary(args.field_dir))
+    if args.db:
+        print(candidate_summary(Path(args.db), args.field_dir))
     return 0
+
+
+def candidate_summary(db_path: Path, field_dir: str | Path) -> str:
+    """The field's microlensing-candidate counts in a romerea-vo database (one line)."""
+    from .products import open_field
+    from .store.database import Database
+    from .votable.schema import load_table_schema
+
+    with open_field(field_dir) as field:
+        name = field.name
+    db = Database(db_path)
+    try:
+        with db.session() as session:
+            rows = session.fetchall(
+                "SELECT classification, COUNT(*) FROM "
+                f"{db.physical_name(load_table_schema('microlensing_candidates'))} "
+                "WHERE field = ? GROUP BY classification",
+                [name],
+            )
+    finally:
+        db.close()
+    counts = dict(rows)
+    fitted = sum(counts.values())
+    return (
+        f"microlensing     {counts.get('candidate', 0)} candidates among {fitted} fitted stars "
+        f"(rome.microlensing_candidates in {db_path})"
+    )
 
 
 def _export_table(table, path: Path) -> None:
@@ -702,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a field directory")
     p.add_argument("field_dir")
+    p.add_argument("--db", help="also count the field's microlensing candidates in this database")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("lightcurve", help="extract one star's lightcurve")

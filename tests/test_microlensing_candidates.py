@@ -90,3 +90,29 @@ def test_adql_finds_variables_by_inv_eta_and_iqr(served, truth):
     assert np.mean([k != "constant" for k in picked]) >= 0.9
     irregular = {int(i) for i in truth["field_id"][truth["kind"] == "irregular"]}
     assert len(irregular & {int(i) for i in result["field_id"]}) >= 0.5 * len(irregular)
+
+
+def test_the_tap_examples_for_candidates_and_variables_run(served, truth):
+    from romerea_vo.service.examples import rome_examples
+
+    examples = {e.id: e.query for e in rome_examples(FIELD, 0.0, 0.0)}
+    kinds = dict(zip(truth["field_id"].tolist(), truth["kind"].tolist(), strict=True))
+    bright = served.run_sync(examples["microlensing_candidates"]).to_table()
+    assert len(bright) > 0 and np.all(bright["peak_mag_ip"] < 18)
+    assert all(kinds[int(i)] == "microlensing" for i in bright["field_id"])
+    assert str(bright["did"][0]).endswith(f"?{FIELD}/{int(bright['field_id'][0])}")
+    variables = served.run_sync(examples["variables_eta_iqr"]).to_table()
+    assert len(variables) >= 10
+    assert np.mean([kinds[int(i)] != "constant" for i in variables["field_id"]]) >= 0.9
+
+
+def test_landing_page_counts_the_candidates(served):
+    import httpx
+
+    n = served.run_sync(
+        "SELECT COUNT(*) AS n FROM rome.microlensing_candidates "
+        "WHERE classification = 'candidate'"
+    ).to_table()["n"][0]
+    page = httpx.get(served.baseurl.rsplit("/tap", 1)[0] + "/").text
+    assert "microlensing candidates" in page and n > 0
+    assert f"<td>{FIELD}</td><td>1,500</td><td>900</td><td>E</td><td>{n:,}</td>" in page

@@ -325,11 +325,27 @@ class TapService:
             rows = []
         return rows[0] if rows else ("ROME-FIELD-01", 268.0, -29.0)
 
+    def _candidate_counts(self) -> dict[str, int]:
+        """Microlensing candidates (classification 'candidate') per field."""
+        schema = self.engine.schemas.get("rome.microlensing_candidates")
+        if schema is None:
+            return {}
+        try:
+            with self.db.session() as session:
+                rows = session.fetchall(
+                    f"SELECT field, COUNT(*) FROM {self.db.physical_name(schema)} "
+                    "WHERE classification = 'candidate' GROUP BY field"
+                )
+        except QueryFailed:
+            rows = []
+        return {r[0]: int(r[1]) for r in rows}
+
     async def landing(self, request: Request) -> Response:
         tap = self.base_url(request)
+        counts = self._candidate_counts()
         fields = "".join(
             f"<tr><td>{html.escape(f.name)}</td><td>{f.n_stars:,}</td><td>{f.n_images:,}</td>"
-            f"<td>{html.escape(f.era)}</td></tr>"
+            f"<td>{html.escape(f.era)}</td><td>{counts.get(f.name, 0):,}</td></tr>"
             for f in self.db.fields.values()
         )
         tables = "".join(
@@ -354,7 +370,8 @@ text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}</style></head
 <pre>import pyvo
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
 tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
-<h2>Fields</h2><table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
+<h2>Fields</h2><table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th>
+<th>microlensing candidates</th></tr>
 {fields}</table>
 <h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>{tables}</table>
 </body></html>"""

@@ -235,3 +235,13 @@ def field_tables(field: Field, *, authority: str, progress: bool = False) -> dic
             "microlensing_candidates", passed.candidates, field
         ),
     }
+
+
+def ingest_summary(field: str, tables: dict[str, pa.Table]) -> dict:
+    """What an ingest reports per field: rows per table and the microlensing candidates."""
+    summary: dict = {"field": field, **{k: v.num_rows for k, v in tables.items()}}
+    fits = tables.get("microlensing_candidates")
+    if fits is not None:
+        classes = fits.column("classification").to_pylist()
+        summary["candidates"] = classes.count("candidate")
+    return summary
