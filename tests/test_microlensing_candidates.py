@@ -110,8 +110,7 @@ def test_landing_page_counts_the_candidates(served):
     import httpx
 
     n = served.run_sync(
-        "SELECT COUNT(*) AS n FROM rome.microlensing_candidates "
-        "WHERE classification = 'candidate'"
+        "SELECT COUNT(*) AS n FROM rome.microlensing_candidates WHERE classification = 'candidate'"
     ).to_table()["n"][0]
     page = httpx.get(served.baseurl.rsplit("/tap", 1)[0] + "/").text
     assert "microlensing candidates" in page and n > 0
