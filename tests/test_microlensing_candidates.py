@@ -115,3 +115,84 @@ def test_landing_page_counts_the_candidates(served):
     page = httpx.get(served.baseurl.rsplit("/tap", 1)[0] + "/").text
     assert "microlensing candidates" in page and n > 0
     assert f"<td>{FIELD}</td><td>1,500</td><td>900</td><td>E</td><td>{n:,}</td>" in page
+
+
+def _top_candidate(served) -> tuple[str, dict]:
+    row = served.run_sync(
+        "SELECT TOP 1 f.did, c.t0, c.te, c.u0, c.baseline_mag_ip, c.peak_mag_ip "
+        "FROM rome.microlensing_candidates AS c JOIN rome.field_index AS f "
+        "ON c.field = f.field AND c.field_id = f.field_id "
+        "WHERE c.classification = 'candidate' ORDER BY c.score DESC"
+    ).to_table()[0]
+    return str(row["did"]), {k: float(row[k]) for k in row.colnames if k != "did"}
+
+
+def test_lightcurve_model_pspl(served):
+    import io
+
+    import httpx
+    from astropy.io.votable import parse_single_table
+
+    root = served.baseurl.rsplit("/tap", 1)[0]
+    did, fit = _top_candidate(served)
+    r = httpx.get(f"{root}/lightcurve", params={"ID": did, "MODEL": "pspl", "BAND": "ip"})
+    assert r.status_code == 200, r.text
+    votable = parse_single_table(io.BytesIO(r.content))
+    table = votable.to_table()
+    model = np.asarray(table["model_mag"], dtype=float)
+    mag, err = (np.asarray(table[c], dtype=float) for c in ("normalized_mag", "normalized_mag_err"))
+    assert np.all(np.isfinite(model))
+    # the model follows the points (outliers and underestimated errors allowed for)
+    assert np.median(np.abs(mag - model) / err) < 1.5
+    near = np.abs(np.asarray(table["hjd"]) - fit["t0"]) < 0.2 * fit["te"]
+    if near.any():
+        assert np.all(model[near] < fit["baseline_mag_ip"])
+    assert np.min(model) >= fit["peak_mag_ip"] - 1e-9
+    png = httpx.get(
+        f"{root}/lightcurve", params={"ID": did, "MODEL": "pspl", "RESPONSEFORMAT": "png"}
+    )
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    plain = httpx.get(f"{root}/lightcurve", params={"ID": did, "RESPONSEFORMAT": "png"})
+    assert plain.content != png.content
+
+
+def test_lightcurve_model_errors(served, truth):
+    import httpx
+
+    root = served.baseurl.rsplit("/tap", 1)[0]
+    did, _ = _top_candidate(served)
+    bad = httpx.get(f"{root}/lightcurve", params={"ID": did, "MODEL": "binary"})
+    assert bad.status_code == 400 and "MODEL=pspl" in bad.text
+    fitted = {int(i) for i in served.run_sync(
+        "SELECT field_id FROM rome.microlensing_candidates"
+    ).to_table()["field_id"]}  # fmt: skip
+    unfitted = next(i for i in truth["field_id"].tolist() if i not in fitted)
+    other = did.rsplit("/", 1)[0] + f"/{unfitted}"
+    r = httpx.get(f"{root}/lightcurve", params={"ID": other, "MODEL": "pspl"})
+    assert r.status_code == 404 and "no point-lens fit" in r.text
+    two = httpx.get(f"{root}/lightcurve", params={"ID": [did, other], "MODEL": "pspl"})
+    assert two.status_code == 400
+
+
+def test_datalink_links_a_candidate_to_its_fit_and_model(served):
+    import io
+
+    import httpx
+    from astropy.io.votable import parse_single_table
+
+    root = served.baseurl.rsplit("/tap", 1)[0]
+    did, _ = _top_candidate(served)
+    r = httpx.get(f"{root}/datalink/links", params={"ID": did})
+    links = parse_single_table(io.BytesIO(r.content)).to_table()
+    local = {str(s): str(u) for s, u in zip(links["local_semantics"], links["access_url"],
+                                            strict=True)}  # fmt: skip
+    assert "MODEL=pspl" in local["lightcurve-plot-pspl"]
+    aux = local["microlensing-candidate-row"]
+    assert "microlensing_candidates" in aux
+    semantics = dict(zip(links["local_semantics"].tolist(), links["semantics"].tolist(),
+                         strict=True))  # fmt: skip
+    assert semantics["lightcurve-plot-pspl"] == "#preview"
+    assert semantics["microlensing-candidate-row"] == "#auxiliary"
+    rows = parse_single_table(io.BytesIO(httpx.get(aux).content)).to_table()
+    assert len(rows) == 1 and rows["classification"][0] == "candidate"
+    assert httpx.get(local["lightcurve-plot-pspl"]).content.startswith(b"\x89PNG")

@@ -38,6 +38,22 @@ def magnification(u: np.ndarray) -> np.ndarray:
         return (u**2 + 2.0) / (u * np.sqrt(u**2 + 4.0))
 
 
+def band_model_mag(
+    t: np.ndarray, t0: float, te: float, u0: float, peak_mag: float, baseline_mag: float
+) -> np.ndarray:
+    """The model magnitude of one band at times t from a fit's (t0, tE, u0) and the band's
+    model peak and baseline magnitudes (as rome.microlensing_candidates stores them):
+    m = baseline - 2.5 log10(f A(u) + 1 - f), with the source fraction f that makes the
+    model reach peak_mag at t0. NaN where the model flux is not positive."""
+    a_peak = float(magnification(np.array(max(u0, 1e-12))))
+    gain = 10.0 ** (-0.4 * (peak_mag - baseline_mag))
+    fraction = (gain - 1.0) / (a_peak - 1.0) if a_peak > 1.0 else 0.0
+    a = magnification(np.hypot(u0, (np.asarray(t, float) - t0) / te))
+    flux = fraction * a + 1.0 - fraction
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(flux > 0, baseline_mag - 2.5 * np.log10(np.maximum(flux, 1e-300)), np.nan)
+
+
 def mag_to_flux(mag: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Magnitudes and errors -> fluxes on the FLUX_ZERO_POINT scale and their errors."""
     flux = 10.0 ** (-0.4 * (np.asarray(mag, float) - FLUX_ZERO_POINT))
