@@ -313,16 +313,20 @@ class TapService:
         row = rows[0] if rows else None
         return (row[0], row[1]) if row and row[0] is not None else (0.0, 0.0)
 
-    def _example_position(self) -> tuple[str, float, float]:
-        field_index = self.db.physical_name(self.engine.schemas["rome.field_index"])
+    def _rows_or_none(self, sql: str) -> list[tuple]:
+        """Rows of a small query of ours; none when it fails (e.g. an older database)."""
         try:
             with self.db.session() as session:
-                rows = session.fetchall(
-                    f"SELECT field, avg(ra), avg(dec) FROM {field_index} "
-                    "GROUP BY field ORDER BY field LIMIT 1"
-                )
+                return session.fetchall(sql)
         except QueryFailed:
-            rows = []
+            return []
+
+    def _example_position(self) -> tuple[str, float, float]:
+        field_index = self.db.physical_name(self.engine.schemas["rome.field_index"])
+        rows = self._rows_or_none(
+            f"SELECT field, avg(ra), avg(dec) FROM {field_index} "
+            "GROUP BY field ORDER BY field LIMIT 1"
+        )
         return rows[0] if rows else ("ROME-FIELD-01", 268.0, -29.0)
 
     def _candidate_counts(self) -> dict[str, int]:
@@ -330,14 +334,10 @@ class TapService:
         schema = self.engine.schemas.get("rome.microlensing_candidates")
         if schema is None:
             return {}
-        try:
-            with self.db.session() as session:
-                rows = session.fetchall(
-                    f"SELECT field, COUNT(*) FROM {self.db.physical_name(schema)} "
-                    "WHERE classification = 'candidate' GROUP BY field"
-                )
-        except QueryFailed:
-            rows = []
+        rows = self._rows_or_none(
+            f"SELECT field, COUNT(*) FROM {self.db.physical_name(schema)} "
+            "WHERE classification = 'candidate' GROUP BY field"
+        )
         return {r[0]: int(r[1]) for r in rows}
 
     async def landing(self, request: Request) -> Response:
