@@ -372,12 +372,18 @@ def _remote_lightcurve(args: argparse.Namespace) -> int:
 
 
 def ensure_demo_field(cache: Path, quiet: bool = False) -> Path:
-    """The demo field in the cache, synthesised (atomically) if absent."""
-    from .products.synthetic import synthesize_field
+    """The demo field in the cache, synthesised (atomically) if absent or made by
+    another version of the generator."""
+    from astropy.table import Table
+
+    from .products.synthetic import GENERATOR_VERSION, synthesize_field, truth_filename
 
     target = cache / "demo" / DEMO_FIELD
-    if (target / f"{DEMO_FIELD}_field_crossmatch.fits").exists():
-        return target
+    truth = target / truth_filename(DEMO_FIELD)
+    if (target / f"{DEMO_FIELD}_field_crossmatch.fits").exists() and truth.exists():
+        made_by = Table.read(truth, format="ascii.ecsv").meta.get("generator_version")
+        if made_by == GENERATOR_VERSION:
+            return target
     partial = target.with_name(f".{DEMO_FIELD}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
