@@ -64,7 +64,7 @@ def _default_cache() -> Path:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .products.synthetic import synthesize_field
+    from .products.synthetic import SignalRates, synthesize_field
 
     out = synthesize_field(
         args.outdir,
@@ -73,6 +73,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         n_images=args.images,
         seed=args.seed,
         progress=not args.quiet,
+        rates=SignalRates(args.event_rate, args.periodic_rate, args.irregular_rate),
     )
     print(f"wrote synthetic field {args.field} to {out}")
     return 0
@@ -139,7 +140,36 @@ def field_summary(directory: str | Path) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     print(field_summary(args.field_dir))
+    if args.db:
+        print(candidate_summary(Path(args.db), args.field_dir))
     return 0
+
+
+def candidate_summary(db_path: Path, field_dir: str | Path) -> str:
+    """The field's microlensing-candidate counts in a romerea-vo database (one line)."""
+    from .products import open_field
+    from .store.database import Database
+    from .votable.schema import load_table_schema
+
+    with open_field(field_dir) as field:
+        name = field.name
+    db = Database(db_path)
+    try:
+        with db.session() as session:
+            rows = session.fetchall(
+                "SELECT classification, COUNT(*) FROM "
+                f"{db.physical_name(load_table_schema('microlensing_candidates'))} "
+                "WHERE field = ? GROUP BY classification",
+                [name],
+            )
+    finally:
+        db.close()
+    counts = dict(rows)
+    fitted = sum(counts.values())
+    return (
+        f"microlensing     {counts.get('candidate', 0)} candidates among {fitted} fitted stars "
+        f"(rome.microlensing_candidates in {db_path})"
+    )
 
 
 def _export_table(table, path: Path) -> None:
@@ -346,12 +376,18 @@ def _remote_lightcurve(args: argparse.Namespace) -> int:
 
 
 def ensure_demo_field(cache: Path, quiet: bool = False) -> Path:
-    """The demo field in the cache, synthesised (atomically) if absent."""
-    from .products.synthetic import synthesize_field
+    """The demo field in the cache, synthesised (atomically) if absent or made by
+    another version of the generator."""
+    from astropy.table import Table
+
+    from .products.synthetic import GENERATOR_VERSION, synthesize_field, truth_filename
 
     target = cache / "demo" / DEMO_FIELD
-    if (target / f"{DEMO_FIELD}_field_crossmatch.fits").exists():
-        return target
+    truth = target / truth_filename(DEMO_FIELD)
+    if (target / f"{DEMO_FIELD}_field_crossmatch.fits").exists() and truth.exists():
+        made_by = Table.read(truth, format="ascii.ecsv").meta.get("generator_version")
+        if made_by == GENERATOR_VERSION:
+            return target
     partial = target.with_name(f".{DEMO_FIELD}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -373,10 +409,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if truth_path.exists():
         truth = Table.read(truth_path)
         events = truth[truth["kind"] == "microlensing"]
+        n_signals = int(np.count_nonzero(truth["kind"] != "constant"))
         if len(events):
             fid = int(events["field_id"][0])
             print(
-                f"\n{len(truth)} injected signals ({len(events)} microlensing events); "
+                f"\n{n_signals} injected signals ({len(events)} microlensing events); "
                 f"plot one:\n  romerea-vo lightcurve {directory} --field-id {fid} -o event.png"
             )
     if args.no_serve:
@@ -748,6 +785,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stars", type=int, default=2000, help="number of stars (default %(default)s)")
     p.add_argument("--images", type=int, default=400, help="number of images (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument(
+        "--event-rate",
+        type=float,
+        default=0.01,
+        help="fraction of stars with a microlensing event (default %(default)s)",
+    )
+    p.add_argument(
+        "--periodic-rate",
+        type=float,
+        default=0.01,
+        help="fraction of periodic variables (default %(default)s)",
+    )
+    p.add_argument(
+        "--irregular-rate",
+        type=float,
+        default=0.005,
+        help="fraction of irregular variables and trends (default %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
@@ -794,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a field directory")
     p.add_argument("field_dir")
+    p.add_argument("--db", help="also count the field's microlensing candidates in this database")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("lightcurve", help="extract one star's lightcurve")

@@ -18,6 +18,7 @@ Quality cuts (``quality=``):
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from .products import layout
 from .products.layout import PhotometryLayout, good_measurement, valid_measurement
 from .products.lookup import StarRef
 from .products.reader import Field
+from .variability import candidates, indices
 from .votable.schema import load_table_schema
 
 QUALITIES = ("good", "valid", "all")
@@ -317,59 +319,131 @@ def lightcurves(
 # --- statistics ---------------------------------------------------------------------
 
 
-def _block_statistics(
-    block: np.ndarray, lay: PhotometryLayout, mag_col: str
-) -> dict[str, np.ndarray]:
-    """Statistics over axis 1 of (stars, images, columns) for good points."""
-    good = _quality_mask(block, lay, "good", mag_col)
-    mag = np.where(good, block[..., lay.index(mag_col)], np.nan)
-    err = np.where(good, block[..., lay.index(layout.error_column(mag_col))], np.nan)
-    hjd = np.where(good, block[..., 0], np.nan)
-    n = good.sum(axis=1)
-    has = n > 0
-    out = {"n_good": n}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        safe = mag[has]
-        med = np.full(len(n), np.nan)
-        med[has] = np.nanmedian(safe, axis=1)
-        out["mean_mag"] = _fill(has, np.nanmean(safe, axis=1))
-        out["median_mag"] = med
-        out["min_mag"] = _fill(has, np.nanmin(safe, axis=1))
-        out["max_mag"] = _fill(has, np.nanmax(safe, axis=1))
-        std = np.full(len(n), np.nan)
-        two = n > 1
-        std[two] = np.nanstd(mag[two], axis=1, ddof=1)
-        out["std_mag"] = std
-        out["mad_std_mag"] = _fill(
-            has, 1.482602218505602 * np.nanmedian(np.abs(safe - med[has][:, None]), axis=1)
+@dataclass
+class _BlockColumns:
+    """The columns of a block of cube rows the statistics pass uses, (stars, images)."""
+
+    hjd: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+    good: np.ndarray
+    attempted: np.ndarray
+
+    @classmethod
+    def of(cls, block: np.ndarray, lay: PhotometryLayout, mag_col: str) -> _BlockColumns:
+        return cls(
+            hjd=block[..., 0],
+            mag=block[..., lay.index(mag_col)],
+            err=block[..., lay.index(layout.error_column(mag_col))],
+            good=_quality_mask(block, lay, "good", mag_col),
+            attempted=_quality_mask(block, lay, "all", mag_col),
         )
-        out["median_err"] = _fill(has, np.nanmedian(err[has], axis=1))
-        out["hjd_first"] = _fill(has, np.nanmin(hjd[has], axis=1))
-        out["hjd_last"] = _fill(has, np.nanmax(hjd[has], axis=1))
+
+    def select(self, idx: np.ndarray) -> _BlockColumns:
+        """The same columns for the images ``idx`` only (contiguous copies)."""
+        return _BlockColumns(*(a[:, idx] for a in vars(self).values()))
+
+
+def _row_median(values: np.ndarray, good: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Median of each row's good values (NaN for none), by one sort of the block."""
+    ordered = np.sort(np.where(good, values, np.nan), axis=1)
+    rows = np.arange(len(n))
+    half = np.maximum(n - 1, 0) / 2.0
+    lo, hi = np.floor(half).astype(np.int64), np.ceil(half).astype(np.int64)
+    if ordered.shape[1] == 0:
+        return np.full(len(n), np.nan)
+    return np.where(n > 0, (ordered[rows, lo] + ordered[rows, hi]) / 2.0, np.nan)
+
+
+def _block_statistics(cols: _BlockColumns, times: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics and variability indices of one filter's images (``times``: their
+    ascending IMAGES hjd) for every star of a block."""
+    good = cols.good
+    out = indices.band_indices(times, cols.mag, cols.err, good, cols.attempted)
+    n = out["n_good"]
+    med = out["median_mag"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag0 = np.where(good, cols.mag, 0.0)
+        mean = mag0.sum(axis=1) / n
+        out["mean_mag"] = mean
+        out["min_mag"] = np.where(n > 0, np.where(good, cols.mag, np.inf).min(axis=1), np.nan)
+        out["max_mag"] = np.where(n > 0, np.where(good, cols.mag, -np.inf).max(axis=1), np.nan)
+        centred = np.where(good, cols.mag - mean[:, None], 0.0)
+        out["std_mag"] = np.where(n > 1, np.sqrt((centred**2).sum(axis=1) / (n - 1)), np.nan)
+        out["mad_std_mag"] = 1.482602218505602 * _row_median(
+            np.abs(cols.mag - med[:, None]), good, n
+        )
+        out["median_err"] = _row_median(cols.err, good, n)
+        out["hjd_first"] = np.where(n > 0, np.where(good, cols.hjd, np.inf).min(axis=1), np.nan)
+        out["hjd_last"] = np.where(n > 0, np.where(good, cols.hjd, -np.inf).max(axis=1), np.nan)
     out["time_span"] = out["hjd_last"] - out["hjd_first"]
     return out
 
 
-def _fill(has: np.ndarray, values: np.ndarray) -> np.ndarray:
-    full = np.full(len(has), np.nan)
-    full[has] = values
-    return full
+@dataclass
+class FieldStatistics:
+    """What the statistics pass produces: ``stats`` (rows of rome.lightcurve_stats) and
+    ``candidates`` (rows of rome.microlensing_candidates; None unless asked for)."""
+
+    stats: Table
+    candidates: Table | None
+    n_fits: int = 0
+    fit_seconds: float = 0.0
 
 
-def lightcurve_statistics(
+class _FieldGeometry:
+    """Per-field image arrays the pass needs: bands, datasets, visits."""
+
+    def __init__(self, field: Field, filters: list[str]):
+        images = field.images
+        codes = list(field.dataset_codes)
+        self.hjd = np.asarray(images["hjd"], dtype=float)
+        image_codes = np.char.strip(np.asarray(images["dataset_code"]).astype(str))
+        self.dataset = np.array([codes.index(c) if c in codes else -1 for c in image_codes])
+        filters_of = [str(f).strip() for f in field.datasets["dataset_filter"]]
+        band_code = {f: k for k, f in enumerate(candidates.BANDS)}
+        self.dataset_band = np.array([band_code.get(f, -1) for f in filters_of])
+        self.all_images = field.select_images(filters)
+        self.band = self.dataset_band[self.dataset[self.all_images]]
+        instrument = np.array([c.rsplit("_", 1)[0] for c in image_codes])[self.all_images]
+        self.visits = indices.visit_slots(self.hjd[self.all_images], self.band, instrument)
+        # each filter's images as positions within all_images (both in time order)
+        self.position = {
+            f: np.flatnonzero(np.isin(self.all_images, field.select_images([f]))) for f in filters
+        }
+
+
+def _fit_rows(cols: _BlockColumns, geo: _FieldGeometry, rows: np.ndarray) -> list[dict | None]:
+    """PSPL fits of the given rows of a block (columns over all images of the pass)."""
+    ds = geo.dataset[geo.all_images]
+    fits = []
+    for k in rows:
+        g = cols.good[k]
+        fits.append(
+            candidates.candidate_row(
+                cols.hjd[k][g], cols.mag[k][g], cols.err[k][g], ds[g], geo.dataset_band
+            )
+        )
+    return fits
+
+
+def field_statistics(
     field: Field,
     *,
     mag_column: str | None = None,
     filters: Iterable[str] | None = None,
     field_ids: Iterable[int] | None = None,
+    fit_candidates: bool = True,
     progress: bool = False,
-) -> Table:
-    """Per star and filter: number of good points, mean/median/min/max magnitude,
-    scatter (std and robust MAD-based), median error, first/last HJD and time span.
+) -> FieldStatistics:
+    """The statistics pass: per star and filter, the summary statistics and variability
+    indices of rome.lightcurve_stats, and (``fit_candidates``) the PSPL fits of the stars
+    passing the candidates' pre-selection (rome.microlensing_candidates).
 
     Streams every quadrant cube in blocks of whole rows (sequential reads, bounded
     memory); with ``field_ids``, reads only those stars' rows (in row order). Star/filter
-    pairs without any good point are left out.
+    pairs without any good point are left out. Raises InvalidRequestError for an unknown
+    field_id, filter or magnitude column.
     """
     wanted = None
     if field_ids is not None:
@@ -384,9 +458,15 @@ def lightcurve_statistics(
     filters = list(filters) if filters is not None else list(layout.FILTERS)
     selections = {f: field.select_images([f]) for f in filters}
     selections = {f: idx for f, idx in selections.items() if len(idx)}
+    geo = _FieldGeometry(field, list(selections) or filters)
     schema = load_table_schema("lightcurve_stats")
     stat_names = [c.name for c in schema.columns[3:]]
+    stetson_names = [n for n in stat_names if n.startswith("stetson_")]
+    cand_schema = load_table_schema("microlensing_candidates")
+    cand_names = [c.name for c in cand_schema.columns[2:]]
     collected: dict[str, list] = {name: [] for name in ["field_id", "filter", *stat_names]}
+    cand_rows: dict[str, list] = {name: [] for name in ["field_id", *cand_names]}
+    n_fits, fit_seconds = 0, 0.0
     total = field.n_stars if wanted is None else len(wanted)
     bar = tqdm(total=total, unit="star", disable=not progress, desc=f"{field.name} stats")
     for quadrant in layout.QUADRANTS:
@@ -405,14 +485,41 @@ def lightcurve_statistics(
             parts = (rows[s : s + per_block] for s in range(0, len(rows), per_block))
             blocks = ((quadrant_ids[r], np.stack([cube.read_star(i) for i in r])) for r in parts)
         for ids, block in blocks:
-            for flt, idx in selections.items():
-                stats = _block_statistics(block[:, idx, :], cube.layout, mag_col)
+            every = _BlockColumns.of(block, cube.layout, mag_col).select(geo.all_images)
+            del block
+            stetson = indices.stetson_indices(
+                every.mag, every.err, every.good, geo.band, geo.visits
+            )
+            per_band = {}
+            for flt in selections:
+                cols = every.select(geo.position[flt])
+                stats = _block_statistics(cols, geo.hjd[geo.all_images[geo.position[flt]]])
+                stats.update({n: stetson[n] for n in stetson_names})
+                per_band[flt] = stats
                 keep = stats["n_good"] > 0
                 collected["field_id"].append(ids[keep])
                 collected["filter"].append(np.full(int(keep.sum()), flt))
                 for name in stat_names:
                     collected[name].append(stats[name][keep])
-            bar.update(len(block))
+            if fit_candidates and per_band:
+                chosen = np.flatnonzero(
+                    candidates.preselect(
+                        *(
+                            np.stack([per_band[f][k] for f in per_band], axis=1)
+                            for k in ("inv_eta", "bright_run", "n_good")
+                        )
+                    )
+                )
+                started = time.perf_counter()
+                for row, values in zip(chosen, _fit_rows(every, geo, chosen), strict=True):
+                    if values is None:
+                        continue
+                    cand_rows["field_id"].append(int(ids[row]))
+                    for name in cand_names:
+                        cand_rows[name].append(values[name])
+                fit_seconds += time.perf_counter() - started
+                n_fits += len(chosen)
+            bar.update(len(ids))
     bar.close()
     arrays = {
         name: np.concatenate(parts) if parts else np.array([]) for name, parts in collected.items()
@@ -422,7 +529,51 @@ def lightcurve_statistics(
     cols = [Column(np.full(len(order), field.name), name="field", description=spec.description)]
     for name, values in arrays.items():
         spec = schema.by_name[name]
-        dtype = np.int64 if name == "field_id" else (np.int32 if name == "n_good" else None)
+        dtype = (
+            np.int64
+            if name == "field_id"
+            else (np.int32 if name in ("n_good", "bright_run") else None)
+        )
         values = values[order] if dtype is None else values[order].astype(dtype)
         cols.append(Column(values, name=name, unit=spec.astropy_unit, description=spec.description))
-    return Table(cols, meta={"field": field.name, "mag_column": mag_col, "quality": "good"})
+    meta = {"field": field.name, "mag_column": mag_col, "quality": "good"}
+    stats_table = Table(cols, meta=meta)
+    cand_table = None
+    if fit_candidates:
+        cand_table = Table(meta=dict(meta))
+        cand_table["field"] = np.full(len(cand_rows["field_id"]), field.name)
+        order = np.argsort(np.asarray(cand_rows["field_id"], dtype=np.int64), kind="stable")
+        for name, values in cand_rows.items():
+            spec = cand_schema.by_name[name]
+            if spec.datatype == "char":
+                column = np.asarray(values, dtype=str)
+            elif spec.datatype in ("int", "long"):
+                column = np.asarray(values, dtype=np.int64)
+            else:  # None (no value) -> NaN -> NULL
+                column = np.array([np.nan if v is None else v for v in values], dtype=float)
+            cand_table[name] = column[order] if len(column) else column
+            cand_table[name].unit = spec.astropy_unit
+            cand_table[name].description = spec.description
+    return FieldStatistics(stats_table, cand_table, n_fits, fit_seconds)
+
+
+def lightcurve_statistics(
+    field: Field,
+    *,
+    mag_column: str | None = None,
+    filters: Iterable[str] | None = None,
+    field_ids: Iterable[int] | None = None,
+    progress: bool = False,
+) -> Table:
+    """Per star and filter: number of good points, mean/median/min/max magnitude,
+    scatter (std and robust MAD-based), median error, first/last HJD and time span, and
+    the variability indices of :mod:`romerea_vo.variability.indices` (the rows of
+    rome.lightcurve_stats; see :func:`field_statistics`)."""
+    return field_statistics(
+        field,
+        mag_column=mag_column,
+        filters=filters,
+        field_ids=field_ids,
+        fit_candidates=False,
+        progress=progress,
+    ).stats

@@ -21,8 +21,10 @@ def plot_lightcurve(
     *,
     title: str | None = None,
     mag_column: str | None = None,
+    model: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """Write a PNG of a lightcurve Table (as returned by ``lightcurves.lightcurve``).
+    """Write a PNG of a lightcurve Table (as returned by ``lightcurves.lightcurve``);
+    ``model`` maps a band to (hjd, magnitude) arrays of a model curve drawn over it.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot global state), so it
     is safe to call from service worker threads.
@@ -43,6 +45,9 @@ def plot_lightcurve(
         err = np.asarray(table[err_column])[rows]
         ax.errorbar(t, mag, yerr=err, fmt=".", ms=3, lw=0.6, color=BAND_COLOURS[band],
                     label=f"{BAND_LABELS[band]} ({rows.sum()} points)")  # fmt: skip
+        if model and band in model:
+            mt, mm = model[band]
+            ax.plot(mt - HJD_OFFSET, mm, "-", color="black", lw=0.9, label="point-lens model")
         ax.invert_yaxis()
         ax.set_ylabel(f"{BAND_LABELS[band]} [mag]")
         ax.legend(loc="upper right", fontsize="small", frameon=False)

@@ -39,6 +39,24 @@ def test_info_summarises_the_field(synthetic_field):
         assert f"ip             {n_ip:>8}" in out
 
 
+def test_info_counts_candidates_in_a_database(synthetic_field, tap_db):
+    from romerea_vo.store import Database
+    from romerea_vo.votable.schema import load_table_schema
+
+    out = run_cli("info", str(synthetic_field), "--db", str(tap_db)).stdout
+    db = Database(tap_db)
+    try:
+        with db.session() as session:
+            n, fitted = session.fetchall(
+                "SELECT COUNT(*) FILTER (WHERE classification = 'candidate'), COUNT(*) FROM "
+                f"{db.physical_name(load_table_schema('microlensing_candidates'))} "
+                "WHERE field = 'ROME-FIELD-01'"
+            )[0]
+    finally:
+        db.close()
+    assert f"microlensing     {n} candidates among {fitted} fitted stars" in out
+
+
 @pytest.mark.parametrize("suffix", [".vot", ".csv", ".fits", ".ecsv"])
 def test_lightcurve_formats_round_trip(synthetic_field, tmp_path, suffix):
     out = tmp_path / f"lc{suffix}"

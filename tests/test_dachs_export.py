@@ -107,7 +107,7 @@ def test_rd_has_the_stored_rome_tables(rd):
     names = [t.get("id") for t in rd.findall("table")]
     assert names == [
         "field_index", "stars", "datasets", "images", "stamps", "dataset_stars",
-        "lightcurve_stats",
+        "lightcurve_stats", "microlensing_candidates",
     ]  # fmt: skip
     # rome.photometry is virtual (read from the cubes per query): not a DaCHS table
     assert "photometry" not in names and not any("tap_schema" in n.lower() for n in names)

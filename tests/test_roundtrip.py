@@ -96,25 +96,48 @@ def _paczynski_dm(t, t0, te, u0, fs):
     return -2.5 * np.log10(fs * magnification + 1 - fs)
 
 
+def _model_dm(row, t, meta):
+    """The truth table's signal models, restated from its metadata."""
+    kind = row["kind"]
+    if kind == "microlensing":
+        return _paczynski_dm(t, row["t0"], row["tE"], row["u0"], row["fs"])
+    x = (t - meta["phase_reference_hjd"]) / row["period"] + row["phase"] / (2 * np.pi)
+    if kind == "periodic":
+        return row["amplitude"] * np.sin(2 * np.pi * x)
+    x = np.mod(x, 1.0)
+    if kind == "eclipsing":
+        w = row["width"]
+        return row["amplitude"] * (
+            np.exp(-0.5 * (np.minimum(x, 1 - x) / w) ** 2)
+            + 0.4 * np.exp(-0.5 * ((x - 0.5) / w) ** 2)
+        )
+    if kind == "sawtooth":
+        w = row["width"]
+        return row["amplitude"] * np.where(x < w, 1 - 2 * x / w, -1 + 2 * (x - w) / (1 - w))
+    assert kind == "trend"
+    span = meta["last_hjd"] - meta["first_hjd"]
+    return row["amplitude"] * (2 * (t - meta["first_hjd"]) / span - 1)
+
+
 def test_lightcurves_carry_the_injected_signals(field, truth):
-    assert {"microlensing", "periodic"} <= set(truth["kind"])
-    reference = truth.meta["phase_reference_hjd"]
-    explained = 0
-    for row in truth:
+    kinds = set(truth["kind"])
+    assert {"constant", "microlensing", "periodic", "eclipsing", "sawtooth"} <= kinds
+    explained = visible = 0
+    # irregular variables: their modes are not in the table, only their rms
+    for row in truth[~np.isin(truth["kind"], ["constant", "irregular"])]:
         lc = lightcurves.lightcurve(field, int(row["field_id"]), filters="ip")
         t, mag, err = (np.asarray(lc[c]) for c in ("hjd", "normalized_mag", "normalized_mag_err"))
         assert len(t) > 10
-        if row["kind"] == "microlensing":
-            model = row["base_mag_i"] + _paczynski_dm(t, row["t0"], row["tE"], row["u0"], row["fs"])
-        else:
-            phase = 2 * np.pi * (t - reference) / row["period"] + row["phase"]
-            model = row["base_mag_i"] + row["amplitude"] * np.sin(phase)
-        chi2_model = np.mean(((mag - model) / err) ** 2)
-        chi2_flat = np.mean(((mag - np.median(mag)) / err) ** 2)
-        assert chi2_model < 3, (row["field_id"], row["kind"], chi2_model)
-        explained += chi2_flat > 4 * chi2_model
-    # a signal whose peak fell in a season gap can look flat; most must be plain to see
-    assert explained >= 0.8 * len(truth)
+        model = row["base_mag_i"] + _model_dm(row, t, truth.meta)
+        # capped: the generator adds unflagged outliers and underestimates some errors
+        chi2_model = np.mean(np.minimum(((mag - model) / err) ** 2, 25))
+        chi2_flat = np.mean(np.minimum(((mag - np.median(mag)) / err) ** 2, 25))
+        assert chi2_model < 5, (row["field_id"], row["kind"], chi2_model)
+        # a signal that peaks in a season gap can look flat: count the visible ones
+        if np.count_nonzero(np.abs(model - np.median(model)) > 3 * err) >= 5:
+            visible += 1
+            explained += chi2_flat > 1.5 * chi2_model
+    assert visible >= 5 and explained >= 0.8 * visible
 
 
 def test_batch_table_has_ids_and_stars_in_order(field):

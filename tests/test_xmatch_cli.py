@@ -252,7 +252,10 @@ def test_field_directories_give_what_the_database_gives(
         x, y = ta[name], tb[name]
         assert np.array_equal(np.ma.getmaskarray(x), np.ma.getmaskarray(y)), name
         if x.dtype.kind == "f":
-            assert np.allclose(np.ma.filled(x, 0), np.ma.filled(y, 0), rtol=1e-12), name
+            # NaN: an index undefined for that star (e.g. no window for the excess Abbe)
+            assert np.allclose(
+                np.ma.filled(x, 0), np.ma.filled(y, 0), rtol=1e-12, equal_nan=True
+            ), name
         else:
             assert list(np.ma.filled(x, 0)) == list(np.ma.filled(y, 0)), name
     assert (np.ma.filled(ta["n_good_ip"], 0) > 0).sum() > 100
@@ -317,7 +320,10 @@ def test_statistics_of_chosen_stars(synthetic_field):
     assert len(some) == len(want) > 0
     for name in some.colnames:
         a, b = np.asarray(some[name]), np.asarray(want[name])
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+        if a.dtype.kind == "f":  # vectorised sums over blocks of other sizes: last bits
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
+        else:
+            assert np.array_equal(a, b), name
 
 
 def test_where_selects_rome_stars(inputs, catalogue, rome, tap_db, synthetic_field, tmp_path):

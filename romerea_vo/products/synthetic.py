@@ -22,7 +22,16 @@ What the generator models (everything vectorised; no Python loop over stars x im
   (primary catalogue first, then orphans per dataset), midpoint-rule quadrants.
 * Cubes: noise from a magnitude- and image-dependent error model, per-dataset
   normalisation (a0, a1) and zero points, failed fits and qc bits 1/2/4/8/16, images
-  without photometry, microlensing events and periodic variables (truth table).
+  without photometry.
+* What makes real difference-imaging photometry hard (generator 2.0): reported errors
+  that underestimate the true scatter in some datasets (a factor per dataset), and
+  unflagged heavy-tailed outliers (bad subtractions, cosmic rays, near-saturation) at a
+  rate that grows for bright stars, for outlier-prone stars and in poor-seeing images.
+* Signals (truth table, one row per star): Paczynski microlensing events over the
+  realistic range (tE log-uniform 1-300 d, u0 0-1.5, source fraction 0.05-1, t0 from
+  before the first season to after the last, so events in season gaps and partly
+  covered events occur), sinusoidal, eclipsing-binary and sawtooth periodic variables,
+  semi-regular/irregular red-giant variability and long-term trends; rates are options.
 
 Randomness: every quantity comes from a numpy Generator seeded by
 ``SeedSequence(seed, spawn_key=(stream, ...))``. Cube noise is drawn per fixed tile of
@@ -48,15 +57,19 @@ from romerea_vo.products.writer import QuadrantCubeWriter, assign_quadrants, wri
 
 __all__ = [
     "GENERATOR_VERSION",
+    "IRREGULAR_KINDS",
+    "KINDS",
     "NOMINAL_FIELD_CENTRES",
+    "PERIODIC_KINDS",
     "TRUTH_COLUMNS",
     "TRUTH_SUFFIX",
+    "SignalRates",
     "field_centre",
     "synthesize_field",
     "truth_filename",
 ]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 """Bumped whenever the same arguments would produce different bytes."""
 
 TRUTH_SUFFIX = "_synthetic_truth.ecsv"
@@ -70,10 +83,26 @@ TRUTH_COLUMNS = (
     "period",
     "amplitude",
     "phase",
+    "timescale",
+    "width",
     "base_mag_i",
     "base_mag_r",
     "base_mag_g",
+    "outlier_rate",
+    "n_outliers",
 )
+KINDS = (
+    "constant",
+    "microlensing",
+    "periodic",
+    "eclipsing",
+    "sawtooth",
+    "irregular",
+    "trend",
+)
+"""``kind`` values of the truth table, in code order (0 = constant)."""
+PERIODIC_KINDS = ("periodic", "eclipsing", "sawtooth")
+IRREGULAR_KINDS = ("irregular", "trend")
 PHASE_REFERENCE_HJD = 2458000.0
 """Periodic signals: dm = amplitude * sin(2 pi (hjd - PHASE_REFERENCE_HJD) / period + phase)."""
 
@@ -233,7 +262,7 @@ _NO_PHOTOMETRY_RATE = 0.005
 _AU_LIGHT_DAYS = 149597870.7 / 299792.458 / 86400.0
 
 _TILE_ROWS = 64
-_N_POINT_RANDOMS = 8
+_N_POINT_RANDOMS = 10
 _DEFAULT_BLOCK_BYTES = 128 * 1024**2
 
 # random-stream identifiers (first element of every spawn key)
@@ -427,6 +456,7 @@ class _Datasets:
     covar: np.ndarray  # (n_ds, 4) covariance of (a0, a1), row-major
     frame: np.ndarray  # (n_ds, 3) dx, dy, rotation (rad) of the dataset reference frame
     table: Table
+    true_error_scale: np.ndarray  # true scatter / reported error (>= 1: underestimated)
 
     @property
     def n(self) -> int:
@@ -486,7 +516,15 @@ def _build_datasets(field: str, seed: int) -> _Datasets:
         covar=covar,
         frame=frame,
         table=table,
+        true_error_scale=_true_error_scale(seed, n),
     )
+
+
+def _true_error_scale(seed: int, n: int) -> np.ndarray:
+    """Per dataset: 1, or the factor by which the pipeline underestimates its errors."""
+    rng = _rng(seed, _S_DATASETS, 1)
+    under = rng.random(n) < _UNDERESTIMATED_ERROR_SHARE
+    return np.where(under, rng.uniform(*_UNDERESTIMATE_RANGE, n), 1.0)
 
 
 def _dataset_xy(x_p: np.ndarray, y_p: np.ndarray, frame: np.ndarray):
@@ -510,6 +548,7 @@ class _Images:
     phot: np.ndarray  # bool: image produced photometry
     offset: np.ndarray  # per-image zero-point residual (mag)
     err_scale: np.ndarray
+    seeing_factor: np.ndarray  # outlier-rate factor: (fwhm / median fwhm)^2
     pscale: np.ndarray
     sky: np.ndarray
     bit2: np.ndarray
@@ -762,6 +801,7 @@ def _build_images(ds: _Datasets, n_images: int, seed: int, centre) -> _Images:
         phot=phot,
         offset=offset,
         err_scale=err_scale,
+        seeing_factor=(fwhm / np.median(fwhm)) ** 2,
         pscale=pscale,
         sky=sky,
         bit2=bit2,
@@ -786,8 +826,10 @@ class _Stars:
     dec: np.ndarray
     quadrant: np.ndarray
     quadrant_id: np.ndarray
-    kind: np.ndarray  # 0 none, 1 microlensing, 2 periodic
-    params: np.ndarray  # (n, 7) t0, tE, u0, fs, period, amplitude, phase (NaN if n/a)
+    kind: np.ndarray  # code of KINDS (0 = constant)
+    params: np.ndarray  # (n, 9) t0, tE, u0, fs, period, amplitude, phase, timescale, width
+    outlier_rate: np.ndarray | None = None  # per point in a median-seeing image
+    irregular: tuple | None = None  # rows, (n, K) periods, amplitudes, phases of the modes
 
     @property
     def n(self) -> int:
@@ -862,51 +904,151 @@ def _build_stars(n_stars: int, ds: _Datasets, seed: int, centre) -> _Stars:
         quadrant=quadrant,
         quadrant_id=quadrant_id,
         kind=np.zeros(n_stars, np.int8),
-        params=np.full((n_stars, 7), np.nan),
+        params=np.full((n_stars, 9), np.nan),
     )
 
 
-def _inject_signals(stars: _Stars, seed: int) -> None:
-    """Microlensing events and periodic variables among bright primary-detected stars."""
+@dataclass(frozen=True)
+class SignalRates:
+    """How many stars carry each kind of signal, as fractions of all stars.
+
+    Signals go to bright (i' < 19) stars detected in the primary reference; each
+    non-zero rate gives at least 5 stars (3 for irregular) when there are enough.
+    ``periodic`` is split equally between sinusoidal, eclipsing and sawtooth variables,
+    ``irregular`` two to one between semi-regular/irregular variability and trends.
+    """
+
+    microlensing: float = 0.01
+    periodic: float = 0.01
+    irregular: float = 0.005
+
+    def counts(self, n_stars: int, n_eligible: int) -> tuple[int, int, int]:
+        """Numbers of events, periodic and irregular variables (scaled to fit)."""
+        wanted = []
+        for rate, minimum in ((self.microlensing, 5), (self.periodic, 5), (self.irregular, 3)):
+            wanted.append(0 if rate <= 0 else max(minimum, math.ceil(rate * n_stars)))
+        total = sum(wanted)
+        if total > n_eligible:
+            wanted = [int(w * n_eligible // total) for w in wanted]
+        return wanted[0], wanted[1], wanted[2]
+
+
+_KIND_CODE = {name: k for k, name in enumerate(KINDS)}
+_N_IRREGULAR_TERMS = 6
+_ECLIPSE_SECONDARY_RATIO = 0.4
+_T0_MARGIN_DAYS = 150.0  # events peak up to this long before/after the survey
+_OUTLIER_RATE = 0.002  # per point, faint star, median seeing
+_OUTLIER_PRONE_FRACTION = 0.03  # stars next to a bright neighbour, on a bad column...
+_OUTLIER_PRONE_BOOST = 10.0
+_OUTLIER_BRIGHT_BOOST = 4.0  # extra factor reached at i' <= 14 (near saturation)
+_OUTLIER_BRIGHTER_SHARE = 0.6  # cosmic rays, positive subtraction residuals
+_UNDERESTIMATED_ERROR_SHARE = 0.5  # datasets whose reported errors are too small
+_UNDERESTIMATE_RANGE = (1.15, 1.6)  # true scatter / reported error there
+
+
+def _inject_signals(stars: _Stars, seed: int, rates: SignalRates) -> None:
+    """Signals among bright primary-detected stars, and every star's outlier rate."""
     rng = _rng(seed, _S_SIGNALS)
     eligible = np.flatnonzero(stars.det[:, 0] & (stars.mags[:, 2] < 19.0))
-    want = max(5, math.ceil(0.01 * stars.n))
+    n_ml, n_per, n_irr = rates.counts(stars.n, eligible.size)
     chosen = rng.permutation(eligible)
-    n_ml = min(want, (chosen.size + 1) // 2)
-    n_per = min(want, chosen.size - n_ml)
-    ml, per = chosen[:n_ml], chosen[n_ml : n_ml + n_per]
-
-    starts = np.array([s for s, _ in SEASONS_JD])
-    lengths = np.array([e - s for s, e in SEASONS_JD])
-    season = rng.choice(starts.size, size=n_ml, p=lengths / lengths.sum())
+    ml = chosen[:n_ml]
+    per = chosen[n_ml : n_ml + n_per]
+    irr = chosen[n_ml + n_per : n_ml + n_per + n_irr]
     p = stars.params
-    p[ml, 0] = starts[season] + rng.random(n_ml) * lengths[season]  # t0
-    p[ml, 1] = np.exp(rng.uniform(np.log(5.0), np.log(60.0), n_ml))  # tE
-    p[ml, 2] = rng.uniform(0.05, 0.8, n_ml)  # u0
-    p[ml, 3] = rng.uniform(0.2, 1.0, n_ml)  # fs
-    p[per, 4] = np.exp(rng.uniform(np.log(0.3), np.log(30.0), n_per))  # period
-    p[per, 5] = rng.uniform(0.05, 0.5, n_per)  # semi-amplitude
-    p[per, 6] = rng.uniform(0.0, 2 * np.pi, n_per)  # phase
-    stars.kind[ml] = 1
-    stars.kind[per] = 2
+
+    p[ml, 0] = rng.uniform(FIRST_HJD - _T0_MARGIN_DAYS, LAST_HJD + _T0_MARGIN_DAYS, n_ml)
+    p[ml, 1] = np.exp(rng.uniform(np.log(1.0), np.log(300.0), n_ml))  # tE
+    p[ml, 2] = rng.uniform(0.0, 1.5, n_ml)  # u0
+    p[ml, 3] = rng.uniform(0.05, 1.0, n_ml)  # fs
+    stars.kind[ml] = _KIND_CODE["microlensing"]
+
+    per_kind = np.array([_KIND_CODE[k] for k in PERIODIC_KINDS])[np.arange(n_per) % 3]
+    stars.kind[per] = per_kind
+    sine, ecl, saw = (per[per_kind == _KIND_CODE[k]] for k in PERIODIC_KINDS)
+    p[sine, 4] = np.exp(rng.uniform(np.log(0.3), np.log(30.0), sine.size))
+    p[sine, 5] = rng.uniform(0.05, 0.5, sine.size)  # semi-amplitude
+    p[ecl, 4] = np.exp(rng.uniform(np.log(0.5), np.log(20.0), ecl.size))
+    p[ecl, 5] = rng.uniform(0.1, 0.8, ecl.size)  # primary eclipse depth
+    p[ecl, 8] = rng.uniform(0.02, 0.08, ecl.size)  # eclipse Gaussian width (phase)
+    p[saw, 4] = np.exp(rng.uniform(np.log(0.3), np.log(10.0), saw.size))
+    p[saw, 5] = rng.uniform(0.1, 0.5, saw.size)  # semi-amplitude
+    p[saw, 8] = rng.uniform(0.1, 0.2, saw.size)  # rising share of the cycle
+    p[per, 6] = rng.uniform(0.0, 2 * np.pi, n_per)
+
+    irr_kind = np.where(np.arange(n_irr) % 3 == 2, _KIND_CODE["trend"], _KIND_CODE["irregular"])
+    stars.kind[irr] = irr_kind
+    semi, trend = irr[irr_kind == _KIND_CODE["irregular"]], irr[irr_kind == _KIND_CODE["trend"]]
+    p[semi, 5] = rng.uniform(0.03, 0.3, semi.size)  # rms
+    p[semi, 7] = np.exp(rng.uniform(np.log(20.0), np.log(200.0), semi.size))  # timescale
+    p[trend, 5] = rng.choice([-1.0, 1.0], trend.size) * rng.uniform(0.05, 0.3, trend.size)
+    # Semi-regular variability: a few incoherent modes around the timescale.
+    semi = np.sort(semi)
+    terms = (semi.size, _N_IRREGULAR_TERMS)
+    weights = rng.rayleigh(1.0, terms)
+    weights *= np.sqrt(2.0 / np.sum(weights**2, axis=1, keepdims=True))  # rms 1
+    stars.irregular = (
+        semi,
+        p[semi, 7][:, None] * np.exp(rng.normal(0.0, 0.35, terms)),
+        weights * p[semi, 5][:, None],
+        rng.uniform(0.0, 2 * np.pi, terms),
+    )
+
+    # Outliers: every star has a rate; bright and outlier-prone stars have more.
+    rng = _rng(seed, _S_SIGNALS, 1)
+    prone = rng.random(stars.n) < _OUTLIER_PRONE_FRACTION
+    bright = 1.0 + _OUTLIER_BRIGHT_BOOST * np.clip((16.0 - stars.mags[:, 2]) / 2.0, 0.0, 1.0)
+    stars.outlier_rate = _OUTLIER_RATE * bright * np.where(prone, _OUTLIER_PRONE_BOOST, 1.0)
 
 
-def _signal_delta_mag(kind: np.ndarray, params: np.ndarray, hjd: np.ndarray) -> np.ndarray:
-    """(n_rows, n_images) magnitude change of the given stars at the given times."""
+def _signal_delta_mag(rows: np.ndarray, stars: _Stars, hjd: np.ndarray) -> np.ndarray:
+    """(n_rows, n_images) magnitude change of the given stars (field rows) at hjd."""
+    kind, params = stars.kind[rows], stars.params[rows]
     dm = np.zeros((kind.size, hjd.size))
-    ml = np.flatnonzero(kind == 1)
-    if ml.size:
-        t0, te, u0, fs = (params[ml, k][:, None] for k in range(4))
-        u = np.sqrt(u0**2 + ((hjd[None, :] - t0) / te) ** 2)
-        magnification = (u**2 + 2.0) / (u * np.sqrt(u**2 + 4.0))
-        dm[ml] = -2.5 * np.log10(fs * magnification + 1.0 - fs)
-    per = np.flatnonzero(kind == 2)
-    if per.size:
-        period, amplitude, phase = (params[per, k][:, None] for k in (4, 5, 6))
-        dm[per] = amplitude * np.sin(
-            2 * np.pi * (hjd[None, :] - PHASE_REFERENCE_HJD) / period + phase
+    t = hjd[None, :]
+
+    def select(name):
+        sel = np.flatnonzero(kind == _KIND_CODE[name])
+        return sel, [params[sel, k][:, None] for k in range(params.shape[1])]
+
+    sel, (t0, te, u0, fs, *_) = select("microlensing")
+    if sel.size:
+        u = np.sqrt(u0**2 + ((t - t0) / te) ** 2)
+        dm[sel] = -2.5 * np.log10(fs * _pspl_magnification(u) + 1.0 - fs)
+    sel, (*_, period, amplitude, phase, _ts, _w) = select("periodic")
+    if sel.size:
+        dm[sel] = amplitude * np.sin(2 * np.pi * (t - PHASE_REFERENCE_HJD) / period + phase)
+    sel, (*_, period, depth, phase, _ts, width) = select("eclipsing")
+    if sel.size:
+        x = np.mod((t - PHASE_REFERENCE_HJD) / period + phase / (2 * np.pi), 1.0)
+        primary = np.minimum(x, 1.0 - x)
+        secondary = np.abs(x - 0.5)
+        dm[sel] = depth * (
+            np.exp(-0.5 * (primary / width) ** 2)
+            + _ECLIPSE_SECONDARY_RATIO * np.exp(-0.5 * (secondary / width) ** 2)
         )
+    sel, (*_, period, amplitude, phase, _ts, rise) = select("sawtooth")
+    if sel.size:
+        x = np.mod((t - PHASE_REFERENCE_HJD) / period + phase / (2 * np.pi), 1.0)
+        dm[sel] = amplitude * np.where(
+            x < rise, 1.0 - 2.0 * x / rise, -1.0 + 2.0 * (x - rise) / (1.0 - rise)
+        )
+    sel, (*_, amplitude, _p, _ts, _w) = select("trend")
+    if sel.size:
+        tc = np.clip(t, FIRST_HJD, LAST_HJD)  # images without photometry have hjd 0
+        dm[sel] = amplitude * (2.0 * (tc - FIRST_HJD) / (LAST_HJD - FIRST_HJD) - 1.0)
+    sel = np.flatnonzero(kind == _KIND_CODE["irregular"])
+    if sel.size:
+        irr_rows, periods, amps, phases = stars.irregular
+        k = np.searchsorted(irr_rows, rows[sel])
+        arg = 2 * np.pi * (t[:, :, None] - PHASE_REFERENCE_HJD) / periods[k][:, None, :]
+        dm[sel] = np.sum(amps[k][:, None, :] * np.sin(arg + phases[k][:, None, :]), axis=2)
     return dm
+
+
+def _pspl_magnification(u: np.ndarray) -> np.ndarray:
+    """Point-source point-lens magnification A(u) = (u^2 + 2) / (u sqrt(u^2 + 4))."""
+    return (u**2 + 2.0) / (u * np.sqrt(u**2 + 4.0))
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -1031,23 +1173,27 @@ def _build_tables(stars: _Stars, ds: _Datasets, seed: int, centre):
     return field_index, stars_table
 
 
-def _truth_table(field: str, stars: _Stars, seed: int, n_images: int) -> Table:
-    rows = np.flatnonzero(stars.kind)
-    p = stars.params[rows]
+def _truth_table(
+    field: str, stars: _Stars, seed: int, n_images: int, ds: _Datasets, n_outliers: np.ndarray
+) -> Table:
+    """One row per star (``kind`` = constant for most), its signal and outliers."""
+    p = stars.params
     truth = Table()
-    truth["field_id"] = (rows + 1).astype(np.int64)
-    truth["kind"] = np.where(stars.kind[rows] == 1, "microlensing", "periodic").astype("U12")
-    names = ("t0", "tE", "u0", "fs", "period", "amplitude", "phase")
-    units = ("d", "d", None, None, "d", "mag", "rad")
+    truth["field_id"] = np.arange(1, stars.n + 1, dtype=np.int64)
+    truth["kind"] = np.array(KINDS, dtype="U12")[stars.kind]
+    names = ("t0", "tE", "u0", "fs", "period", "amplitude", "phase", "timescale", "width")
+    units = ("d", "d", None, None, "d", "mag", "rad", "d", None)
     for k, (name, unit) in enumerate(zip(names, units, strict=True)):
         truth[name] = p[:, k]
         if unit:
             truth[name].unit = unit
-    truth["base_mag_i"] = stars.mags[rows, 2]
-    truth["base_mag_r"] = stars.mags[rows, 1]
-    truth["base_mag_g"] = stars.mags[rows, 0]
+    truth["base_mag_i"] = stars.mags[:, 2]
+    truth["base_mag_r"] = stars.mags[:, 1]
+    truth["base_mag_g"] = stars.mags[:, 0]
     for name in ("base_mag_i", "base_mag_r", "base_mag_g"):
         truth[name].unit = "mag"
+    truth["outlier_rate"] = stars.outlier_rate
+    truth["n_outliers"] = n_outliers
     assert tuple(truth.colnames) == TRUTH_COLUMNS
     truth.meta.update(
         {
@@ -1062,8 +1208,24 @@ def _truth_table(field: str, stars: _Stars, seed: int, n_images: int) -> Table:
             " u = sqrt(u0^2 + ((t - t0)/tE)^2), achromatic (same in every band)",
             "periodic_model": "m = base + amplitude sin(2 pi (t - phase_reference_hjd)/period"
             " + phase), same in every band",
+            "eclipsing_model": "x = frac((t - phase_reference_hjd)/period + phase/(2 pi));"
+            " m = base + amplitude (exp(-(min(x, 1-x)/width)^2/2)"
+            f" + {_ECLIPSE_SECONDARY_RATIO} exp(-((x - 0.5)/width)^2/2))",
+            "sawtooth_model": "x as for eclipsing; m = base + amplitude (1 - 2x/width) for"
+            " x < width (rise), else amplitude (-1 + 2 (x - width)/(1 - width))",
+            "irregular_model": f"sum of {_N_IRREGULAR_TERMS} incoherent sinusoids with periods"
+            " ~ timescale (log-normal, 0.35), total rms = amplitude",
+            "trend_model": "m = base + amplitude (2 (t - first_hjd)/(last_hjd - first_hjd) - 1)",
+            "first_hjd": FIRST_HJD,
+            "last_hjd": LAST_HJD,
             "phase_reference_hjd": PHASE_REFERENCE_HJD,
             "base_mags": "unlensed magnitudes on the normalised (primary-reference) scale",
+            "outliers": "unflagged points offset by 5-40 x their reported error; outlier_rate"
+            " is the per-point probability in a median-seeing image, scaled by"
+            " (fwhm/median fwhm)^2; n_outliers counts those among good (qc_flag 0) points",
+            "true_error_scale": {
+                code: float(f) for code, f in zip(ds.codes, ds.true_error_scale, strict=True)
+            },
         }
     )
     return truth
@@ -1073,13 +1235,13 @@ def _truth_table(field: str, stars: _Stars, seed: int, n_images: int) -> Table:
 
 
 def _point_randoms(seed: int, quadrant: int, start: int, stop: int, n_images: int) -> np.ndarray:
-    """(8, stop-start, n_images) float32 randoms for rows start..stop of a quadrant.
+    """(10, stop-start, n_images) float32 randoms for rows start..stop of a quadrant.
 
     Drawn per tile of ``_TILE_ROWS`` rows from a generator keyed by (quadrant, tile),
     so a row's numbers do not depend on how rows are grouped into chunks.
     """
     out = np.empty((_N_POINT_RANDOMS, stop - start, n_images), np.float32)
-    kinds = ("n", "u", "u", "n", "n", "n", "n", "n")
+    kinds = ("n", "u", "u", "n", "n", "n", "n", "n", "u", "n")
     for tile in range(start // _TILE_ROWS, (stop - 1) // _TILE_ROWS + 1):
         t0, t1 = tile * _TILE_ROWS, (tile + 1) * _TILE_ROWS
         rng = _rng(seed, _S_CUBE, quadrant, tile)
@@ -1102,29 +1264,37 @@ _COL = {name: k for k, name in enumerate(layout.ERA_E_PHOTOMETRY.columns)}
 
 def _cube_block(
     rows: np.ndarray, randoms: np.ndarray, stars: _Stars, ds: _Datasets, im: _Images
-) -> np.ndarray:
-    """The 17-column photometry of the given stars (field rows) in every image."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 17-column photometry of the given stars (field rows) in every image, and
+    each star's number of outliers among its good (qc_flag 0) points."""
     n_rows, n_img = rows.size, im.n
     out = np.zeros((n_rows, n_img, layout.ERA_E_PHOTOMETRY.width))
     # Column 0 = the IMAGES hjd everywhere (verify_timestamps.py, §4.3); 0 for images
     # without photometry.
     out[:, :, _COL["hjd"]] = im.hjd[None, :]
     if n_rows == 0:
-        return out
+        return out, np.zeros(0, np.int64)
     d_img = im.dataset
     measured = stars.det[rows][:, d_img] & im.phot[None, :]
 
     x_d, y_d = _dataset_xy(stars.x_p[rows], stars.y_p[rows], ds.frame)
     stamp = _stamp_index(x_d, y_d)[:, d_img]
     mag = stars.mags[rows][:, im.band]
-    mag += _signal_delta_mag(stars.kind[rows], stars.params[rows], im.hjd)
+    mag += _signal_delta_mag(rows, stars, im.hjd)
     a0, a1 = ds.a0[d_img], ds.a1[d_img]
     covar = ds.covar[d_img]
     err = _error(mag, ds.m10[d_img], im.err_scale)
-    noise, u_fail, u_low, n_scale, n_sky, n_x, n_y, n_scale_err = randoms
+    noise, u_fail, u_low, n_scale, n_sky, n_x, n_y, n_scale_err, u_out, n_out = randoms
 
-    # calibrated: true magnitude taken off the normalised scale (normalized = a0 cal + a1)
-    cal = (mag - a1) / a0 + im.offset + noise * err
+    # Outliers: unflagged points far outside their error bars (|dm| of 5-40 sigma),
+    # more often brighter (cosmic rays) than fainter; u_out also picks the sign.
+    rate = stars.outlier_rate[rows][:, None] * im.seeing_factor[None, :]
+    outlier = u_out < rate
+    sign = np.where(u_out < _OUTLIER_BRIGHTER_SHARE * rate, -1.0, 1.0)
+    jump = np.where(outlier, sign * err * (5.0 + 10.0 * np.abs(n_out)), 0.0)
+    # calibrated: true magnitude taken off the normalised scale (normalized = a0 cal + a1);
+    # the true scatter exceeds the reported error in some datasets
+    cal = (mag - a1) / a0 + im.offset + noise * err * ds.true_error_scale[d_img] + jump
     failed = u_fail < _FAILED_FIT_RATE
     low_scale = u_low < _LOW_SCALE_RATE
     scale = np.where(
@@ -1161,7 +1331,7 @@ def _cube_block(
     qc += 8.0 * im.bit8[None, :]
     qc += 16.0 * im.bit16[np.arange(n_img)[None, :], stamp]
     put("qc_flag", qc, None)
-    return out
+    return out, np.count_nonzero(outlier & measured & (qc == 0), axis=1)
 
 
 def _default_chunk(n_images: int) -> int:
@@ -1188,6 +1358,7 @@ def synthesize_field(
     seed: int = 0,
     progress: bool = False,
     chunk_stars: int | None = None,
+    rates: SignalRates | None = None,
 ) -> Path:
     """Write a complete era-E field into outdir (created if needed; refuse if it already
     holds this field's files) and return outdir.
@@ -1196,13 +1367,20 @@ def synthesize_field(
     ``<FIELD>_synthetic_truth.ecsv`` (the injected signals). The result depends only on
     (field, n_stars, n_images, seed), not on ``chunk_stars`` (star rows generated and
     written per block; default: blocks of at most 128 MiB) or ``progress`` (tqdm bar
-    per quadrant, counting stars). On any error the files written so far are removed.
+    per quadrant, counting stars). ``rates``: how many stars carry events and variable
+    signals (default :class:`SignalRates`). On any error the files written so far are
+    removed; bad arguments raise :class:`InvalidRequestError`.
     """
     n_stars = _check_int("n_stars", n_stars, 1)
     n_images = _check_int("n_images", n_images, 1)
     seed = _check_int("seed", seed, 0)
     if chunk_stars is not None:
         chunk_stars = _check_int("chunk_stars", chunk_stars, 1)
+    if rates is not None:
+        for name in ("microlensing", "periodic", "irregular"):
+            value = getattr(rates, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise InvalidRequestError(f"rates.{name} must be in [0, 1], not {value!r}")
     if not isinstance(field, str) or not field or "/" in field or field.strip() != field:
         raise InvalidRequestError(f"field must be a non-empty name without '/', not {field!r}")
     outdir = Path(outdir)
@@ -1221,8 +1399,9 @@ def synthesize_field(
     ds = _build_datasets(field, seed)
     im = _build_images(ds, n_images, seed, centre)
     stars = _build_stars(n_stars, ds, seed, centre)
-    _inject_signals(stars, seed)
+    _inject_signals(stars, seed, rates or SignalRates())
     chunk = chunk_stars or _default_chunk(n_images)
+    n_outliers = np.zeros(stars.n, np.int64)
 
     created: list[Path] = []
     try:
@@ -1253,13 +1432,14 @@ def synthesize_field(
                 for start in range(0, members.size, chunk):
                     stop = min(start + chunk, members.size)
                     randoms = _point_randoms(seed, q, start, stop, im.n)
-                    block = _cube_block(members[start:stop], randoms, stars, ds, im)
+                    block, outliers = _cube_block(members[start:stop], randoms, stars, ds, im)
+                    n_outliers[members[start:stop]] = outliers
                     del randoms
                     writer.write_rows(start, block)
                     del block
                     bar.update(stop - start)
             created.append(writer.path)
-        truth = _truth_table(field, stars, seed, n_images)
+        truth = _truth_table(field, stars, seed, n_images, ds, n_outliers)
         tmp = outdir / f".{truth_filename(field)}.partial"
         truth.write(tmp, format="ascii.ecsv", overwrite=True)
         os.replace(tmp, targets[-1])

@@ -24,6 +24,7 @@ from ..store import open_database
 from ..store.catalog_tables import position_columns
 from ..store.database import DatabaseError
 from ..store.ddl import quote_ident
+from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
 from ..votable.writer import error_votable
@@ -390,12 +391,40 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
 <a href="{scs}">cone search around it</a>.</p>
 """
 
+    def _rows_or_none(self, sql: str) -> list[tuple]:
+        """Rows of a small query of ours; none when it fails (e.g. an older database)."""
+        try:
+            with self.db.session() as session:
+                return session.fetchall(sql)
+        except QueryFailed:
+            return []
+
+    def _example_position(self) -> tuple[str, float, float]:
+        field_index = self.db.physical_name(self.engine.schemas["rome.field_index"])
+        rows = self._rows_or_none(
+            f"SELECT field, avg(ra), avg(dec) FROM {field_index} "
+            "GROUP BY field ORDER BY field LIMIT 1"
+        )
+        return rows[0] if rows else ("ROME-FIELD-01", 268.0, -29.0)
+
+    def _candidate_counts(self) -> dict[str, int]:
+        """Microlensing candidates (classification 'candidate') per field."""
+        schema = self.engine.schemas.get("rome.microlensing_candidates")
+        if schema is None:
+            return {}
+        rows = self._rows_or_none(
+            f"SELECT field, COUNT(*) FROM {self.db.physical_name(schema)} "
+            "WHERE classification = 'candidate' GROUP BY field"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
     async def landing(self, request: Request) -> Response:
         root = str(request.base_url).rstrip("/")
         tap = root + "/tap"
+        counts = self._candidate_counts()
         fields = "".join(
             f"<tr><td>{html.escape(f.name)}</td><td>{f.n_stars:,}</td><td>{f.n_images:,}</td>"
-            f"<td>{html.escape(f.era)}</td></tr>"
+            f"<td>{html.escape(f.era)}</td><td>{counts.get(f.name, 0):,}</td></tr>"
             for f in self.db.fields.values()
         )
         first_table = self.engine.tables[0].qualified_name
@@ -420,7 +449,8 @@ Service-Provided</i>)</li>
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
 tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
 {self._rome_html(root)}<h2>Fields</h2>
-<table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th></tr>
+<table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th>
+<th>microlensing candidates</th></tr>
 {fields}</table>
 <h2>Tables</h2><table><tr><th>table</th><th>rows</th><th>description</th></tr>
 {self._table_rows_html()}</table>

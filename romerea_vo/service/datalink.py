@@ -9,7 +9,9 @@ duplicates dropped, all rows of one ID consecutive):
   product-type vocabulary, written relative as DataLink 1.1 asks);
 * ``#preview``: a PNG plot of every band;
 * ``#auxiliary``: sync TAP queries for the star's rows in ``rome.stars`` and (when it
-  has any) ``rome.lightcurve_stats``.
+  has any) ``rome.lightcurve_stats`` and ``rome.microlensing_candidates``;
+* a star with a point-lens fit also gets a ``#preview`` of its lightcurve with the model
+  (``MODEL=pspl``).
 
 ``content_length`` of a lightcurve link is an estimate (the documents are made on
 request): the good points in ``rome.lightcurve_stats`` times the bytes a point takes in
@@ -45,6 +47,7 @@ from starlette.responses import Response
 from ..errors import InvalidRequestError
 from ..products import layout
 from ..store.database import Database
+from ..store.session import QueryFailed
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
@@ -226,6 +229,7 @@ class _FieldStars:
     has_data: np.ndarray  # (n, 3) bool, bands in layout.FILTERS order
     n_good: np.ndarray  # (n, 3) uint16, _NO_STATS where lightcurve_stats has no row
     directory: Path
+    fit_class: dict[int, str] = dataclasses.field(default_factory=dict)  # fitted stars
 
     def known(self, field_id: int) -> bool:
         return field_id < self.quadrant.size and self.quadrant[field_id] > 0
@@ -277,7 +281,18 @@ def _load_field(db: Database, name: str) -> _FieldStars:
         sel = (sfilter == band) & (sid < size)
         n_good[sid[sel], j] = np.clip(sgood[sel], 0, _NO_STATS - 1)
         has_data[sid[sel], j] |= sgood[sel] > 0
-    return _FieldStars(quadrant, has_data, n_good, db.fields[name].directory)
+    fits = load_table_schema("microlensing_candidates")
+    try:
+        with db.session() as session:
+            fitted = session.fetchall(
+                f"SELECT field_id, classification FROM {db.physical_name(fits)} WHERE field = ?",
+                [name],
+            )
+    except QueryFailed:  # a database made before the table existed
+        fitted = []
+    return _FieldStars(
+        quadrant, has_data, n_good, db.fields[name].directory, {int(i): c for i, c in fitted}
+    )
 
 
 # --------------------------------------------------------------------------- service
@@ -396,6 +411,20 @@ class DataLinkService:
                     None,
                 )
             )
+            fit_class = stars.fit_class.get(field_id)
+            if fit_class is not None:
+                links.append(
+                    (
+                        "#preview",
+                        f"{lc}&MODEL=pspl&RESPONSEFORMAT=png",
+                        f"Plot of the lightcurve of {star} with its point-lens model "
+                        f"(classification: {fit_class})",
+                        "image/png",
+                        None,
+                        "lightcurve-plot-pspl",
+                        None,
+                    )
+                )
             for semantics, url, description, ctype, qualifier, local, length in links:
                 if missing:
                     row(ident, semantics, error_message=missing, description=description,
@@ -410,6 +439,14 @@ class DataLinkService:
             if any(n is not None for n in good):
                 aux.append(
                     ("rome.lightcurve_stats", "lightcurve-stats-rows", "Lightcurve statistics")
+                )
+            if fit_class is not None:
+                aux.append(
+                    (
+                        "rome.microlensing_candidates",
+                        "microlensing-candidate-row",
+                        f"Point-lens fit ({fit_class})",
+                    )
                 )
             for table, local, what in aux:
                 query = f"SELECT * FROM {table} WHERE {where}"

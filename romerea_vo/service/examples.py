@@ -86,6 +86,30 @@ def rome_examples(star: ExampleStar) -> list[Example]:
             "ORDER BY excess DESC",
         ),
         Example(
+            "microlensing_candidates",
+            "Microlensing candidates brighter than i' = 18",
+            "Point-lens fits classified as candidates (score >= 100, no flag) whose model "
+            "peaks brighter than i' = 18, with the star's position and DID for DataLink.",
+            "SELECT c.field, c.field_id, f.ra, f.dec, c.t0, c.te, c.u0, c.peak_mag_ip,\n"
+            "       c.peak_amplitude, c.score, f.did\n"
+            "FROM rome.microlensing_candidates AS c JOIN rome.field_index AS f\n"
+            "  ON c.field = f.field AND c.field_id = f.field_id\n"
+            "WHERE c.classification = 'candidate' AND c.peak_mag_ip < 18\n"
+            "ORDER BY c.score DESC",
+        ),
+        Example(
+            "variables_eta_iqr",
+            "Variable stars by the von Neumann ratio and the interquartile range",
+            "1/eta (time-correlated variability; 0.5 for white noise) together with the "
+            "interquartile range (Sokolovsky et al. 2017 recommend the pair), in i' with "
+            "enough good points.",
+            "SELECT TOP 100 field, field_id, n_good, median_mag, iqr_mag, inv_eta,\n"
+            "       stetson_j, excess_abbe\n"
+            "FROM rome.lightcurve_stats\n"
+            "WHERE filter = 'ip' AND n_good >= 50 AND inv_eta > 1 AND iqr_mag > 0.02\n"
+            "ORDER BY inv_eta DESC",
+        ),
+        Example(
             "upload_xmatch",
             "Cross-match an uploaded list within 1 arcsec",
             f"Finds the ROME stars within 1 arcsec of each row of an uploaded table with ra "

@@ -1,4 +1,5 @@
-"""The lightcurve service: ``GET /lightcurve?ID=<DID>[&BAND=..][&DATASET=..][&QUALITY=..]``.
+"""The lightcurve service: ``GET /lightcurve?ID=<DID>[&BAND=..][&DATASET=..][&QUALITY=..]
+[&MODEL=pspl]``.
 
 Points are read on demand from the field's quadrant HDF5 cubes (the numpy fast path of
 :mod:`romerea_vo.lightcurves`), turned into Arrow arrays and written by the streaming
@@ -12,6 +13,9 @@ VOTable writer; nothing is copied into the database.
 * VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), CSV, TSV, FITS or a
   PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
   timeorigin 0); magnitude UCDs name the band when exactly one BAND is asked for.
+* ``MODEL=pspl`` (one ID): a ``model_mag`` column with the star's point-lens model from
+  ``rome.microlensing_candidates`` and the fit as INFOs; the PNG draws the model curve.
+  404 when the star has no fit (it did not pass the candidates' pre-selection).
 * Errors are DALI error documents: 400 for missing or malformed parameters, 404 for a
   well-formed DID naming no star here (unknown field or field_id), 500 when a field's
   files cannot be read (e.g. a photometry cube missing on disk) - other fields are
@@ -43,6 +47,8 @@ from ..products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
 from ..products.lookup import StarRef
 from ..products.reader import Field
 from ..store.database import Database
+from ..store.session import QueryFailed
+from ..variability.pspl import band_model_mag
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, Param, TimeSys
@@ -105,6 +111,7 @@ class LightcurveRequest:
     datasets: tuple[str, ...] | None
     quality: str
     fmt: ResultFormat | None  # None: PNG
+    model: bool = False  # MODEL=pspl
 
 
 def _split(values: Sequence[str]) -> list[str]:
@@ -141,6 +148,14 @@ def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
         raise InvalidRequestError(
             f"QUALITY={quality!r} is not supported; use one of {', '.join(QUALITIES)}"
         )
+    model = False
+    if "MODEL" in values:
+        name = (values["MODEL"] or [""])[0].strip().lower()
+        if name != "pspl":
+            raise InvalidRequestError(f"MODEL={name!r} is not supported; use MODEL=pspl")
+        if len(ids) > 1:
+            raise InvalidRequestError("MODEL=pspl gives one star's model: give a single ID")
+        model = True
     raw_format = (values.get("RESPONSEFORMAT") or values.get("FORMAT") or [None])[0]
     if raw_format is not None and raw_format.strip().lower() in _PNG_NAMES:
         fmt = None
@@ -151,7 +166,7 @@ def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
             fmt = resolve_format(raw_format)
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"{exc}, image/png") from None
-    return LightcurveRequest(tuple(ids), bands, datasets, quality, fmt)
+    return LightcurveRequest(tuple(ids), bands, datasets, quality, fmt, model)
 
 
 # --------------------------------------------------------------------------- per field
@@ -378,33 +393,86 @@ class LightcurveService:
             params.append(Param(**{**spec.__dict__, "value": value}))
         return params
 
+    def fit(self, star: _Star) -> dict:
+        """The star's row of rome.microlensing_candidates (404 without one)."""
+        table = load_table_schema("microlensing_candidates")
+        names = ["t0", "te", "u0", "classification", "score"]
+        names += [f"{k}_mag_{b}" for k in ("peak", "baseline") for b in layout.FILTERS]
+        try:
+            with self.db.session() as session:
+                rows = session.fetchall(
+                    f"SELECT {', '.join(names)} FROM {self.db.physical_name(table)} "
+                    "WHERE field = ? AND field_id = ?",
+                    [star.ref.field, int(star.ref.field_id)],
+                )
+        except QueryFailed:
+            rows = []
+        if not rows:
+            raise _NotFound(
+                f"{star.ref.field} star {star.ref.field_id} has no point-lens fit (it did not "
+                "pass the pre-selection of rome.microlensing_candidates); ask without MODEL"
+            )
+        return dict(zip(names, rows[0], strict=True))
+
+    @staticmethod
+    def model_mags(fit: dict, hjd: np.ndarray, bands: np.ndarray) -> np.ndarray:
+        """Model magnitudes at times ``hjd`` in the points' ``bands`` (NaN where the band
+        has no model magnitudes)."""
+        out = np.full(len(hjd), np.nan)
+        for band in layout.FILTERS:
+            peak, base = fit[f"peak_mag_{band}"], fit[f"baseline_mag_{band}"]
+            sel = bands == band
+            if peak is not None and base is not None and sel.any():
+                out[sel] = band_model_mag(hjd[sel], fit["t0"], fit["te"], fit["u0"], peak, base)
+        return out
+
     def single(self, req: LightcurveRequest) -> tuple[bytes, str, str]:
         """One star's whole response: (body, media type, file name). Worker thread."""
         star = self.resolve(req.ids[0])
         self._check_datasets([star], req.datasets)
+        fit = self.fit(star) if req.model else None
         pts = self.points(star, req)
         base = f"{star.ref.field}_{star.ref.field_id}"
         if req.fmt is None:
-            return self._png(star, pts, req), "image/png", base + ".png"
-        batch, fields = self._table(star, pts, req)
-        body = self._document(star, pts, req, batch, fields)
+            return self._png(star, pts, req, fit), "image/png", base + ".png"
+        batch, fields, infos = self._table(star, pts, req, fit)
+        body = self._document(star, req, batch, fields, infos)
         return body, req.fmt.media_type, f"{base}.{req.fmt.extension}"
 
     def _table(
-        self, star: _Star, pts: PointArrays, req: LightcurveRequest
-    ) -> tuple[pa.RecordBatch, list[FieldSpec]]:
+        self, star: _Star, pts: PointArrays, req: LightcurveRequest, fit: dict | None = None
+    ) -> tuple[pa.RecordBatch, list[FieldSpec], list[Info]]:
+        """One star's points as a batch, its FIELDs and INFOs; with ``fit`` (a row of
+        rome.microlensing_candidates) a ``model_mag`` column from the point-lens model."""
         band = req.bands[0] if req.bands and len(req.bands) == 1 else None
         schema = self._schema(pts.layout, star.columns, band, False)
-        return self.batch(star, pts, schema), schema.fields
+        batch = self.batch(star, pts, schema)
+        fields, infos = list(schema.fields), self._infos(req, pts.layout, 1)
+        if fit is not None:
+            bands = star.columns.filter.take(pa.array(pts.image_index)).to_numpy(
+                zero_copy_only=False
+            )
+            model = self.model_mags(fit, pts.hjd, np.asarray(bands).astype(str))
+            batch = pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(model, from_pandas=True)],
+                names=[*batch.schema.names, "model_mag"],
+            )
+            spec = load_table_schema("lightcurve_points").by_name["model_mag"]
+            fields = [*fields, FieldSpec.from_column(spec)]
+            infos = infos + [
+                Info("model", "pspl", "point-lens model from rome.microlensing_candidates"),
+                *(Info(k, str(fit[k])) for k in ("t0", "te", "u0", "classification", "score")),
+            ]
+        return batch, fields, infos
 
-    def _document(self, star, pts, req, batch: pa.RecordBatch, fields) -> bytes:
+    def _document(self, star, req, batch: pa.RecordBatch, fields, infos) -> bytes:
         assert req.fmt is not None
         return b"".join(
             write_result(
                 batch,
                 fields,
                 req.fmt,
-                resource_infos=self._infos(req, pts.layout, 1),
+                resource_infos=infos,
                 table_name=f"{star.ref.field} {star.ref.field_id} lightcurve",
                 table_description=_description(star, req),
                 params=self._params(star),
@@ -423,11 +491,11 @@ class LightcurveService:
             if model is None:
                 req = parse_request({"ID": [did]})
                 pts = self.points(star, req)
-                batch, fields = self._table(star, pts, req)
+                batch, fields, infos = self._table(star, pts, req)
                 if batch.num_rows == 0:
                     return None
-                full = len(self._document(star, pts, req, batch, fields))
-                empty = len(self._document(star, pts, req, batch.slice(0, 0), fields))
+                full = len(self._document(star, req, batch, fields, infos))
+                empty = len(self._document(star, req, batch.slice(0, 0), fields, infos))
                 model = self._sizes[star.ref.field] = (empty, (full - empty) / batch.num_rows)
         except RomeReaError:
             return None
@@ -464,7 +532,9 @@ class LightcurveService:
         )
         return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
 
-    def _png(self, star: _Star, pts: PointArrays, req: LightcurveRequest) -> bytes:
+    def _png(
+        self, star: _Star, pts: PointArrays, req: LightcurveRequest, fit: dict | None = None
+    ) -> bytes:
         from astropy.table import Table
 
         from ..plotting import plot_lightcurve
@@ -486,8 +556,15 @@ class LightcurveService:
                 "mag_column": mag,
             },
         )
+        model = None
+        if fit is not None and len(pts):
+            span = (min(pts.hjd.min(), fit["t0"] - 2 * fit["te"]), max(pts.hjd.max(), fit["t0"]))
+            grid = np.linspace(span[0], max(span[1], fit["t0"] + 2 * fit["te"]), 4000)
+            model = {
+                b: (grid, self.model_mags(fit, grid, np.full(grid.size, b))) for b in layout.FILTERS
+            }
         out = io.BytesIO()
-        plot_lightcurve(table, out)
+        plot_lightcurve(table, out, model=model)
         return out.getvalue()
 
     # ----- HTTP

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from ..lightcurves import lightcurve_statistics
+from ..lightcurves import field_statistics
 from ..products import layout
 from ..products.reader import Field
 from ..votable.schema import TableSchema, load_table_schema
@@ -211,18 +211,18 @@ def dataset_stars_table(field: Field) -> pa.Table:
     )
 
 
-def lightcurve_stats_table(field: Field, progress: bool = False) -> pa.Table:
-    stats = lightcurve_statistics(field, progress=progress)
-    n = len(stats)
+def _table_rows(name: str, table, field: Field) -> pa.Table:
+    n = len(table)
     return _build(
-        load_table_schema("lightcurve_stats"),
+        load_table_schema(name),
         n,
-        lambda c: _constant(field.name, n) if c == "field" else np.asarray(stats[c]),
+        lambda c: _constant(field.name, n) if c == "field" else np.asarray(table[c]),
     )
 
 
 def field_tables(field: Field, *, authority: str, progress: bool = False) -> dict[str, pa.Table]:
     """Every ``rome`` table's rows for one field, keyed by table name."""
+    passed = field_statistics(field, progress=progress)
     return {
         "field_index": field_index_table(field, authority),
         "stars": stars_table(field),
@@ -230,5 +230,16 @@ def field_tables(field: Field, *, authority: str, progress: bool = False) -> dic
         "images": images_table(field),
         "stamps": stamps_table(field),
         "dataset_stars": dataset_stars_table(field),
-        "lightcurve_stats": lightcurve_stats_table(field, progress),
+        "lightcurve_stats": _table_rows("lightcurve_stats", passed.stats, field),
+        "microlensing_candidates": _table_rows("microlensing_candidates", passed.candidates, field),
     }
+
+
+def ingest_summary(field: str, tables: dict[str, pa.Table]) -> dict:
+    """What an ingest reports per field: rows per table and the microlensing candidates."""
+    summary: dict = {"field": field, **{k: v.num_rows for k, v in tables.items()}}
+    fits = tables.get("microlensing_candidates")
+    if fits is not None:
+        classes = fits.column("classification").to_pylist()
+        summary["candidates"] = classes.count("candidate")
+    return summary

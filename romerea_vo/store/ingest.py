@@ -16,7 +16,7 @@ from ..products.reader import Field
 from ..votable.schema import load_table_schema, rome_tables, tap_tables
 from .catalog_tables import catalog_tables
 from .ddl import CATALOG, attach_sql, create_table_sql, physical_name, quote_ident
-from .field_tables import field_tables
+from .field_tables import field_tables, ingest_summary
 from .tap_schema import tap_schema_tables
 
 DEFAULT_AUTHORITY = "ivo://romerea-vo.local/rome"
@@ -153,9 +153,7 @@ def ingest_fields(
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         fields_row(field),
                     )
-                    summaries.append(
-                        {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}
-                    )
+                    summaries.append(ingest_summary(field.name, tables))
             published = tap_tables(catalog_tables(con))  # keep external catalogues
             for name, rows in tap_schema_tables(published).items():
                 _replace_rows(con, name, rows, None)

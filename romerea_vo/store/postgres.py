@@ -33,7 +33,7 @@ from ..products.reader import Field
 from ..votable.schema import TableSchema, load_table_schema, tap_tables
 from .database import OpenFields, field_records
 from .ddl import quote_ident
-from .field_tables import field_tables
+from .field_tables import field_tables, ingest_summary
 from .ingest import DEFAULT_AUTHORITY, fields_row
 from .session import QueryFailed, QueryInterrupted
 from .tap_schema import CURRENT_CHECK, metadata_matches, tap_schema_tables
@@ -311,9 +311,7 @@ def ingest_fields_pg(
                             "software = EXCLUDED.software",
                             fields_row(field),
                         )
-                        summaries.append(
-                            {"field": field.name, **{k: v.num_rows for k, v in tables.items()}}
-                        )
+                        summaries.append(ingest_summary(field.name, tables))
                 for name, rows in tap_schema_tables().items():
                     _replace_rows(cur, load_table_schema(name), rows, None)
                 for table in stored:

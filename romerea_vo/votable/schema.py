@@ -233,7 +233,7 @@ def table_schema_document(table: TableSchema) -> dict:
 
 ROME_TABLES = (
     "field_index", "stars", "datasets", "images", "stamps", "dataset_stars", "lightcurve_stats",
-    "photometry",
+    "microlensing_candidates", "photometry",
 )  # fmt: skip
 """The published ``rome`` tables (file stems in votable_schemas/), in TAP_SCHEMA order."""
 

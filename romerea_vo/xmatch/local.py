@@ -628,8 +628,13 @@ def statistics_columns(
         src = order[np.where(found, pos, 0)] if order.size else np.zeros(star.size, np.int64)
         for spec in stat_specs:
             name = free_name(f"{spec.name}_{flt}", taken)
-            data = np.asarray(stats[spec.name])[src] if len(stats) else np.zeros(star.size)
+            column = stats[spec.name]
+            data = np.asarray(column)[src] if len(stats) else np.zeros(star.size)
             mask = ~found
+            if len(stats):  # NULL (or NaN) statistics: an index undefined for that star
+                mask = mask | np.ma.getmaskarray(column)[src]
+                if data.dtype.kind == "f":
+                    mask |= np.isnan(data)
             if spec.name == "n_good":
                 data = np.where(found, data, 0).astype(np.int32)
                 mask = none

@@ -1,0 +1,232 @@
+"""Point-source point-lens (Paczynski 1986) fits to one star's difference-imaging fluxes.
+
+The model of dataset d is F_d(t) = fs_d A(u(t)) + fb_d with
+u = sqrt(u0^2 + ((t - t0)/tE)^2) and A(u) = (u^2 + 2)/(u sqrt(u^2 + 4)): a source and
+a blend flux per dataset (different instruments and bands), solved linearly for each
+trial (t0, tE, u0). The nonlinear parameters come from a coarse vectorised grid around
+the brightest part of the lightcurve, refined by scipy.optimize.least_squares (with
+the linear fluxes profiled out, so the covariance of (t0, tE, u0) comes from its
+Jacobian). The tests check A(u) and fitted parameters against MulensModel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+__all__ = ["FLUX_ZERO_POINT", "PsplFit", "fit_pspl", "mag_to_flux", "magnification"]
+
+FLUX_ZERO_POINT = 18.0
+"""Fluxes are 10^(-0.4 (mag - 18)): about 1 for a typical bulge star."""
+TE_RANGE = (0.1, 1000.0)  # days: the bounds of the refinement
+U0_MAX = 3.0
+_TE_GRID = np.geomspace(1.0, 300.0, 9)
+_U0_GRID = np.array([0.05, 0.3, 0.7, 1.2])
+_T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
+_STARTS = 2  # refinements, from the best grid points of different tE
+_PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
+_HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
+
+
+def magnification(u: np.ndarray) -> np.ndarray:
+    """Point-source point-lens magnification A(u) = (u^2 + 2) / (u sqrt(u^2 + 4))."""
+    u = np.asarray(u, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (u**2 + 2.0) / (u * np.sqrt(u**2 + 4.0))
+
+
+def band_model_mag(
+    t: np.ndarray, t0: float, te: float, u0: float, peak_mag: float, baseline_mag: float
+) -> np.ndarray:
+    """The model magnitude of one band at times t from a fit's (t0, tE, u0) and the band's
+    model peak and baseline magnitudes (as rome.microlensing_candidates stores them):
+    m = baseline - 2.5 log10(f A(u) + 1 - f), with the source fraction f that makes the
+    model reach peak_mag at t0. NaN where the model flux is not positive."""
+    a_peak = float(magnification(np.array(max(u0, 1e-12))))
+    gain = 10.0 ** (-0.4 * (peak_mag - baseline_mag))
+    fraction = (gain - 1.0) / (a_peak - 1.0) if a_peak > 1.0 else 0.0
+    a = magnification(np.hypot(u0, (np.asarray(t, float) - t0) / te))
+    flux = fraction * a + 1.0 - fraction
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(flux > 0, baseline_mag - 2.5 * np.log10(np.maximum(flux, 1e-300)), np.nan)
+
+
+def mag_to_flux(mag: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes and errors -> fluxes on the FLUX_ZERO_POINT scale and their errors."""
+    flux = 10.0 ** (-0.4 * (np.asarray(mag, float) - FLUX_ZERO_POINT))
+    return flux, 0.4 * math.log(10.0) * flux * np.asarray(err, float)
+
+
+@dataclass
+class PsplFit:
+    """One star's fit; fluxes per dataset in the order of ``datasets``."""
+
+    t0: float
+    tE: float
+    u0: float
+    t0_err: float
+    tE_err: float
+    u0_err: float
+    chi2: float
+    dof: int
+    chi2_const: float
+    n_points: int
+    converged: bool
+    datasets: np.ndarray = field(repr=False)
+    fs: np.ndarray = field(repr=False)
+    fb: np.ndarray = field(repr=False)
+
+    @property
+    def delta_chi2(self) -> float:
+        """chi2 of the constant model minus chi2 of the PSPL model."""
+        return self.chi2_const - self.chi2
+
+    def model_flux(self, t: np.ndarray, dataset: np.ndarray) -> np.ndarray:
+        """Model flux at times t of points of the given datasets (NaN for others)."""
+        k = np.searchsorted(self.datasets, dataset)
+        k = np.clip(k, 0, max(len(self.datasets) - 1, 0))
+        known = self.datasets[k] == dataset if len(self.datasets) else np.zeros(len(t), bool)
+        u = np.hypot(self.u0, (np.asarray(t, float) - self.t0) / self.tE)
+        return np.where(known, self.fs[k] * magnification(u) + self.fb[k], np.nan)
+
+
+def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=None):
+    """Per trial (rows of a) and dataset: the weighted least-squares fs, fb and chi2.
+    With ``ds`` (one trial): per-dataset sums by bincount instead of the matrix."""
+    aw = a * w
+    if ds is not None:
+        n_ds = onehot.shape[1]
+
+        def dot(x):
+            return np.bincount(ds, x[0], minlength=n_ds)[None, :]
+
+        s_aa, s_a, s_af = dot(a * aw), dot(aw), dot(aw * f)
+        s_1, s_f = dot(w[None, :]), dot((w * f)[None, :])
+    else:
+        s_aa = (a * aw) @ onehot
+        s_a = aw @ onehot
+        s_af = (aw * f) @ onehot
+        s_1 = w @ onehot
+        s_f = (w * f) @ onehot
+    det = s_aa * s_1 - s_a**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fs = (s_1 * s_af - s_a * s_f) / det
+        fb = (s_aa * s_f - s_a * s_af) / det
+    # degenerate (A constant over a dataset's points): the blend takes all the flux
+    flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
+    fs = np.where(flat, 0.0, fs)
+    fb = np.where(flat, s_f / s_1, fb)
+    chi2 = float(np.sum(w * f * f)) - np.sum(fs * s_af + fb * s_f, axis=-1)
+    return fs, fb, chi2
+
+
+def _peak_times(t: np.ndarray, pull: np.ndarray) -> list[float]:
+    """Times where running sums of the clipped brightening pulls peak."""
+    clipped = np.clip(pull, -5.0, 5.0)
+    out = []
+    for width in _PEAK_WINDOWS:
+        if len(t) < width:
+            continue
+        run = np.convolve(clipped, np.ones(width), mode="valid")
+        k = int(np.argmax(run))
+        out.append(float(np.mean(t[k : k + width])))
+    return sorted(set(out)) or [float(np.median(t))]
+
+
+def fit_pspl(
+    t: np.ndarray, mag: np.ndarray, err: np.ndarray, dataset: np.ndarray
+) -> PsplFit | None:
+    """Fit one star's good points (any order); ``dataset`` labels each point's
+    instrument and band (integers). Returns None with fewer points than the model has
+    parameters + 1 (3 + 2 per dataset); never raises on data it cannot fit (the fit
+    then has ``converged`` False and NaN uncertainties)."""
+    order = np.argsort(t, kind="stable")
+    t = np.asarray(t, float)[order]
+    flux, ferr = mag_to_flux(np.asarray(mag)[order], np.asarray(err)[order])
+    labels, ds = np.unique(np.asarray(dataset)[order], return_inverse=True)
+    n, n_ds = len(t), len(labels)
+    dof = n - 3 - 2 * n_ds
+    if dof < 1 or not np.all(np.isfinite(flux)) or not np.all(ferr > 0):
+        return None
+    w = 1.0 / ferr**2
+    onehot = np.zeros((n, n_ds))
+    onehot[np.arange(n), ds] = 1.0
+    base = (w * flux) @ onehot / (w @ onehot)
+    chi2_const = float(np.sum(w * (flux - base[ds]) ** 2))
+
+    # Coarse grid: tE x u0 x t0 offsets around the brightest stretches.
+    peaks = _peak_times(t, (flux - base[ds]) / ferr)
+    te = np.repeat(_TE_GRID, _T0_OFFSETS.size * len(peaks))
+    t0 = (np.array(peaks)[None, :, None] + _TE_GRID[:, None, None] * _T0_OFFSETS).ravel()
+    t0, te = np.repeat(t0, _U0_GRID.size), np.repeat(te, _U0_GRID.size)
+    u0 = np.tile(_U0_GRID, t0.size // _U0_GRID.size)
+    a = magnification(np.hypot(u0[:, None], (t[None, :] - t0[:, None]) / te[:, None]))
+    fs, _fb, chi2 = _linear(a, flux, w, onehot)
+    # an event brightens: the source flux of the best-sampled dataset must be positive
+    main = int(np.argmax(np.bincount(ds, minlength=n_ds)))
+    chi2 = np.where(fs[:, main] > 0, chi2, np.inf)
+    sw = np.sqrt(w)
+
+    def model(p):
+        a = magnification(np.hypot(p[2], (t - p[0]) / math.exp(p[1])))[None, :]
+        fs, fb, chi2 = _linear(a, flux, w, onehot, ds)
+        return a[0], fs[0], fb[0], float(chi2[0])
+
+    def residuals(p):
+        a, fs, fb, _ = model(p)
+        return sw * (flux - fs[ds] * a - fb[ds])
+
+    lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
+    hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
+    # refine the best grid point of each of the _STARTS best tE values; keep the best
+    best_of_te = {}
+    for k in np.argsort(chi2):
+        if not np.isfinite(chi2[k]) or len(best_of_te) == _STARTS:
+            break
+        best_of_te.setdefault(te[k], k)
+    if not best_of_te:
+        best_of_te = {te[0]: 0}
+    p, converged, jac, chi2_fit = None, False, None, np.inf
+    for k in best_of_te.values():
+        start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
+        try:
+            res = least_squares(
+                residuals, start, bounds=(lo, hi), loss="soft_l1", f_scale=_HUBER, x_scale="jac"
+            )
+            trial, ok, trial_jac = res.x, bool(res.success), res.jac
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            trial, ok, trial_jac = start, False, None
+        trial_chi2 = model(trial)[3]
+        if p is None or trial_chi2 < chi2_fit:
+            p, converged, jac, chi2_fit = trial, ok, trial_jac, trial_chi2
+    _a, fs, fb, chi2_fit = model(p)
+    errs = np.full(3, np.nan)
+    if jac is not None and np.all(np.isfinite(jac)):
+        with np.errstate(all="ignore"):
+            try:
+                cov = np.linalg.inv(jac.T @ jac) * max(1.0, chi2_fit / dof)
+                diag = np.diag(cov)
+                if np.all(diag > 0) and np.all(np.isfinite(diag)):
+                    errs = np.sqrt(diag)
+            except np.linalg.LinAlgError:
+                pass
+    te_fit = math.exp(p[1])
+    return PsplFit(
+        t0=float(p[0]),
+        tE=te_fit,
+        u0=float(p[2]),
+        t0_err=float(errs[0]),
+        tE_err=float(te_fit * errs[1]),
+        u0_err=float(errs[2]),
+        chi2=chi2_fit,
+        dof=int(dof),
+        chi2_const=chi2_const,
+        n_points=n,
+        converged=converged,
+        datasets=labels,
+        fs=fs,
+        fb=fb,
+    )

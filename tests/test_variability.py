@@ -1,0 +1,294 @@
+"""Variability indices and point-lens fits against independent references: per-star
+numpy straight from the published definitions, and MulensModel for the PSPL model."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from scipy.optimize import minimize
+
+from romerea_vo.variability import candidates, indices, pspl
+
+# --- references, one star at a time, straight from the definitions ------------------
+
+
+def ref_band(t, mag, err, good, attempted, window=indices.ABBE_WINDOW_DAYS):
+    t, m, s = t[good], mag[good], err[good]
+    n = m.size
+    out = {"n_good": n}
+    w = 1 / s**2
+    out["weighted_mean_mag"] = np.sum(w * m) / np.sum(w) if n else np.nan
+    out["flagged_fraction"] = 1 - n / attempted.sum() if attempted.sum() else np.nan
+    if n:
+        med = np.median(m)
+        run = best = 0
+        for mi, si in zip(m, s, strict=True):
+            run = run + 1 if (med - mi) / si >= 3 else 0
+            best = max(best, run)
+        out["bright_run"] = best
+    else:
+        out["bright_run"] = 0
+    out["chi2_reduced"] = (
+        np.sum((m - out["weighted_mean_mag"]) ** 2 * w) / (n - 1) if n >= 2 else np.nan
+    )
+    if n < 3:
+        for k in ("amplitude_mag", "iqr_mag", "inv_eta", "skewness", "excess_abbe"):
+            out[k] = np.nan
+        return out
+    p5, p25, p75, p95 = np.percentile(m, [5, 25, 75, 95])
+    out["amplitude_mag"] = p95 - p5
+    out["iqr_mag"] = p75 - p25
+    eta = np.sum(np.diff(m) ** 2) / ((n - 1) * np.var(m, ddof=1))
+    out["inv_eta"] = 1 / eta
+    out["skewness"] = sps.skew(m, bias=False)
+
+    def abbe(x):
+        k = x.size
+        return k / (2 * (k - 1)) * np.sum(np.diff(x) ** 2) / np.sum((x - x.mean()) ** 2)
+
+    subs = []
+    for ti in t:
+        x = m[np.abs(t - ti) <= window / 2]
+        if x.size >= 3 and np.ptp(x) > 0:
+            subs.append(abbe(x))
+    out["excess_abbe"] = np.mean(subs) - abbe(m) if subs else np.nan
+    return out
+
+
+def ref_stetson(mag, err, good, band, visits):
+    delta = np.full(mag.shape, np.nan)
+    for b in np.unique(band):
+        sel = (band == b) & good
+        n = sel.sum()
+        if n < 2:
+            continue
+        w = 1 / err[sel] ** 2
+        mean = np.sum(w * mag[sel]) / np.sum(w)
+        delta[sel] = math.sqrt(n / (n - 1)) * (mag[sel] - mean) / err[sel]
+    p = []
+    for visit in visits:
+        ds = [delta[i] for i in visit if i >= 0 and not np.isnan(delta[i])]
+        if len(ds) >= 2:
+            p.append(ds[0] * ds[1])
+            p.extend(d * d - 1 for d in ds[2:])
+        elif ds:
+            p.append(ds[0] ** 2 - 1)
+    d = delta[~np.isnan(delta)]
+    j = np.mean([np.sign(x) * math.sqrt(abs(x)) for x in p]) if p else np.nan
+    k = np.mean(np.abs(d)) / math.sqrt(np.mean(d**2)) if d.size >= 2 else np.nan
+    return j, k, j * k / 0.798
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+def _block(rng, n_stars=12, n_img=300):
+    t = np.sort(rng.uniform(2458000, 2458400, n_img))
+    err = rng.uniform(0.01, 0.05, (n_stars, n_img))
+    mag = 17 + rng.normal(0, 1, (n_stars, n_img)) * err
+    mag[1] += 0.3 * np.sin(t / 40.0)  # a slow variable
+    mag[2, 100:110] -= 0.5  # a brightening
+    mag[3, ::37] -= 1.0  # outliers
+    good = rng.random((n_stars, n_img)) > 0.1
+    attempted = good | (rng.random((n_stars, n_img)) > 0.5)
+    good[4] = False  # all flagged
+    good[5] = False
+    good[5, [3, 50]] = True  # two good points
+    good[6] = False
+    good[6, [3, 50, 51]] = True  # three
+    return t, mag, err, good, attempted
+
+
+def test_band_indices_equal_reference_definitions():
+    rng = np.random.default_rng(4)
+    t, mag, err, good, attempted = _block(rng)
+    got = indices.band_indices(t, np.where(good, mag, -1.0), err, good, attempted)
+    for star in range(mag.shape[0]):
+        ref = ref_band(t, mag[star], err[star], good[star], attempted[star])
+        for name, value in ref.items():
+            np.testing.assert_allclose(
+                got[name][star], value, rtol=1e-9, atol=1e-12, err_msg=f"{name} star {star}"
+            )
+    assert got["n_good"][4] == 0 and np.isnan(got["weighted_mean_mag"][4])
+    assert np.isnan(got["inv_eta"][5]) and np.isfinite(got["chi2_reduced"][5])
+    assert np.isfinite(got["inv_eta"][6])
+    assert got["flagged_fraction"][4] == 1.0
+    assert got["bright_run"][2] >= 8 and got["bright_run"][0] <= 2
+    assert got["inv_eta"][1] > 5 > 0.7 > got["inv_eta"][0]
+    # white noise: ~N/(N - 1) - 1 from the windows of ~15 points; slow variation: ~1
+    assert got["excess_abbe"][1] > 0.5 > 0.3 > abs(got["excess_abbe"][0])
+
+
+def test_band_indices_shape_errors_and_empty():
+    with pytest.raises(ValueError):
+        indices.band_indices(np.arange(3.0), np.zeros((2, 4)), np.ones((2, 4)), np.ones((2, 4)))
+    out = indices.band_indices(np.zeros(0), np.zeros((2, 0)), np.zeros((2, 0)), np.zeros((2, 0)))
+    assert list(out["n_good"]) == [0, 0] and np.all(np.isnan(out["flagged_fraction"]))
+
+
+def _visit_images(rng, n_visits=120):
+    """i' every visit, r' and g' minutes later on most visits, two instruments."""
+    hjd, band, inst = [], [], []
+    for v in range(n_visits):
+        start = 2458000 + v * 0.4 + rng.uniform(0, 0.01)
+        which = "a" if v % 2 else "b"
+        for b, lag, p in ((2, 0.0, 1.0), (1, 0.004, 0.7), (0, 0.008, 0.5)):
+            if rng.random() < p:
+                hjd.append(start + lag)
+                band.append(b)
+                inst.append(which)
+    order = np.argsort(hjd)
+    return np.array(hjd)[order], np.array(band)[order], np.array(inst)[order]
+
+
+def test_visits_pair_bands_of_one_instrument():
+    rng = np.random.default_rng(5)
+    hjd, band, inst = _visit_images(rng)
+    visits = indices.visit_slots(hjd, band, inst)
+    assert len(visits) == 120
+    used = visits[visits >= 0]
+    assert np.array_equal(np.sort(used), np.arange(hjd.size))  # every image once
+    for slot, b in enumerate((2, 1, 0)):
+        sel = visits[:, slot]
+        assert np.all(band[sel[sel >= 0]] == b)
+    for row in visits:
+        members = row[row >= 0]
+        assert len(set(inst[members])) == 1 and np.ptp(hjd[members]) < 1 / 48
+
+
+def test_stetson_equals_reference_with_one_band_and_missing_points():
+    rng = np.random.default_rng(6)
+    hjd, band, inst = _visit_images(rng)
+    visits = indices.visit_slots(hjd, band, inst)
+    n_stars, n_img = 6, hjd.size
+    err = rng.uniform(0.01, 0.03, (n_stars, n_img))
+    mag = 17 + rng.normal(0, 1, (n_stars, n_img)) * err
+    mag[1] += 0.2 * np.sin(hjd / 3.0)  # correlated across bands: J large
+    good = rng.random((n_stars, n_img)) > 0.15
+    good[2] &= band == 2  # one band only: no pairs, singles only
+    good[3] = False  # all flagged
+    got = indices.stetson_indices(mag, err, good, band, visits)
+    for star in range(n_stars):
+        j, k, l_ = ref_stetson(mag[star], err[star], good[star], band, visits)
+        np.testing.assert_allclose(
+            [got["stetson_j"][star], got["stetson_k"][star], got["stetson_l"][star]],
+            [j, k, l_],
+            rtol=1e-9,
+            atol=1e-12,
+        )
+    assert got["n_pairs"][2] == 0 and np.isfinite(got["stetson_j"][2])
+    assert np.isnan(got["stetson_j"][3]) and np.isnan(got["stetson_k"][3])
+    assert got["stetson_j"][1] > 1.0 > abs(got["stetson_j"][0])
+
+
+# --- point lens -------------------------------------------------------------------------
+
+MulensModel = pytest.importorskip("MulensModel")
+
+
+def test_magnification_equals_mulensmodel():
+    times = np.linspace(2458000, 2458100, 2001)
+    for u0, te in ((0.01, 3.0), (0.3, 25.0), (1.2, 80.0)):
+        model = MulensModel.Model({"t_0": 2458050.0, "u_0": u0, "t_E": te})
+        u = np.hypot(u0, (times - 2458050.0) / te)
+        np.testing.assert_allclose(
+            pspl.magnification(u), model.get_magnification(times), rtol=1e-10
+        )
+
+
+def _simulated_event(rng, t0=2458210.0, te=22.0, u0=0.15, n=1500, seasons=True):
+    """Three datasets with their own source and blend fluxes, made with MulensModel."""
+    t = np.sort(rng.uniform(2457850, 2458600, n))
+    if seasons:  # a season gap like the bulge's
+        t = t[(t < 2458050) | (t > 2458150)]
+    ds = rng.integers(0, 3, t.size)
+    model = MulensModel.Model({"t_0": t0, "u_0": u0, "t_E": te})
+    a = model.get_magnification(t)
+    fs, fb = np.array([1.0, 0.6, 0.3]), np.array([0.5, 0.2, 0.9])
+    flux = fs[ds] * a + fb[ds]
+    mag = pspl.FLUX_ZERO_POINT - 2.5 * np.log10(flux)
+    err = np.full(t.size, 0.01) + 0.01 * rng.random(t.size)
+    return t, mag + rng.normal(0, 1, t.size) * err, err, ds
+
+
+def _mulens_chi2(t, mag, err, ds, params):
+    t0, te, u0 = params
+    model = MulensModel.Model({"t_0": t0, "u_0": abs(u0), "t_E": abs(te)})
+    data = [
+        MulensModel.MulensData([t[ds == d], mag[ds == d], err[ds == d]], phot_fmt="mag")
+        for d in np.unique(ds)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MulensModel.Event(datasets=data, model=model).get_chi2()
+
+
+def test_fit_recovers_a_simulated_event_and_mulensmodel_agrees():
+    rng = np.random.default_rng(7)
+    truth = {"t0": 2458210.0, "tE": 22.0, "u0": 0.15}
+    t, mag, err, ds = _simulated_event(rng, **{"t0": 2458210.0, "te": 22.0, "u0": 0.15})
+    fit = pspl.fit_pspl(t, mag, err, ds)
+    assert fit is not None and fit.converged
+    for name in ("t0", "tE", "u0"):
+        sigma = getattr(fit, f"{name}_err")
+        assert 0 < sigma < 0.1 * max(truth[name], 1)
+        assert abs(getattr(fit, name) - truth[name]) < 4 * sigma, name
+    # MulensModel's chi2 at our parameters (it solves the fluxes per dataset too)
+    ours = (fit.t0, fit.tE, fit.u0)
+    assert _mulens_chi2(t, mag, err, ds, ours) == pytest.approx(fit.chi2, rel=1e-6)
+    # a fit with MulensModel's chi2 (the package's own example: scipy minimise) lands
+    # within our uncertainties
+    theirs = minimize(
+        lambda p: _mulens_chi2(t, mag, err, ds, p), ours, method="Nelder-Mead",
+        options={"xatol": 1e-4, "fatol": 1e-3},
+    ).x  # fmt: skip
+    for k, name in enumerate(("t0", "tE", "u0")):
+        assert abs(theirs[k] - ours[k]) < getattr(fit, f"{name}_err"), name
+    assert fit.chi2 / fit.dof == pytest.approx(1.0, abs=0.15)
+    row = candidates.candidate_row(t, mag, err, ds, np.array([2, 1, 0]))
+    assert row["classification"] == "candidate" and row["flags"] == 0
+    assert row["n_in_window"] > 50 and row["peak_amplitude"] > 1.0
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no_baseline", "peak_in_gap", "u0_above_1", "constant", "outliers", "few_points"],
+)
+def test_degenerate_cases_never_crash_nor_give_unflagged_nans(case):
+    rng = np.random.default_rng(8)
+    kwargs = {}
+    if case == "no_baseline":
+        kwargs = {"t0": 2458200.0, "te": 900.0, "u0": 0.1}
+    elif case == "peak_in_gap":
+        kwargs = {"t0": 2458100.0, "te": 8.0, "u0": 0.05}
+    elif case == "u0_above_1":
+        kwargs = {"t0": 2458300.0, "te": 30.0, "u0": 1.4}
+    t, mag, err, ds = _simulated_event(rng, **kwargs)
+    if case in ("constant", "outliers"):
+        mag = 17.0 + rng.normal(0, 1, t.size) * err
+    if case == "outliers":
+        mag[rng.random(t.size) < 0.05] -= 0.5
+    if case == "few_points":
+        t, mag, err, ds = t[:6], mag[:6], err[:6], ds[:6]
+        assert candidates.candidate_row(t, mag, err, ds, np.array([2, 1, 0])) is None
+        return
+    row = candidates.candidate_row(t, mag, err, ds, np.array([2, 1, 0]))
+    assert row is not None
+    for name in ("t0", "te", "u0", "chi2", "chi2_const", "score", "noise_scale"):
+        assert np.isfinite(row[name]), name
+    for name in ("t0_err", "te_err", "u0_err"):
+        assert row[name] is None or np.isfinite(row[name])
+        if row[name] is None:
+            assert row["flags"] & candidates.FLAGS["no_uncertainty"]
+    if row["baseline_ratio"] is None:
+        assert row["flags"] & candidates.FLAGS["no_baseline"]
+    if case in ("constant", "outliers"):
+        assert row["classification"] != "candidate"
+    if case == "no_baseline":
+        assert row["classification"] != "candidate" or row["te_err"] > 50
+    if case == "u0_above_1":
+        assert row["classification"] == "candidate" and row["u0"] > 0.8
