@@ -93,9 +93,10 @@ def test_adql_finds_variables_by_inv_eta_and_iqr(served, truth):
 
 
 def test_the_tap_examples_for_candidates_and_variables_run(served, truth):
-    from romerea_vo.service.examples import rome_examples
+    from romerea_vo.service.examples import ExampleStar, rome_examples
 
-    examples = {e.id: e.query for e in rome_examples(FIELD, 0.0, 0.0)}
+    star = ExampleStar(FIELD, 1, 0.0, 0.0, "")
+    examples = {e.id: e.query for e in rome_examples(star)}
     kinds = dict(zip(truth["field_id"].tolist(), truth["kind"].tolist(), strict=True))
     bright = served.run_sync(examples["microlensing_candidates"]).to_table()
     assert len(bright) > 0 and np.all(bright["peak_mag_ip"] < 18)

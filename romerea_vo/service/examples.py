@@ -102,12 +102,13 @@ def rome_examples(star: ExampleStar) -> list[Example]:
             "Variable stars by the von Neumann ratio and the interquartile range",
             "1/eta (time-correlated variability; 0.5 for white noise) together with the "
             "interquartile range (Sokolovsky et al. 2017 recommend the pair), in i' with "
-            "enough good points.",
-            "SELECT TOP 100 field, field_id, n_good, median_mag, iqr_mag, inv_eta,\n"
-            "       stetson_j, excess_abbe\n"
-            "FROM rome.lightcurve_stats\n"
-            "WHERE filter = 'ip' AND n_good >= 50 AND inv_eta > 1 AND iqr_mag > 0.02\n"
-            "ORDER BY inv_eta DESC",
+            "enough good points, with each star's DID for its lightcurve.",
+            "SELECT TOP 100 s.field, s.field_id, s.n_good, s.median_mag, s.iqr_mag,\n"
+            "       s.inv_eta, s.stetson_j, s.excess_abbe, f.did\n"
+            "FROM rome.lightcurve_stats AS s JOIN rome.field_index AS f\n"
+            "  ON s.field = f.field AND s.field_id = f.field_id\n"
+            "WHERE s.filter = 'ip' AND s.n_good >= 50 AND s.inv_eta > 1 AND s.iqr_mag > 0.02\n"
+            "ORDER BY s.inv_eta DESC",
         ),
         Example(
             "upload_xmatch",
