@@ -27,7 +27,7 @@ from romerea_vo.samp.http import DocumentServer
 from romerea_vo.samp.hub import SampHub
 from romerea_vo.samp.sources import open_source
 
-from .test_topcat_samp import _wait, needs_topcat
+from .test_topcat_samp import _wait, load_in_topcat, needs_topcat
 
 AUTH = "ivo://romerea-vo.local/rome"
 FIELD = "ROME-FIELD-01"
@@ -522,13 +522,7 @@ def _topcat_rows(client, topcat_id) -> int | None:
 def test_topcat_gets_the_lightcurves_of_a_selection(topcat, tap_server, tap_result, good_points):
     client, topcat_id = topcat.client, topcat.topcat_id
     url, table = tap_result
-    reply = client.call_and_wait(
-        topcat_id,
-        {"samp.mtype": "table.load.votable",
-         "samp.params": {"url": url, "table-id": "tap-topcat", "name": "ROME stars"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(topcat, url, "ROME stars", table_id="tap-topcat")
     source = open_source(service=tap_server)
     with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
         # exactly what TOPCAT sends for a subset (vo_clients README §2.4); our pyvo client
@@ -632,13 +626,7 @@ def test_topcat_itself_sends_the_selection(topcat, tap_server, tap_result, good_
     if control is None:
         pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
     url, table = tap_result
-    reply = client.call_and_wait(
-        topcat_id,
-        {"samp.mtype": "table.load.votable",
-         "samp.params": {"url": url, "table-id": "tap-remote", "name": "ROME stars (remote)"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(topcat, url, "ROME stars (remote)", table_id="tap-remote")
 
     def tap_table_id():
         for t in topcat_command(control, "list").get("tables", []):
@@ -686,14 +674,9 @@ def test_topcat_subset_of_a_table_loaded_from_a_local_file(
         f"mine{i},{float(table['ra'][i])!r},{float(table['dec'][i])!r}" for i in range(6)
     ]
     csv.write_text("\n".join(lines) + "\n")
-    reply = client.call_and_wait(
-        topcat_id,
-        {"samp.mtype": "table.load.stil",
-         "samp.params": {"url": csv.as_uri(), "format": "csv(header=true)",
-                         "name": "my stars"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(
+        topcat, csv.as_uri(), "my stars", mtype="table.load.stil", format="csv(header=true)"
+    )
 
     def listed(label: str) -> list[dict]:
         return [t for t in topcat_command(port, "tables")["tables"] if t["label"] == label]
@@ -729,18 +712,12 @@ def test_topcat_clicks_reach_a_restarted_bridge_and_lightcurves_plot_themselves(
     band; the same star asked for again is highlighted in TOPCAT, not loaded twice."""
     from tests.conftest import topcat_command
 
-    client, topcat_id = topcat.client, topcat.topcat_id
+    client = topcat.client
     control, port = topcat.control_port, topcat.activation_port
     if control is None or port is None:
         pytest.skip("TopcatRemote (../shared/vo_clients/java) not available to drive TOPCAT")
     url, table = tap_result
-    reply = client.call_and_wait(
-        topcat_id,
-        {"samp.mtype": "table.load.votable",
-         "samp.params": {"url": url, "table-id": "tap-restart", "name": "ROME stars (restart)"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(topcat, url, "ROME stars (restart)", table_id="tap-restart")
     labels = lambda: [t["label"] for t in topcat_command(port, "tables")["tables"]]  # noqa: E731
     _wait(lambda: "ROME stars (restart)" in labels(), 60, "TOPCAT to list the TAP result")
     (tid,) = [t["id"] for t in topcat_command(port, "tables")["tables"]

@@ -45,19 +45,22 @@ def count_rows(url: str) -> int:
         path.unlink()
 
 
+def load_in_topcat(topcat, url: str, name: str, mtype: str = "table.load.votable", **params):
+    """Make TOPCAT load ``url`` as a table labelled ``name`` (as a SAMP sender would);
+    ``table_id=`` becomes the ``table-id`` parameter."""
+    extra = {k.replace("_", "-"): v for k, v in params.items()}
+    message = {"samp.mtype": mtype, "samp.params": {"url": url, "name": name, **extra}}
+    reply = topcat.client.call_and_wait(topcat.topcat_id, message, "120")
+    assert reply["samp.status"] == "samp.ok", reply
+
+
 @needs_topcat
 def test_topcat_loads_a_lightcurve_over_samp(topcat, tap_server):
     client, topcat_id = topcat.client, topcat.topcat_id
     url = f"{tap_server}/lightcurve?ID=ivo://romerea-vo.local/rome?ROME-FIELD-01/3"
     expected = count_rows(url)
     assert expected > 10
-    reply = client.call_and_wait(
-        topcat_id,
-        {"samp.mtype": "table.load.votable",
-         "samp.params": {"url": url, "table-id": "rome-lc-3", "name": "ROME-FIELD-01 3 lc"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(topcat, url, "ROME-FIELD-01 3 lc", table_id="rome-lc-3")
 
     def loaded():
         # TOPCAT answers samp.ok before the table is in its list (see vo_clients gotchas)
@@ -94,13 +97,7 @@ def test_topcat_invoke_service_loads_the_rows_lightcurve(topcat, tap_server):
     )
     url = f"{tap_server}/tap/sync?" + urlencode({"LANG": "ADQL", "QUERY": adql})
     before = {t["id"] for t in topcat_command(port, "tables")["tables"]}
-    reply = topcat.client.call_and_wait(
-        topcat.topcat_id,
-        {"samp.mtype": "table.load.votable",
-         "samp.params": {"url": url, "name": "stars with DIDs"}},
-        "120",
-    )  # fmt: skip
-    assert reply["samp.status"] == "samp.ok", reply
+    load_in_topcat(topcat, url, "stars with DIDs")
 
     def new_tables() -> list[dict]:
         return [t for t in topcat_command(port, "tables")["tables"] if t["id"] not in before]
