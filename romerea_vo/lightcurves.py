@@ -43,6 +43,11 @@ IMAGE_METADATA_COLUMNS = (
 )
 """IMAGES columns copied onto every point (those the file has)."""
 
+FLUX_ZERO_POINT = 22.0
+"""Magnitude of flux 1 on the scale of the ``flux``/``flux_err`` columns: MulensModel's
+default zero point (``MulensModel.utils.MAG_ZEROPOINT``), so its ``phot_fmt="flux"`` and
+``"mag"`` agree on these values."""
+
 _BLOCK_BYTES = 128 * 2**20
 """Read budget per block when streaming or batching (bounded memory on 30 GB cubes)."""
 
@@ -65,6 +70,20 @@ class PointArrays:
     @property
     def hjd(self) -> np.ndarray:
         return self.data[:, 0]
+
+
+def flux_from_mag(mag: np.ndarray, mag_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, flux_err) of calibrated magnitudes on the :data:`FLUX_ZERO_POINT` scale.
+
+    ``flux = 10**(-0.4 (mag - 22))`` and ``flux_err = 0.4 ln(10) flux mag_err`` (first-order
+    propagation); points without a valid measurement (mag or err <= 0, e.g. the pipeline's
+    0.0 and -9999.99 fills) get NaN.
+    """
+    mag = np.asarray(mag, dtype=float)
+    mag_err = np.asarray(mag_err, dtype=float)
+    valid = (mag > 0) & (mag_err > 0)
+    flux = np.where(valid, 10.0 ** (-0.4 * (np.where(valid, mag, 0.0) - FLUX_ZERO_POINT)), np.nan)
+    return flux, np.where(valid, 0.4 * np.log(10.0) * flux * mag_err, np.nan)
 
 
 def _star_ref(field: Field, star: StarRef | int) -> StarRef:

@@ -37,7 +37,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import FieldFormatError, InvalidRequestError, RomeReaError, StarNotFoundError
-from ..lightcurves import IMAGE_METADATA_COLUMNS, QUALITIES, PointArrays, read_points
+from ..lightcurves import (
+    FLUX_ZERO_POINT,
+    IMAGE_METADATA_COLUMNS,
+    QUALITIES,
+    PointArrays,
+    flux_from_mag,
+    read_points,
+)
 from ..products import layout
 from ..products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
 from ..products.lookup import StarRef
@@ -51,6 +58,7 @@ from .params import read_dali_params
 
 __all__ = [
     "BAND_UCDS",
+    "MAX_BULK_IDS",
     "MAX_IDS",
     "TIMESYS",
     "LightcurveService",
@@ -60,7 +68,11 @@ __all__ = [
 
 VOTABLE_MEDIA = "application/x-votable+xml"
 MAX_IDS = 1000
-"""Most stars one request may ask for."""
+"""Most stars one request may ask for with ID parameters."""
+MAX_BULK_IDS = 100_000
+"""Most rows of an uploaded table of stars (bulk ``POST /lightcurve``)."""
+MJD_OFFSET = 2400000.5
+"""JD - MJD: TIME intervals are MJD, the points' hjd a (heliocentric) JD."""
 
 TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
 """HJD: Julian days (origin JD 0) in UTC, at the barycentre-free heliocentre (DESIGN.md)."""
@@ -68,6 +80,8 @@ TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HE
 BAND_UCDS = {"gp": "em.opt.B", "rp": "em.opt.R", "ip": "em.opt.I"}
 """Spectral-band UCD word of each LCO filter (SDSS g' 477 nm, r' 623 nm, i' 763 nm)."""
 
+_BAND_UCD_COLUMNS = ("phot.mag", "stat.error;phot.mag", "phot.flux", "stat.error;phot.flux")
+"""UCDs that name the band when a single BAND is asked for."""
 _PNG_NAMES = {"png", "image/png"}
 _INTEGER_COLUMNS = {"qc_flag": pa.int16(), "stamp_index": pa.int16()}
 
@@ -105,22 +119,62 @@ class LightcurveRequest:
     datasets: tuple[str, ...] | None
     quality: str
     fmt: ResultFormat | None  # None: PNG
+    flux: bool = False
+    columns: tuple[str, ...] | None = None  # COLUMNS: the names asked for, in order
+    time: tuple[float, float] | None = None  # TIME interval, MJD
 
 
 def _split(values: Sequence[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
-    """Check the DALI parameters (upper-cased names) of a lightcurve request."""
+_TRUE = {"true", "1", "yes", "t"}
+_FALSE = {"false", "0", "no", "f", ""}
+
+
+def _parse_flux(values: dict[str, list[str]]) -> bool:
+    raw = (values.get("FLUX") or ["false"])[0].strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise InvalidRequestError(f"FLUX={raw!r} is not a boolean; use FLUX=true or FLUX=false")
+    return raw in _TRUE
+
+
+def _parse_time(values: dict[str, list[str]]) -> tuple[float, float] | None:
+    """The DALI interval of ``TIME=t1 t2`` (MJD; -Inf/+Inf for open ends)."""
+    if "TIME" not in values:
+        return None
+    raw = values["TIME"][0]
+    parts = raw.split()
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidRequestError(
+            f"TIME={raw!r} is not a DALI interval: give two MJD values 't1 t2' "
+            "(e.g. TIME=57800 58100; -Inf or +Inf for an open end)"
+        ) from None
+    if np.isnan(low) or np.isnan(high) or low > high:
+        raise InvalidRequestError(f"TIME={raw!r}: the interval needs t1 <= t2")
+    return low, high
+
+
+def parse_request(values: dict[str, list[str]], *, ids_required: bool = True) -> LightcurveRequest:
+    """Check the DALI parameters (upper-cased names) of a lightcurve request.
+
+    Raises InvalidRequestError naming the parameter at fault. ``ids_required`` is false for
+    bulk requests, whose IDs come in an uploaded table.
+    """
     ids = list(dict.fromkeys(v.strip() for v in values.get("ID", ()) if v.strip()))
-    if not ids:
+    if not ids and ids_required:
         raise InvalidRequestError(
             "missing parameter ID: give the publisher DID of a star, e.g. "
-            "ID=ivo://<authority>/rome?ROME-FIELD-01/1 (repeat ID for several stars)"
+            "ID=ivo://<authority>/rome?ROME-FIELD-01/1 (repeat ID for several stars, or "
+            "POST a table of IDs or positions as UPLOAD=stars,param:table)"
         )
     if len(ids) > MAX_IDS:
-        raise InvalidRequestError(f"{len(ids)} IDs given; at most {MAX_IDS} per request")
+        raise InvalidRequestError(
+            f"{len(ids)} IDs given; at most {MAX_IDS} per request as ID parameters (POST a "
+            f"table of up to {MAX_BULK_IDS} IDs as UPLOAD=stars,param:table for more)"
+        )
     bands = None
     if "BAND" in values:
         bands = [b.lower() for b in _split(values["BAND"])]
@@ -151,7 +205,15 @@ def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
             fmt = resolve_format(raw_format)
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"{exc}, image/png") from None
-    return LightcurveRequest(tuple(ids), bands, datasets, quality, fmt)
+    columns = None
+    if "COLUMNS" in values:
+        columns = tuple(dict.fromkeys(_split(values["COLUMNS"])))
+        if not columns:
+            raise InvalidRequestError("COLUMNS is empty; give column names or leave it out")
+    flux = _parse_flux(values) or bool(columns and {"flux", "flux_err"} & set(columns))
+    return LightcurveRequest(
+        tuple(ids), bands, datasets, quality, fmt, flux, columns, _parse_time(values)
+    )
 
 
 # --------------------------------------------------------------------------- per field
@@ -184,29 +246,51 @@ class _Star:
 
 
 class _Schema:
-    """FIELDs (and column order) of a table of points for one cube layout."""
+    """FIELDs (and column order) of a table of points for one cube layout.
 
-    def __init__(self, lay: PhotometryLayout, metadata: Sequence[str], band: str | None, multi):
+    ``flux`` adds flux/flux_err after the cube columns; ``columns`` (COLUMNS=) keeps only
+    those, in the order asked for (with ``id`` first in tables of several stars).
+    """
+
+    def __init__(
+        self,
+        lay: PhotometryLayout,
+        metadata: Sequence[str],
+        band: str | None,
+        multi: bool,
+        flux: bool = False,
+        columns: tuple[str, ...] | None = None,
+    ):
         points = load_table_schema("lightcurve_points").by_name
         index = load_table_schema("field_index").by_name
-        self.identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
-        self.cube_columns = lay.columns[1:]
-        self.metadata = tuple(metadata)
-        names = ("hjd", "filter", "dataset_code", "image", "image_index")
-        names += self.cube_columns + self.metadata
+        identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
+        cube_columns = lay.columns[1:]
+        names = ("hjd", "filter", "dataset_code", "image", "image_index") + cube_columns
+        names += ("flux", "flux_err") if flux else ()
+        names += tuple(metadata)
+        available = identity + names
+        if columns is not None:
+            bad = [c for c in columns if c not in available]
+            if bad:
+                raise InvalidRequestError(
+                    f"COLUMNS: no column {', '.join(map(repr, bad))} in these lightcurves; "
+                    f"available: {', '.join(available)}"
+                )
+            available = (("id",) if multi and "id" not in columns else ()) + columns
+        self.names = available
+        self.flux_from = (lay.science_mag, layout.error_column(lay.science_mag))
         fields = []
-        for name in self.identity:
-            if name == "id":
-                fields.append(FieldSpec.from_column(index["did"], name="id"))
-            else:
-                fields.append(FieldSpec.from_column(index[name]))
-        for name in names:
+        for name in available:
+            if name in identity:
+                spec = FieldSpec.from_column(index["did" if name == "id" else name])
+                fields.append(replace(spec, name=name))
+                continue
             spec = FieldSpec.from_column(points[name])
             if name == "hjd":
                 spec = replace(spec, ref=TIMESYS.ID)
             elif name == "qc_flag":
                 spec = replace(spec, description=qc_flag_description())
-            elif band and spec.ucd in ("phot.mag", "stat.error;phot.mag"):
+            elif band and spec.ucd in _BAND_UCD_COLUMNS:
                 spec = replace(spec, ucd=f"{spec.ucd};{BAND_UCDS[band]}")
             fields.append(spec)
         self.fields = fields
@@ -272,11 +356,16 @@ class LightcurveService:
         self._open_cube(field, ref.quadrant)
         return _Star(make_did(self.authority, field_name, field_id), field, ref, cols)
 
-    def _schema(self, lay: PhotometryLayout, cols: _FieldColumns, band, multi) -> _Schema:
-        key = (lay, tuple(cols.metadata), band, multi)
+    def _schema(
+        self, lay: PhotometryLayout, cols: _FieldColumns, req: LightcurveRequest, multi: bool
+    ) -> _Schema:
+        """The (cached) schema of a request's table; InvalidRequestError for bad COLUMNS."""
+        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
+        key = (lay, tuple(cols.metadata), band, multi, req.flux, req.columns)
         schema = self._schemas.get(key)
         if schema is None:
-            schema = self._schemas[key] = _Schema(lay, list(cols.metadata), band, multi)
+            schema = _Schema(lay, list(cols.metadata), band, multi, req.flux, req.columns)
+            self._schemas[key] = schema
         return schema
 
     def _datasets_for(self, star: _Star, datasets: tuple[str, ...] | None):
@@ -301,41 +390,52 @@ class LightcurveService:
         if datasets is not None and not datasets:  # none of the DATASETs is in this field
             lay = self._open_cube(star.field, star.ref.quadrant).layout
             return PointArrays(star.ref, np.empty(0, np.int64), np.empty((0, lay.width)), lay)
-        return read_points(
+        pts = read_points(
             star.field, star.ref, filters=req.bands, datasets=datasets, quality=req.quality
         )
+        return _in_time(pts, req.time)
 
     def batch(self, star: _Star, pts: PointArrays, schema: _Schema) -> pa.RecordBatch:
         """Arrow columns of one star's points, in ``schema`` order."""
         n = len(pts)
         idx = pa.array(pts.image_index.astype(np.int64, copy=False))
         cols = star.columns
-        arrays: list[pa.Array] = []
-        if schema.identity:
-            ref = star.ref
-            gaia = ref.gaia_source_id
-            arrays += [
-                pa.array(np.full(n, star.did, dtype=object), pa.large_string()),
-                pa.array(np.full(n, ref.field, dtype=object), pa.large_string()),
-                pa.array(np.full(n, ref.field_id, np.int64)),
-                pa.array(np.full(n, ref.ra, float)),
-                pa.array(np.full(n, ref.dec, float)),
-                pa.nulls(n, pa.int64()) if gaia is None else pa.array(np.full(n, gaia, np.int64)),
-            ]
+        ref = star.ref
         data = np.ascontiguousarray(pts.data.T)
-        arrays += [
-            pa.array(data[0]),
-            cols.filter.take(idx),
-            cols.dataset_code.take(idx),
-            cols.image.take(idx),
-            pa.array(pts.image_index.astype(np.int32)),
-        ]
-        for j, name in enumerate(schema.cube_columns, start=1):
-            kind = _INTEGER_COLUMNS.get(name)
-            arrays.append(pa.array(data[j] if kind is None else data[j].astype(np.int16)))
-        for name in schema.metadata:
-            arrays.append(pa.array(cols.metadata[name][pts.image_index]))
-        return pa.RecordBatch.from_arrays(arrays, names=[f.name for f in schema.fields])
+        cube = {name: j for j, name in enumerate(pts.layout.columns)}
+        flux: tuple[np.ndarray, np.ndarray] | None = None
+
+        def column(name: str) -> pa.Array:
+            nonlocal flux
+            if name in cube:
+                values = data[cube[name]]
+                kind = _INTEGER_COLUMNS.get(name)
+                return pa.array(values if kind is None else values.astype(np.int16))
+            if name in ("flux", "flux_err"):
+                if flux is None:
+                    mag, err = (data[cube[c]] for c in schema.flux_from)
+                    flux = flux_from_mag(mag, err)
+                return pa.array(flux[0] if name == "flux" else flux[1])
+            if name in cols.metadata:
+                return pa.array(cols.metadata[name][pts.image_index])
+            if name == "filter":
+                return cols.filter.take(idx)
+            if name == "dataset_code":
+                return cols.dataset_code.take(idx)
+            if name == "image":
+                return cols.image.take(idx)
+            if name == "image_index":
+                return pa.array(pts.image_index.astype(np.int32))
+            if name in ("id", "field"):
+                text = star.did if name == "id" else ref.field
+                return pa.array(np.full(n, text, dtype=object), pa.large_string())
+            if name == "gaia_source_id" and ref.gaia_source_id is None:
+                return pa.nulls(n, pa.int64())
+            dtype = float if name in ("ra", "dec") else np.int64
+            return pa.array(np.full(n, getattr(ref, name), dtype))
+
+        arrays = [column(name) for name in schema.names]
+        return pa.RecordBatch.from_arrays(arrays, names=list(schema.names))
 
     # ----- documents
 
@@ -350,6 +450,20 @@ class LightcurveService:
             infos.append(Info("datasets", ",".join(req.datasets)))
         if n_ids > 1:
             infos.append(Info("stars", str(n_ids)))
+        if req.time is not None:
+            infos.append(
+                Info(
+                    "time", f"{req.time[0]!r} {req.time[1]!r}", "TIME interval (MJD) applied to hjd"
+                )
+            )
+        if req.flux:
+            infos.append(
+                Info(
+                    "flux_zero_point",
+                    repr(FLUX_ZERO_POINT),
+                    f"flux = 10**(-0.4 ({lay.science_mag} - {FLUX_ZERO_POINT!r}))",
+                )
+            )
         return infos
 
     def _params(self, star: _Star) -> list[Param]:
@@ -379,8 +493,7 @@ class LightcurveService:
         base = f"{star.ref.field}_{star.ref.field_id}"
         if req.fmt is None:
             return self._png(star, pts, req), "image/png", base + ".png"
-        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
-        schema = self._schema(pts.layout, star.columns, band, False)
+        schema = self._schema(pts.layout, star.columns, req, False)
         batch = self.batch(star, pts, schema)
         body = b"".join(
             write_result(
@@ -400,7 +513,6 @@ class LightcurveService:
         """Several stars: resolve them all (errors before any byte is sent), then stream."""
         stars = [self.resolve(did) for did in req.ids]
         self._check_datasets(stars, req.datasets)
-        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
         first = self._open_cube(stars[0].field, stars[0].ref.quadrant).layout
         layouts = {self._open_cube(s.field, s.ref.quadrant).layout for s in stars}
         metas = {tuple(s.columns.metadata) for s in stars}
@@ -409,7 +521,7 @@ class LightcurveService:
                 "these stars' fields have different photometry layouts (format eras "
                 f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
             )
-        schema = self._schema(first, stars[0].columns, band, True)
+        schema = self._schema(first, stars[0].columns, req, True)
 
         def batches() -> Iterator[pa.RecordBatch]:
             for star in stars:
@@ -492,6 +604,15 @@ class LightcurveService:
             "Server-Timing": f"app;dur={elapsed:.2f}",
         }
         return Response(body, media_type=media, headers=headers)
+
+
+def _in_time(pts: PointArrays, time: tuple[float, float] | None) -> PointArrays:
+    """The points whose hjd lies in the TIME interval (MJD, ends included)."""
+    if time is None:
+        return pts
+    mjd = pts.hjd - MJD_OFFSET
+    keep = (mjd >= time[0]) & (mjd <= time[1])
+    return PointArrays(pts.star, pts.image_index[keep], pts.data[keep], pts.layout)
 
 
 class _NotFound(RomeReaError):
