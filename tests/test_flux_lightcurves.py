@@ -153,7 +153,9 @@ def test_mulensmodel_recovers_injected_events(event_server):
         values, errors = _fit_event(mm, least_squares, table, tuple(start))
         fitted += 1
         within += int(np.all(np.abs(values - true) < 3 * errors))
-    print(f"MulensModel: {within} of {fitted} sampled events within 3 sigma ({len(events)} injected)")
+    print(
+        f"MulensModel: {within} of {fitted} sampled events within 3 sigma ({len(events)} injected)"
+    )
     # every event with data in it is fitted, and recovered within 3 sigma
     assert fitted >= 3
     assert within == fitted, f"{within} of {fitted} events recovered within 3 sigma"

@@ -380,7 +380,13 @@ def create_app(config: ServiceConfig) -> Starlette:
     ]
     if service.db.has_rome:  # a database of external catalogues only has no ROME stars
         routes += [
-            Route("/lightcurve", LightcurveService(service.db).endpoint, methods=["GET", "POST"]),
+            Route(
+                "/lightcurve",
+                LightcurveService(
+                    service.db, service.upload_dir, config.limits.upload_bytes
+                ).endpoint,
+                methods=["GET", "POST"],
+            ),
             Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
             Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
         ]

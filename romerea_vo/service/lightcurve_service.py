@@ -25,13 +25,18 @@ does.
 from __future__ import annotations
 
 import io
+import math
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -52,9 +57,11 @@ from ..products.reader import Field
 from ..store.database import Database
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
-from ..votable.writer import FieldSpec, Info, Param, TimeSys
+from ..votable.writer import CHUNK_ROWS, FieldSpec, Info, Param, TimeSys
+from ..xmatch.core import MAX_RADIUS_ARCSEC, crossmatch
 from .ids import make_did, parse_did
-from .params import read_dali_params
+from .params import DaliParams, parse_upload_param, read_dali_params
+from .uploads import read_upload_table
 
 __all__ = [
     "BAND_UCDS",
@@ -260,10 +267,15 @@ class _Schema:
         multi: bool,
         flux: bool = False,
         columns: tuple[str, ...] | None = None,
+        bulk: bool = False,
     ):
         points = load_table_schema("lightcurve_points").by_name
         index = load_table_schema("field_index").by_name
         identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
+        forced = ("id",) if multi else ()
+        if bulk:
+            identity = ("id", "upload_row", "status") + identity[1:]
+            forced = ("id", "upload_row", "status")
         cube_columns = lay.columns[1:]
         names = ("hjd", "filter", "dataset_code", "image", "image_index") + cube_columns
         names += ("flux", "flux_err") if flux else ()
@@ -276,11 +288,14 @@ class _Schema:
                     f"COLUMNS: no column {', '.join(map(repr, bad))} in these lightcurves; "
                     f"available: {', '.join(available)}"
                 )
-            available = (("id",) if multi and "id" not in columns else ()) + columns
+            available = tuple(c for c in forced if c not in columns) + columns
         self.names = available
         self.flux_from = (lay.science_mag, layout.error_column(lay.science_mag))
         fields = []
         for name in available:
+            if name in ("upload_row", "status"):
+                fields.append(FieldSpec.from_column(points[name]))
+                continue
             if name in identity:
                 spec = FieldSpec.from_column(index["did" if name == "id" else name])
                 fields.append(replace(spec, name=name))
@@ -302,8 +317,13 @@ class _Schema:
 class LightcurveService:
     """The ``/lightcurve`` endpoint over an ingested database's fields."""
 
-    def __init__(self, db: Database):
+    def __init__(
+        self, db: Database, upload_dir: Path | None = None, max_upload_bytes: int = 100 * 2**20
+    ):
+        """``upload_dir``: where bulk uploads are spooled (None: bulk requests refused)."""
         self.db = db
+        self.upload_dir = upload_dir
+        self.max_upload_bytes = max_upload_bytes
         self.authority = db.authority
         self._lock = threading.Lock()
         self._columns: dict[str, _FieldColumns] = {}
@@ -357,14 +377,20 @@ class LightcurveService:
         return _Star(make_did(self.authority, field_name, field_id), field, ref, cols)
 
     def _schema(
-        self, lay: PhotometryLayout, cols: _FieldColumns, req: LightcurveRequest, multi: bool
+        self,
+        lay: PhotometryLayout,
+        cols: _FieldColumns,
+        req: LightcurveRequest,
+        multi: bool,
+        bulk: bool = False,
     ) -> _Schema:
         """The (cached) schema of a request's table; InvalidRequestError for bad COLUMNS."""
         band = req.bands[0] if req.bands and len(req.bands) == 1 else None
-        key = (lay, tuple(cols.metadata), band, multi, req.flux, req.columns)
+        key = (lay, tuple(cols.metadata), band, multi, req.flux, req.columns, bulk)
         schema = self._schemas.get(key)
         if schema is None:
-            schema = _Schema(lay, list(cols.metadata), band, multi, req.flux, req.columns)
+            metadata = list(cols.metadata)
+            schema = _Schema(lay, metadata, band, multi, req.flux, req.columns, bulk)
             self._schemas[key] = schema
         return schema
 
@@ -395,8 +421,11 @@ class LightcurveService:
         )
         return _in_time(pts, req.time)
 
-    def batch(self, star: _Star, pts: PointArrays, schema: _Schema) -> pa.RecordBatch:
-        """Arrow columns of one star's points, in ``schema`` order."""
+    def batch(
+        self, star: _Star, pts: PointArrays, schema: _Schema, upload_row: int = -1
+    ) -> pa.RecordBatch:
+        """Arrow columns of one star's points, in ``schema`` order (``upload_row``: the
+        row of a bulk upload it answers)."""
         n = len(pts)
         idx = pa.array(pts.image_index.astype(np.int64, copy=False))
         cols = star.columns
@@ -426,9 +455,11 @@ class LightcurveService:
                 return cols.image.take(idx)
             if name == "image_index":
                 return pa.array(pts.image_index.astype(np.int32))
-            if name in ("id", "field"):
-                text = star.did if name == "id" else ref.field
-                return pa.array(np.full(n, text, dtype=object), pa.large_string())
+            if name in ("id", "field", "status"):
+                text = {"id": star.did, "field": ref.field, "status": "ok"}[name]
+                return pa.repeat(pa.scalar(text, pa.large_string()), n)
+            if name == "upload_row":
+                return pa.array(np.full(n, upload_row, np.int64))
             if name == "gaia_source_id" and ref.gaia_source_id is None:
                 return pa.nulls(n, pa.int64())
             dtype = float if name in ("ra", "dec") else np.int64
@@ -539,6 +570,164 @@ class LightcurveService:
         )
         return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
 
+    # ----- bulk: an uploaded table of stars
+
+    def bulk_rows(self, table: pa.Table, radius_arcsec: float) -> list[_UploadRow]:
+        """Each upload row's star or why it has none (malformed, unknown, duplicate, no
+        match, unavailable). Raises InvalidRequestError when the table names no stars."""
+        keys, dids = self._upload_dids(table, radius_arcsec)
+        rows: list[_UploadRow] = []
+        first: dict[str, int] = {}
+        for i, (key, did) in enumerate(zip(keys, dids, strict=True)):
+            if not isinstance(did, str):  # no DID: ``did`` is the status
+                rows.append(_UploadRow(i, key, None, did[0]))
+                continue
+            try:
+                star = self.resolve(did)
+            except InvalidRequestError as exc:
+                rows.append(_UploadRow(i, key, None, f"malformed: {exc}"))
+                continue
+            except _NotFound as exc:
+                rows.append(_UploadRow(i, key, None, f"unknown: {exc}"))
+                continue
+            except _Unavailable as exc:
+                rows.append(_UploadRow(i, key, None, f"unavailable: {exc}"))
+                continue
+            if star.did in first:
+                rows.append(_UploadRow(i, key, None, f"duplicate of upload row {first[star.did]}"))
+                continue
+            first[star.did] = i
+            rows.append(_UploadRow(i, key, star, "ok"))
+        return rows
+
+    def _upload_dids(self, table: pa.Table, radius_arcsec: float):
+        """(text of each row's key, its DID or a (status,) tuple) from an ID column, a
+        field + field_id pair or ra/dec positions."""
+        names = {n.lower(): n for n in table.column_names}
+        n = table.num_rows
+        if "id" in names or "did" in names:
+            values = table.column(names.get("id") or names["did"]).to_pylist()
+            keys = ["" if v is None else str(v).strip() for v in values]
+            return keys, [k if k else ("malformed: empty ID",) for k in keys]
+        if "field" in names and "field_id" in names:
+            fields = table.column(names["field"]).to_pylist()
+            ids = table.column(names["field_id"]).to_pylist()
+            keys, dids = [], []
+            for f, i in zip(fields, ids, strict=True):
+                keys.append(f"{f}/{i}")
+                try:
+                    dids.append(make_did(self.authority, str(f).strip(), int(i)))
+                except (TypeError, ValueError):
+                    dids.append(("malformed: field_id is not an integer",))
+            return keys, dids
+        if "ra" in names and "dec" in names:
+            ra = _float_column(table, names["ra"])
+            dec = _float_column(table, names["dec"])
+            keys = [f"{a!r} {d!r}" for a, d in zip(ra.tolist(), dec.tolist(), strict=True)]
+            best_sep = np.full(n, np.inf)
+            dids: list = [(f"no star within {radius_arcsec!r} arcsec",)] * n
+            bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+            for name in self.db.fields:
+                field, _ = self._field(name)
+                a = field.index_arrays
+                m = crossmatch(
+                    np.where(bad, 0.0, ra), np.where(bad, 0.0, dec),
+                    np.asarray(a["ra"], float), np.asarray(a["dec"], float),
+                    radius_arcsec, mode="best",
+                )  # fmt: skip
+                for left, right, sep in zip(m.left, m.right, m.sep_arcsec, strict=True):
+                    if not bad[left] and sep < best_sep[left]:
+                        best_sep[left] = sep
+                        dids[left] = make_did(self.authority, name, int(a["field_id"][right]))
+            for i in np.flatnonzero(bad):
+                dids[i] = ("malformed: ra/dec is not a position",)
+            return keys, dids
+        raise InvalidRequestError(
+            "the uploaded table needs an id (or did) column of star DIDs, field and "
+            f"field_id columns, or ra and dec columns (degrees); it has: "
+            f"{', '.join(table.column_names)}"
+        )
+
+    def bulk(
+        self, req: LightcurveRequest, table: pa.Table, radius_arcsec: float
+    ) -> tuple[Iterator[bytes], str, str]:
+        """Lightcurves of an uploaded table of stars as one streamed table.
+
+        Stars are read field by field, each quadrant in row order (sequential I/O), so
+        the table is in that order, not the upload's; ``upload_row`` says which row each
+        point answers and ``status`` why a row has no points. Raises InvalidRequestError
+        for an unusable table (no key columns, too many rows, mixed layouts).
+        """
+        if table.num_rows > MAX_BULK_IDS:
+            raise InvalidRequestError(
+                f"the uploaded table has {table.num_rows} rows; one request takes at most "
+                f"{MAX_BULK_IDS} stars: split the list, or export whole fields with "
+                "romerea-vo export-lightcurves"
+            )
+        if req.fmt is None:
+            raise InvalidRequestError("RESPONSEFORMAT=png plots one star: give a single ID")
+        rows = self.bulk_rows(table, radius_arcsec)
+        good = [r for r in rows if r.star is not None]
+        self._check_datasets([r.star for r in good], req.datasets)
+        if good:
+            star = good[0].star
+            first = self._open_cube(star.field, star.ref.quadrant).layout
+            cols = star.columns
+        else:
+            field, cols = self._field(next(iter(self.db.fields)))
+            first = field.photometry_layout
+        layouts = {self._open_cube(r.star.field, r.star.ref.quadrant).layout for r in good}
+        if len(layouts) > 1 or len({tuple(r.star.columns.metadata) for r in good}) > 1:
+            raise InvalidRequestError(
+                "these stars' fields have different photometry layouts (format eras "
+                f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
+            )
+        schema = self._schema(first, cols, req, True, bulk=True)
+        good.sort(key=lambda r: (r.star.ref.field, r.star.ref.quadrant, r.star.ref.row))
+        failed = [r for r in rows if r.star is None]
+        summary = {"ok": len(good), "failed": len(failed)}
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            pending: list[pa.RecordBatch] = []
+            size = 0
+            empty: list[_UploadRow] = []
+            for r in good:
+                pts = self.points(r.star, req)
+                if not len(pts):
+                    empty.append(r)
+                    continue
+                pending.append(self.batch(r.star, pts, schema, r.row))
+                size += len(pts)
+                if size >= CHUNK_ROWS:
+                    yield _concat(pending)
+                    pending, size = [], 0
+            if pending:
+                yield _concat(pending)
+            summary["no_points"] = len(empty)
+            status = [*failed, *(replace(r, status="no points") for r in empty)]
+            if status:
+                yield _status_batch(status, schema)
+
+        def post_infos() -> list[Info]:
+            return [
+                Info("stars_ok", str(summary["ok"] - summary.get("no_points", 0))),
+                Info("stars_without_points", str(summary.get("no_points", 0))),
+                Info("rows_failed", str(summary["failed"]), "upload rows naming no star"),
+            ]
+
+        chunks = write_result(
+            batches(),
+            schema.fields,
+            req.fmt,
+            resource_infos=self._infos(req, first, len(rows)),
+            table_name="lightcurves",
+            table_description=f"Lightcurves of the {len(rows)} stars of an uploaded table; "
+            "upload_row and status say which upload row each row answers and how.",
+            timesys=[TIMESYS],
+            post_infos=post_infos,
+        )
+        return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
     def _png(self, star: _Star, pts: PointArrays, req: LightcurveRequest) -> bytes:
         from astropy.table import Table
 
@@ -572,8 +761,25 @@ class LightcurveService:
         from .app import dali_error
 
         t0 = time.perf_counter()
+        scratch = None
         try:
-            params = await read_dali_params(request, None, max_upload_bytes=0)
+            if self.upload_dir is not None and request.method == "POST":
+                scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
+            params = await read_dali_params(
+                request, scratch, max_upload_bytes=self.max_upload_bytes if scratch else 0
+            )
+            if params.getall("UPLOAD"):
+                req = parse_request(params.values, ids_required=False)
+                table, radius = _read_bulk_upload(params)
+                if req.ids:
+                    raise InvalidRequestError(
+                        "give the stars either as ID parameters or as an uploaded table, not both"
+                    )
+                chunks, media, name = await run_in_threadpool(self.bulk, req, table, radius)
+                headers = {"Content-Disposition": f'inline; filename="{name}"'}
+                return StreamingResponse(
+                    iterate_in_threadpool(chunks), media_type=media, headers=headers
+                )
             req = parse_request(params.values)
             if len(req.ids) == 1:
                 body, media, name = await run_in_threadpool(self.single, req)
@@ -598,6 +804,9 @@ class LightcurveService:
 
             logging.getLogger("romerea_vo.service").exception("lightcurve request failed")
             return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        finally:  # an uploaded table is in memory by now
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         elapsed = (time.perf_counter() - t0) * 1000
         headers = {
             "Content-Disposition": f'inline; filename="{name}"',
@@ -613,6 +822,63 @@ def _in_time(pts: PointArrays, time: tuple[float, float] | None) -> PointArrays:
     mjd = pts.hjd - MJD_OFFSET
     keep = (mjd >= time[0]) & (mjd <= time[1])
     return PointArrays(pts.star, pts.image_index[keep], pts.data[keep], pts.layout)
+
+
+@dataclass(frozen=True)
+class _UploadRow:
+    """One row of a bulk upload: what it named, its star if any, and its status."""
+
+    row: int
+    key: str
+    star: _Star | None
+    status: str
+
+
+def _read_bulk_upload(params: DaliParams) -> tuple[pa.Table, float]:
+    """The uploaded table of stars (``UPLOAD=name,param:part``) and the RADIUS (arcsec)
+    for positions. Raises InvalidRequestError for anything but one readable table."""
+    pairs = parse_upload_param(params.getall("UPLOAD"), params.files)
+    if len(pairs) != 1:
+        raise InvalidRequestError("upload one table of stars (UPLOAD=stars,param:<part>)")
+    name, uri = pairs[0]
+    table, _ = read_upload_table(name, params.files[uri[len("param:") :]], max_rows=2**62)
+    raw = params.get("RADIUS", "1")
+    try:
+        radius = float(raw)
+    except ValueError:
+        radius = math.nan
+    if not 0 < radius <= MAX_RADIUS_ARCSEC:
+        raise InvalidRequestError(
+            f"RADIUS={raw!r}: give the match radius for positions in arcsec "
+            f"(0 < RADIUS <= {MAX_RADIUS_ARCSEC:g}; default 1)"
+        )
+    return table, radius
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray:
+    """A column as float64 (NULL and unparsable text become NaN)."""
+    col = table.column(name)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        col = pc.cast(pc.utf8_trim_whitespace(col.cast(pa.string())), pa.float64(), safe=False)
+    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def _status_batch(rows: Sequence[_UploadRow], schema: _Schema) -> pa.RecordBatch:
+    """One row per upload row without points: its key, row, status; NULL elsewhere."""
+    n = len(rows)
+    values = {
+        "id": pa.array([r.key for r in rows], pa.large_string()),
+        "upload_row": pa.array([r.row for r in rows], pa.int64()),
+        "status": pa.array([r.status for r in rows], pa.large_string()),
+    }
+    arrays = [values.get(name, pa.nulls(n)) for name in schema.names]
+    return pa.RecordBatch.from_arrays(arrays, names=list(schema.names))
 
 
 class _NotFound(RomeReaError):
