@@ -18,7 +18,7 @@ Quality cuts (``quality=``):
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -333,6 +333,62 @@ def lightcurves(
     return table
 
 
+# --- streaming whole quadrants -------------------------------------------------------
+
+
+def quadrant_blocks(
+    field: Field,
+    quadrant: int,
+    field_ids: np.ndarray | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(field_ids, rows) blocks of a quadrant cube, every image, in row order.
+
+    Whole contiguous rows are read (sequential I/O, at most ``block_bytes`` at a time);
+    with ``field_ids`` (sorted int64) only those stars' rows are read, still in row order.
+    """
+    n_rows = field.quadrant_counts[quadrant]
+    if not n_rows:
+        return
+    cube = field.cube(quadrant)
+    quadrant_ids = field.quadrant_field_ids(quadrant)
+    per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
+    if field_ids is None:
+        for start in range(0, n_rows, per_block):
+            block = cube.read_block(start, min(n_rows, start + per_block))
+            yield quadrant_ids[start : start + len(block)], block
+        return
+    rows = np.flatnonzero(np.isin(quadrant_ids, field_ids))
+    for start in range(0, len(rows), per_block):
+        part = rows[start : start + per_block]
+        yield quadrant_ids[part], np.stack([cube.read_star(i) for i in part])
+
+
+def quadrant_points(
+    field: Field,
+    quadrant: int,
+    *,
+    quality: str = "good",
+    field_ids: np.ndarray | None = None,
+    mag_column: str | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(field_id, image_index, cube row) of every selected point of a quadrant, per block:
+    stars in row order, each star's points in image (time) order. Bounded memory.
+
+    Raises InvalidRequestError for an unknown quality or magnitude column.
+    """
+    images = _selection(field, None, None, quality)
+    if not field.quadrant_counts[quadrant]:
+        return
+    lay = field.cube(quadrant).layout
+    mag_col = _mag_column(lay, mag_column)
+    for ids, block in quadrant_blocks(field, quadrant, field_ids, block_bytes):
+        block = block[:, images, :]
+        star, image = np.nonzero(_quality_mask(block, lay, quality, mag_col))
+        yield ids[star], images[image], block[star, image]
+
+
 # --- statistics ---------------------------------------------------------------------
 
 
@@ -409,23 +465,10 @@ def lightcurve_statistics(
     total = field.n_stars if wanted is None else len(wanted)
     bar = tqdm(total=total, unit="star", disable=not progress, desc=f"{field.name} stats")
     for quadrant in layout.QUADRANTS:
-        n_rows = field.quadrant_counts[quadrant]
-        if not n_rows:
-            continue
-        cube = field.cube(quadrant)
-        quadrant_ids = field.quadrant_field_ids(quadrant)
-        per_block = max(1, _BLOCK_BYTES // (cube.shape[1] * cube.shape[2] * 8))
-        if wanted is None:
-            starts = range(0, n_rows, per_block)
-            blocks = ((s, cube.read_block(s, min(n_rows, s + per_block))) for s in starts)
-            blocks = ((quadrant_ids[s : s + len(b)], b) for s, b in blocks)
-        else:
-            rows = np.flatnonzero(np.isin(quadrant_ids, wanted))
-            parts = (rows[s : s + per_block] for s in range(0, len(rows), per_block))
-            blocks = ((quadrant_ids[r], np.stack([cube.read_star(i) for i in r])) for r in parts)
-        for ids, block in blocks:
+        lay = field.cube(quadrant).layout if field.quadrant_counts[quadrant] else None
+        for ids, block in quadrant_blocks(field, quadrant, wanted):
             for flt, idx in selections.items():
-                stats = _block_statistics(block[:, idx, :], cube.layout, mag_col)
+                stats = _block_statistics(block[:, idx, :], lay, mag_col)
                 keep = stats["n_good"] > 0
                 collected["field_id"].append(ids[keep])
                 collected["filter"].append(np.full(int(keep.sum()), flt))
