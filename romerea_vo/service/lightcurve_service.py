@@ -444,10 +444,12 @@ class LightcurveService:
         n = len(pts)
         idx = pa.array(pts.image_index.astype(np.int64, copy=False))
         cols = stars[0].columns
-        data = np.ascontiguousarray(pts.data.T)
         cube = {name: j for j, name in enumerate(pts.layout.columns)}
         flux: tuple[np.ndarray, np.ndarray] | None = None
         refs = [s.ref for s in stars]
+
+        def cube_column(name: str) -> np.ndarray:  # only the columns asked for are copied
+            return np.ascontiguousarray(pts.data[:, cube[name]])
 
         def per_star(values: list, dtype) -> np.ndarray:
             return np.asarray(values, dtype=dtype)[which]
@@ -455,12 +457,12 @@ class LightcurveService:
         def column(name: str) -> pa.Array:
             nonlocal flux
             if name in cube:
-                values = data[cube[name]]
+                values = cube_column(name)
                 kind = _INTEGER_COLUMNS.get(name)
                 return pa.array(values if kind is None else values.astype(np.int16))
             if name in ("flux", "flux_err"):
                 if flux is None:
-                    mag, err = (data[cube[c]] for c in schema.flux_from)
+                    mag, err = (cube_column(c) for c in schema.flux_from)
                     flux = flux_from_mag(mag, err)
                 return pa.array(flux[0] if name == "flux" else flux[1])
             if name in cols.metadata:

@@ -34,21 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .writer import (
-    VOTABLE_OPEN,
-    XML_DECL,
     FieldSpec,
     Info,
     Param,
     TimeSys,
-    _attrs,
     _check_refs,
     _Column,
-    _field_xml,
     _info_xml,
-    _param_xml,
-    _text,
-    _timesys_xml,
     iter_batches,
+    table_head,
 )
 
 __all__ = ["PARQUET_MEDIA", "ROW_GROUP_ROWS", "VOPARQUET_VERSION", "write_parquet"]
@@ -153,15 +147,11 @@ def votable_header(
 ) -> str:
     """The VOTable of the ``IVOA.VOTable-Parquet.content`` key: metadata, no DATA."""
     columns = [_Column(f) for f in fields]
-    parts = [XML_DECL, VOTABLE_OPEN, '<RESOURCE type="results">\n']
-    parts += [_info_xml(i) for i in resource_infos]
-    parts += [_timesys_xml(t) for t in timesys]
-    parts.append(f"<TABLE{_attrs(name=table_name)}>\n")
-    if table_description:
-        parts.append(f"<DESCRIPTION>{_text(table_description)}</DESCRIPTION>\n")
-    parts += [_param_xml(p) for p in params]
     # Parquet has real NULLs: no integer sentinels are declared (as in BINARY2)
-    parts += [_field_xml(f, c.null_value("binary2")) for f, c in zip(fields, columns, strict=True)]
+    parts = table_head(
+        fields, columns, "binary2", resource_infos, table_name, table_description, params,
+        timesys,
+    )  # fmt: skip
     parts.append('<PARQUET type="Parquet-local-XML"/>\n</TABLE>\n')
     parts += [_info_xml(i) for i in post_infos]
     parts.append("</RESOURCE>\n</VOTABLE>\n")
