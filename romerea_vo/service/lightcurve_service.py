@@ -467,16 +467,13 @@ class LightcurveService:
                 return pa.array(flux[0] if name == "flux" else flux[1])
             if name in cols.metadata:
                 return pa.array(cols.metadata[name][pts.image_index])
-            if name == "filter":
-                return cols.filter.take(idx)
-            if name == "dataset_code":
-                return cols.dataset_code.take(idx)
-            if name == "image":
-                return cols.image.take(idx)
+            if name in ("filter", "dataset_code", "image"):  # dictionary arrays: no copies
+                return pa.DictionaryArray.from_arrays(idx, getattr(cols, name))
             if name == "image_index":
                 return pa.array(pts.image_index.astype(np.int32))
             if name == "id":
-                return pa.array([s.did for s in stars], pa.large_string()).take(pa.array(which))
+                dids = pa.array([s.did for s in stars], pa.large_string())
+                return pa.DictionaryArray.from_arrays(pa.array(which), dids)
             if name in ("field", "status"):
                 text = refs[0].field if name == "field" else "ok"
                 return pa.repeat(pa.scalar(text, pa.large_string()), n)

@@ -107,10 +107,28 @@ def arrow_type(spec: FieldSpec) -> pa.DataType:
     return pa.list_(scalar)
 
 
+_TEXT = pa.dictionary(pa.int32(), pa.string())
+"""How text columns reach the Parquet writer: dictionary arrays are written as they are
+(no decoding of e.g. a filter name per row); readers still get plain strings, as the
+Arrow schema stored in the footer says."""
+
+
+def _parquet_text(col: _Column, arr: pa.Array) -> pa.Array:
+    """A text column as a dictionary array, NULL as "" (astropy's reader has no masks)."""
+    if not pa.types.is_dictionary(arr.type):
+        return pc.dictionary_encode(col._strings(arr).cast(pa.string())).cast(_TEXT)
+    values = col._strings(arr.dictionary).cast(pa.string())  # the rules, once per value
+    indices = arr.indices.cast(pa.int32())
+    if arr.null_count:
+        values = pa.concat_arrays([values, pa.array([""], pa.string())])
+        indices = pc.fill_null(indices, len(values) - 1)
+    return pa.DictionaryArray.from_arrays(indices, values)
+
+
 def _parquet_array(col: _Column, arr: pa.Array) -> pa.Array:
     """One batch column as the FIELD's Arrow type, with the VOTable writer's value rules."""
     if col.is_string:
-        return col._strings(arr).cast(pa.string())
+        return _parquet_text(col, arr)
     if not col.is_array:
         if col.datatype == "boolean":  # astropy's reader cannot stack NULL booleans
             return pc.fill_null(arr.cast(pa.bool_()), False)
@@ -203,8 +221,14 @@ def _stream(
     # Dictionary pages only for text: on float columns they cost 3x the write time and
     # are dropped anyway (too many distinct values); snappy compresses repeated text well.
     text = [f.name for f, c in zip(fields, columns, strict=True) if c.is_string]
+    written = pa.schema(
+        [
+            pa.field(f.name, _TEXT) if c.is_string else f
+            for f, c in zip(schema, columns, strict=True)
+        ]
+    )
     writer = pq.ParquetWriter(
-        sink, schema, compression="snappy", store_schema=False, use_dictionary=text or False
+        sink, written, compression="snappy", store_schema=False, use_dictionary=text or False
     )
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
@@ -214,7 +238,7 @@ def _stream(
 
     def flush() -> bytes:
         nonlocal pending_rows
-        writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=row_group_rows)
+        writer.write_table(pa.Table.from_batches(pending, written), row_group_size=row_group_rows)
         pending.clear()
         pending_rows = 0
         return sink.take()
@@ -229,9 +253,9 @@ def _stream(
         arrays = [_parquet_array(c, a) for c, a in zip(columns, batch.columns, strict=True)]
         for i, arr in enumerate(arrays):
             if i in widths:
-                longest = pc.max(pc.utf8_length(arr)).as_py() or 0
+                longest = pc.max(pc.utf8_length(arr.dictionary)).as_py() or 0
                 widths[i] = max(widths[i], longest)
-        pending.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+        pending.append(pa.RecordBatch.from_arrays(arrays, schema=written))
         pending_rows += batch.num_rows
         if pending_rows >= row_group_rows:
             chunk = flush()
