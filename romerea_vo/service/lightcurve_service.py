@@ -9,8 +9,14 @@ VOTable writer; nothing is copied into the database.
 * Several IDs (repeat ``ID``): one table, stars in the order given (duplicates dropped),
   each sorted by time, identity columns (``id``, field, field_id, ra, dec,
   gaia_source_id) first. Streamed star by star.
-* VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), CSV, TSV, FITS or a
-  PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
+* Bulk (``POST`` with ``UPLOAD=stars,param:<part>``): a table of up to
+  :data:`MAX_BULK_IDS` DIDs, field/field_id pairs or positions; one streamed table with
+  ``id``, ``upload_row`` and ``status`` columns, stars read quadrant by quadrant in row
+  order, one status row for every upload row without points.
+* ``FLUX=true`` adds flux/flux_err (zero point 22 mag), ``COLUMNS=`` picks columns,
+  ``TIME=t1 t2`` (MJD) cuts the points in time.
+* VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), VOParquet, CSV, TSV,
+  FITS or a PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
   timeorigin 0); magnitude UCDs name the band when exactly one BAND is asked for.
 * Errors are DALI error documents: 400 for missing or malformed parameters, 404 for a
   well-formed DID naming no star here (unknown field or field_id), 500 when a field's
