@@ -383,7 +383,8 @@ def quadrant_points(
         return
     lay = field.cube(quadrant).layout
     mag_col = _mag_column(lay, mag_column)
-    every_image = len(images) == field.n_images
+    # images come in time order; when that is the cube's own order, no copy is needed
+    every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
     for ids, block in quadrant_blocks(field, quadrant, field_ids, block_bytes):
         if not every_image:
             block = block[:, images, :]
