@@ -117,3 +117,30 @@ def test_limits_and_bad_uploads(tap_server, authority):
     assert r.status_code == 400 and "not both" in r.text
     r = post(tap_server, csv_bytes(Table({"ra": [1.0], "dec": [2.0]})), RADIUS="-1")
     assert r.status_code == 400 and "RADIUS" in r.text
+
+
+def test_async_job_equals_sync(tap_server, authority):
+    pyvo = pytest.importorskip("pyvo")
+    ids = Table({"id": [f"{authority}?ROME-FIELD-01/{i}" for i in (4, 2, 9)] + ["bad"]})
+    params = {"RESPONSEFORMAT": "parquet", "COLUMNS": "hjd,normalized_mag"}
+    sync = post(tap_server, csv_bytes(ids), **params)
+    assert sync.status_code == 200
+    r = httpx.post(
+        f"{tap_server}/lightcurve/async",
+        data={"UPLOAD": "stars,param:stars", "PHASE": "RUN", **params},
+        files={"stars": ("stars.csv", csv_bytes(ids), "text/csv")},
+        follow_redirects=True,
+        timeout=60,
+    )
+    job = pyvo.dal.AsyncTAPJob(r.url)
+    job.wait(phases=["COMPLETED", "ERROR", "ABORTED"], timeout=120)
+    assert job.phase == "COMPLETED"
+    result = httpx.get(job.result_uri, timeout=60)
+    assert result.headers["content-type"] == "application/vnd.apache.parquet"
+    assert pq.read_table(io.BytesIO(result.content)) == pq.read_table(io.BytesIO(sync.content))
+    job.delete()
+    r = httpx.post(f"{tap_server}/lightcurve/async", data={"PHASE": "RUN"}, follow_redirects=True)
+    job = pyvo.dal.AsyncTAPJob(r.url)
+    job.wait(phases=["COMPLETED", "ERROR", "ABORTED"], timeout=120)
+    assert job.phase == "ERROR" and "uploaded table" in httpx.get(f"{r.url}/error").text
+    job.delete()

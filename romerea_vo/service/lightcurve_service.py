@@ -68,6 +68,7 @@ from ..xmatch.core import MAX_RADIUS_ARCSEC, crossmatch
 from .ids import make_did, parse_did
 from .params import DaliParams, parse_upload_param, read_dali_params
 from .uploads import read_upload_table
+from .uws import CancelToken, Job
 
 __all__ = [
     "BAND_UCDS",
@@ -759,6 +760,31 @@ class LightcurveService:
             post_infos=post_infos,
         )
         return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
+    def run_job(self, job: Job, token: CancelToken) -> None:
+        """UWS runner of ``/lightcurve/async``: a bulk request into the job's result file.
+
+        Raises InvalidRequestError (the job's ERROR message) for bad parameters or
+        uploads, RomeReaError when aborted.
+        """
+        params = DaliParams(
+            values={k: [v] for k, v in job.parameters.items()}, files=dict(job.files)
+        )
+        if not params.getall("UPLOAD"):
+            raise InvalidRequestError(
+                "an async lightcurve job needs an uploaded table of stars "
+                "(UPLOAD=stars,param:<part>)"
+            )
+        req = parse_request(params.values, ids_required=False)
+        table, radius = _read_bulk_upload(params)
+        chunks, media, name = self.bulk(req, table, radius)
+        path = job.directory / name
+        with path.open("wb") as out:
+            for chunk in chunks:
+                if token.is_set():
+                    raise RomeReaError("the job was aborted")
+                out.write(chunk)
+        job.add_result("result", path, media)
 
     def _png(self, star: _Star, pts: PointArrays, req: LightcurveRequest) -> bytes:
         from astropy.table import Table
