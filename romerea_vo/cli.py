@@ -710,6 +710,26 @@ def cmd_export_dachs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_lightcurves(args: argparse.Namespace) -> int:
+    from .export_lightcurves import export_lightcurves
+
+    if bool(args.db) == bool(args.field_dirs):
+        raise InvalidRequestError("give either --db PATH or field directories, not both")
+    summary = export_lightcurves(
+        args.db or args.field_dirs,
+        args.output,
+        where=args.where,
+        quality=args.quality,
+        fields=_split(args.field),
+        progress=not args.quiet,
+    )
+    print(
+        f"{summary.written} files written, {summary.skipped} already complete; "
+        f"{summary.points} points of {summary.stars} stars -> {args.output}"
+    )
+    return 0
+
+
 def cmd_samp(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -902,6 +922,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the exported files in a non-empty OUTDIR")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-table output")
     p.set_defaults(func=cmd_export_dachs)
+
+    p = sub.add_parser(
+        "export-lightcurves",
+        help="write stars' lightcurves as Parquet, partitioned by field and quadrant",
+    )
+    p.add_argument("field_dirs", nargs="*", metavar="FIELD_DIR", help="field directories")
+    p.add_argument("--db", help="database (file or PostgreSQL URL) made by ingest")
+    p.add_argument("-o", "--output", required=True, help="output directory (resumable)")
+    p.add_argument("--where", help="ADQL condition on rome.stars choosing the stars")
+    p.add_argument("--quality", default="good", choices=["good", "valid", "all"],
+                   help="which points (default %(default)s)")  # fmt: skip
+    p.add_argument("--field", action="append", help="only these fields (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export_lightcurves)
 
     from .xmatch.command import DESCRIPTION, add_arguments
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,11 @@ IMAGE_METADATA_COLUMNS = (
 )
 """IMAGES columns copied onto every point (those the file has)."""
 
+FLUX_ZERO_POINT = 22.0
+"""Magnitude of flux 1 on the scale of the ``flux``/``flux_err`` columns: MulensModel's
+default zero point (``MulensModel.utils.MAG_ZEROPOINT``), so its ``phot_fmt="flux"`` and
+``"mag"`` agree on these values."""
+
 _BLOCK_BYTES = 128 * 2**20
 """Read budget per block when streaming or batching (bounded memory on 30 GB cubes)."""
 
@@ -67,6 +72,20 @@ class PointArrays:
     @property
     def hjd(self) -> np.ndarray:
         return self.data[:, 0]
+
+
+def flux_from_mag(mag: np.ndarray, mag_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, flux_err) of calibrated magnitudes on the :data:`FLUX_ZERO_POINT` scale.
+
+    ``flux = 10**(-0.4 (mag - 22))`` and ``flux_err = 0.4 ln(10) flux mag_err`` (first-order
+    propagation); points without a valid measurement (mag or err <= 0, e.g. the pipeline's
+    0.0 and -9999.99 fills) get NaN.
+    """
+    mag = np.asarray(mag, dtype=float)
+    mag_err = np.asarray(mag_err, dtype=float)
+    valid = (mag > 0) & (mag_err > 0)
+    flux = np.where(valid, 10.0 ** (-0.4 * (np.where(valid, mag, 0.0) - FLUX_ZERO_POINT)), np.nan)
+    return flux, np.where(valid, 0.4 * np.log(10.0) * flux * mag_err, np.nan)
 
 
 def _star_ref(field: Field, star: StarRef | int) -> StarRef:
@@ -316,6 +335,67 @@ def lightcurves(
     return table
 
 
+# --- streaming whole quadrants -------------------------------------------------------
+
+
+def quadrant_blocks(
+    field: Field,
+    quadrant: int,
+    field_ids: np.ndarray | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(field_ids, rows) blocks of a quadrant cube, every image, in row order.
+
+    Whole contiguous rows are read (sequential I/O, at most ``block_bytes`` at a time);
+    with ``field_ids`` (sorted int64) only those stars' rows are read, still in row order.
+    """
+    n_rows = field.quadrant_counts[quadrant]
+    if not n_rows:
+        return
+    cube = field.cube(quadrant)
+    quadrant_ids = field.quadrant_field_ids(quadrant)
+    per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
+    if field_ids is None:
+        for start in range(0, n_rows, per_block):
+            block = cube.read_block(start, min(n_rows, start + per_block))
+            yield quadrant_ids[start : start + len(block)], block
+        return
+    rows = np.flatnonzero(np.isin(quadrant_ids, field_ids))
+    for start in range(0, len(rows), per_block):
+        part = rows[start : start + per_block]
+        yield quadrant_ids[part], np.stack([cube.read_star(i) for i in part])
+
+
+def quadrant_points(
+    field: Field,
+    quadrant: int,
+    *,
+    quality: str = "good",
+    field_ids: np.ndarray | None = None,
+    mag_column: str | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(field_id, image_index, cube row) of every selected point of a quadrant, per block:
+    stars in row order, each star's points in image (time) order. Bounded memory.
+
+    Raises InvalidRequestError for an unknown quality or magnitude column.
+    """
+    images = _selection(field, None, None, quality)
+    if not field.quadrant_counts[quadrant]:
+        return
+    lay = field.cube(quadrant).layout
+    mag_col = _mag_column(lay, mag_column)
+    # images come in time order; when that is the cube's own order, no copy is needed
+    every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
+    for ids, block in quadrant_blocks(field, quadrant, field_ids, block_bytes):
+        if not every_image:
+            block = block[:, images, :]
+        star, image = np.nonzero(_quality_mask(block, lay, quality, mag_col))
+        # one gather along the first axis of the flattened block (2-D fancy indexing is slower)
+        rows = block.reshape(-1, lay.width).take(star * block.shape[1] + image, axis=0)
+        yield ids[star], images[image], rows
+
+
 # --- statistics ---------------------------------------------------------------------
 
 
@@ -470,22 +550,11 @@ def field_statistics(
     total = field.n_stars if wanted is None else len(wanted)
     bar = tqdm(total=total, unit="star", disable=not progress, desc=f"{field.name} stats")
     for quadrant in layout.QUADRANTS:
-        n_rows = field.quadrant_counts[quadrant]
-        if not n_rows:
+        if not field.quadrant_counts[quadrant]:
             continue
-        cube = field.cube(quadrant)
-        quadrant_ids = field.quadrant_field_ids(quadrant)
-        per_block = max(1, _BLOCK_BYTES // (cube.shape[1] * cube.shape[2] * 8))
-        if wanted is None:
-            starts = range(0, n_rows, per_block)
-            blocks = ((s, cube.read_block(s, min(n_rows, s + per_block))) for s in starts)
-            blocks = ((quadrant_ids[s : s + len(b)], b) for s, b in blocks)
-        else:
-            rows = np.flatnonzero(np.isin(quadrant_ids, wanted))
-            parts = (rows[s : s + per_block] for s in range(0, len(rows), per_block))
-            blocks = ((quadrant_ids[r], np.stack([cube.read_star(i) for i in r])) for r in parts)
-        for ids, block in blocks:
-            every = _BlockColumns.of(block, cube.layout, mag_col).select(geo.all_images)
+        cube_layout = field.cube(quadrant).layout
+        for ids, block in quadrant_blocks(field, quadrant, wanted):
+            every = _BlockColumns.of(block, cube_layout, mag_col).select(geo.all_images)
             del block
             stetson = indices.stetson_indices(
                 every.mag, every.err, every.good, geo.band, geo.visits

@@ -21,7 +21,7 @@ from astropy.io.votable import parse_single_table
 from pyvo.samp import SAMPHubServer
 from pyvo.samp.errors import SAMPProxyError
 
-from romerea_vo.samp.bridge import LC_MTYPE, SUBSCRIBED, Bridge
+from romerea_vo.samp.bridge import LC_MTYPE, PARQUET_LOAD, SUBSCRIBED, Bridge
 from romerea_vo.samp.http import DocumentServer
 from romerea_vo.samp.hub import SampHub
 from romerea_vo.samp.sources import open_source
@@ -44,17 +44,21 @@ def did(field_id: int, field: str = FIELD) -> str:
 class Scripted:
     """A pyvo client standing in for TOPCAT: records every table.load.votable it gets."""
 
-    def __init__(self, hub_params: dict, name: str = "scripted", load: bool = True):
+    def __init__(
+        self,
+        hub_params: dict,
+        name: str = "scripted",
+        load: bool = True,
+        mtype: str = "table.load.votable",
+    ):
         from pyvo.samp import SAMPIntegratedClient
 
         self.loads: queue.Queue = queue.Queue()
         self.client = SAMPIntegratedClient(name=name, addr="127.0.0.1")
         self.client.connect(hub_params=hub_params)
         if load:
-            self.client.bind_receive_call("table.load.votable", self._on_call, declare=False)
-            self.client.bind_receive_notification(
-                "table.load.votable", self._on_notify, declare=False
-            )
+            self.client.bind_receive_call(mtype, self._on_call, declare=False)
+            self.client.bind_receive_notification(mtype, self._on_notify, declare=False)
             self.client.declare_subscriptions()
 
     def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):
@@ -355,6 +359,40 @@ def test_lightcurves_send_ids_and_positions(bridge, scripted, field_positions):
 
     bad = scripted.call(bridge.client_id, LC_MTYPE, {})
     assert bad["samp.status"] == "samp.error"
+
+
+def test_parquet_only_to_clients_that_declare_it(hub, bridge, scripted, tap_db):
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    reader = Scripted(hub.params, name="parquet-reader", mtype=PARQUET_LOAD)
+    try:
+        reply = scripted.call(
+            bridge.client_id, LC_MTYPE, {"ids": [did(1), did(2)], "target": "all"}
+        )
+        assert reply["samp.status"] == "samp.ok", reply
+        load = reader.next_load()
+        with urllib.request.urlopen(load["url"], timeout=60) as resp:
+            assert resp.headers["Content-Type"] == "application/vnd.apache.parquet"
+            body = resp.read()
+        lc = Table.read(io.BytesIO(body), format="parquet.votable")
+        assert set(map(str, lc["id"])) == {did(1), did(2)}
+        assert pq.read_table(io.BytesIO(body)).num_rows == len(lc)
+        votable = scripted.next_load()  # the VOTable client (TOPCAT's stand-in) still gets VOTable
+        assert set(map(str, fetch_table(votable["url"])["id"])) == {did(1), did(2)}
+        assert load["table-id"] == votable["table-id"]
+    finally:
+        reader.close()
+    with Bridge(open_source(db=tap_db), hub="connect", hub_params=hub.params) as local:
+        reader = Scripted(hub.params, name="parquet-reader", mtype=PARQUET_LOAD)
+        try:
+            reply = reader.call(local.client_id, LC_MTYPE, {"ids": [did(3)]})
+            assert reply["samp.status"] == "samp.ok", reply
+            with urllib.request.urlopen(reader.next_load()["url"], timeout=60) as resp:
+                lc = Table.read(io.BytesIO(resp.read()), format="parquet.votable")
+            assert len(lc) > 0 and lc["hjd"].unit == "d"
+        finally:
+            reader.close()
 
 
 def test_highlight_storm_sends_only_the_last(bridge, scripted, tap_result):

@@ -25,8 +25,9 @@
   The reply's ``samp.result`` has ``matched``, ``requested``, ``message``, ``table-id``
   and ``url``.
 
-Tables go out with ``table.load.votable`` (``url``, ``table-id`` ``romerea-lc-<hex>``,
-``name`` such as ``ROME-FIELD-01 78284 lightcurve`` or ``ROME lightcurves (3 stars)``), from the
+Tables go out with ``table.load.parquet`` (VOParquet) to clients subscribed to it, else
+with ``table.load.votable`` (``url``, ``table-id`` ``romerea-lc-<hex>``, ``name`` such as
+``ROME-FIELD-01 78284 lightcurve`` or ``ROME lightcurves (3 stars)``), from the
 service's ``/lightcurve`` URL when the source is a service, else from the bridge's own
 loopback HTTP server (:mod:`romerea_vo.samp.http`). Calls are answered with ``reply()``
 from a worker thread once the target has answered the load: the hub's callback thread
@@ -54,12 +55,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import RomeReaError
+from ..votable.parquet import PARQUET_MEDIA
 from .http import DocumentServer, icon_png
 from .hub import default_lockfile, start_hub_process
 from .sources import StarId, StarSource
 from .tables import RefusedURL, TableCache, UrlPolicy, resolve_rows
 
-__all__ = ["LC_MTYPE", "Bridge", "SentTable"]
+__all__ = ["LC_MTYPE", "PARQUET_LOAD", "Bridge", "SentTable"]
 
 log = logging.getLogger("romerea_vo.samp")
 
@@ -67,6 +69,9 @@ LC_MTYPE = "romerea.lightcurves.send"
 SELECT = "table.select.rowList"
 HIGHLIGHT = "table.highlight.row"
 LOAD = "table.load.votable"
+PARQUET_LOAD = "table.load.parquet"
+"""Clients subscribed to this get VOParquet lightcurves (TOPCAT 4.8's Debian build has
+no Parquet reader and subscribes only to votable/fits/cdf/pds/stil: it gets VOTable)."""
 POINT_AT = "coord.pointAt.sky"
 PING = "samp.app.ping"
 SUBSCRIBED = (SELECT, HIGHLIGHT, LOAD, POINT_AT, PING, LC_MTYPE)
@@ -733,7 +738,7 @@ class Bridge:
 
     def _recipients(self, target: str | None, sender: str | None) -> list[str]:
         """Client ids to send tables to; [] means broadcast."""
-        loaders = self._subscribed(LOAD)
+        loaders = self._subscribed(LOAD) | self._subscribed(PARQUET_LOAD)
         if target is None:
             return [sender] if sender in loaders else []
         if target.lower() in ("all", "broadcast", "*"):
@@ -774,22 +779,45 @@ class Bridge:
             name = f"{stars[0].field} {stars[0].field_id} lightcurve"
         else:
             name = f"ROME lightcurves ({len(stars)} stars)"
-        url = self.source.lightcurve_url(stars, quality=quality)
-        if url is None:
-            assert self._docs is not None
-            data = self.source.lightcurve_votable(stars, quality=quality)
-            url = self._docs.publish(data, f"{table_id}.vot")
-        with self._lock:
-            self._tables[table_id] = url
-        params = {"url": url, "table-id": table_id, "name": name}
+        parquet = self._subscribed(PARQUET_LOAD)
         broadcast = not recipients
-        targets = sorted(self._subscribed(LOAD)) if broadcast else list(recipients)
+        loaders = self._subscribed(LOAD) | parquet
+        targets = sorted(loaders) if broadcast else list(recipients)
         if not targets:
             raise _Failure("no client accepts table.load.votable")
+        urls: dict[str, str] = {}
+
+        def url_for(fmt: str) -> str:
+            if fmt not in urls:
+                url = self.source.lightcurve_url(stars, quality=quality, fmt=fmt)
+                if url is None:
+                    assert self._docs is not None
+                    data = self.source.lightcurve_votable(stars, quality=quality, fmt=fmt)
+                    if fmt == "parquet":
+                        url = self._docs.publish(data, f"{table_id}.parquet", media=PARQUET_MEDIA)
+                    else:
+                        url = self._docs.publish(data, f"{table_id}.vot")
+                urls[fmt] = url
+            return urls[fmt]
+
+        loads = {
+            rid: (PARQUET_LOAD, url_for("parquet"))
+            if rid in parquet
+            else (LOAD, url_for("votable"))
+            for rid in targets
+        }
+        url = urls.get("votable") or urls["parquet"]
+        with self._lock:
+            self._tables[table_id] = url
+
+        def load(rid: str) -> str | None:
+            mtype, rid_url = loads[rid]
+            return self._load_call(rid, {"url": rid_url, "table-id": table_id, "name": name}, mtype)
+
         # Calls, not notifications, even for a broadcast: the reply then means "loaded" (the
         # receivers' samp.ok), and the reply to our own sender waits for it.
         with ThreadPoolExecutor(max_workers=min(8, len(targets))) as fan:
-            replies = list(fan.map(lambda rid: self._load_call(rid, params), targets))
+            replies = list(fan.map(load, targets))
         failed = [f"{rid}: {err}" for rid, err in zip(targets, replies, strict=True) if err]
         status = "samp.ok"
         if failed and (not broadcast or len(failed) == len(targets)):
@@ -806,7 +834,7 @@ class Bridge:
         log.info("sent %s (%s) to %s", name, table_id, ", ".join(recipients) or "all")
         if self.highlight_back and recipients:
             for rid in recipients:
-                self.highlight_when_ready(rid, table_id, url, 0)
+                self.highlight_when_ready(rid, table_id, loads[rid][1], 0)
         if self.on_sent is not None:
             self.on_sent(sent)
         return sent
@@ -819,10 +847,11 @@ class Bridge:
         except Exception:  # not subscribed, or the table was deleted there
             return False
 
-    def _load_call(self, recipient: str, params: dict) -> str | None:
-        """Call table.load.votable on one client; None if it loaded, else the reason."""
+    def _load_call(self, recipient: str, params: dict, mtype: str = LOAD) -> str | None:
+        """Call table.load.votable (or .parquet) on one client; None if it loaded, else
+        the reason."""
         try:
-            reply = self.call(recipient, LOAD, params, self.send_timeout)
+            reply = self.call(recipient, mtype, params, self.send_timeout)
         except Exception as exc:
             return str(exc)
         if reply.get("samp.status") == "samp.ok":

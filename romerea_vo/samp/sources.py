@@ -83,12 +83,16 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def _lightcurve_url(base: str | None, stars: Sequence[StarId], quality: str) -> str | None:
+def _lightcurve_url(
+    base: str | None, stars: Sequence[StarId], quality: str, fmt: str = "votable"
+) -> str | None:
     if base is None or not stars:
         return None
     params = [("ID", s.did) for s in dict.fromkeys(stars)]
     if quality != "good":
         params.append(("QUALITY", quality))
+    if fmt != "votable":
+        params.append(("RESPONSEFORMAT", fmt))
     url = f"{base}/lightcurve?{urllib.parse.urlencode(params)}"
     return url if len(url) <= MAX_URL_LENGTH else None
 
@@ -139,13 +143,18 @@ class StarSource(ABC):
         return self.match_positions(np.array([ra], float), np.array([dec], float), radius_arcsec)[0]
 
     @abstractmethod
-    def lightcurve_votable(self, stars: Sequence[StarId], *, quality: str = "good") -> bytes:
-        """The VOTable ``GET /lightcurve`` returns for these stars (duplicates dropped)."""
+    def lightcurve_votable(
+        self, stars: Sequence[StarId], *, quality: str = "good", fmt: str = "votable"
+    ) -> bytes:
+        """The document ``GET /lightcurve`` returns for these stars (duplicates dropped):
+        VOTable, or VOParquet with ``fmt="parquet"``."""
 
-    def lightcurve_url(self, stars: Sequence[StarId], *, quality: str = "good") -> str | None:
+    def lightcurve_url(
+        self, stars: Sequence[StarId], *, quality: str = "good", fmt: str = "votable"
+    ) -> str | None:
         """A URL on :attr:`service_url` returning :meth:`lightcurve_votable`'s document;
         None without a service or when the URL would be too long (MAX_URL_LENGTH)."""
-        return _lightcurve_url(self.service_url, stars, quality)
+        return _lightcurve_url(self.service_url, stars, quality, fmt)
 
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release files and connections."""
@@ -333,13 +342,15 @@ class LocalSource(StarSource):
                     best[i] = self._star_id(field, int(rows[0]))
         return best
 
-    def lightcurve_votable(self, stars: Sequence[StarId], *, quality: str = "good") -> bytes:
+    def lightcurve_votable(
+        self, stars: Sequence[StarId], *, quality: str = "good", fmt: str = "votable"
+    ) -> bytes:
         from ..service.lightcurve_service import parse_request
 
         dids = [s.did for s in stars]
         if not dids:
             raise InvalidRequestError("no stars to send lightcurves of")
-        req = parse_request({"ID": dids, "QUALITY": [quality]})
+        req = parse_request({"ID": dids, "QUALITY": [quality], "RESPONSEFORMAT": [fmt]})
         if len(req.ids) == 1:
             body, _, _ = self._lightcurves.single(req)
             return body
@@ -562,10 +573,13 @@ class ServiceSource(StarSource):
             self._match_chunk(todo[start : start + _POSITIONS_PER_QUERY], ra, dec, r_deg, best)
         return best
 
-    def lightcurve_votable(self, stars: Sequence[StarId], *, quality: str = "good") -> bytes:
+    def lightcurve_votable(
+        self, stars: Sequence[StarId], *, quality: str = "good", fmt: str = "votable"
+    ) -> bytes:
         if not stars:
             raise InvalidRequestError("no stars to send lightcurves of")
         params = [("ID", s.did) for s in dict.fromkeys(stars)] + [("QUALITY", quality)]
+        params.append(("RESPONSEFORMAT", fmt))
         body = urllib.parse.urlencode(params).encode()
         return self._post("/lightcurve", body, "application/x-www-form-urlencoded")
 

@@ -118,7 +118,7 @@ class TapService:
         self.example_star: ExampleStar | None = self._find_example_star()
         """The star the examples, the landing page and ``romerea-vo demo`` name (None
         without ROME stars)."""
-        self.lightcurves = LightcurveService(self.db)
+        self.lightcurves = LightcurveService(self.db, self.upload_dir, limits.upload_bytes)
         self.datalink = DataLinkService(self.db, estimate_size=self.lightcurves.estimated_size)
         self.scs = ConeSearchService(self.db, limits)
         self.public_url: str | None = config.public_url
@@ -475,9 +475,25 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/examples", service.examples),
         *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
     ]
+    lightcurve_jobs: JobStore | None = None
     if service.db.has_rome:  # a database of external catalogues only has no ROME stars
+        lightcurves = service.lightcurves
+        if not config.jobs_db:  # bulk jobs live in this process: one worker only
+            limits = config.limits
+            lightcurve_jobs = JobStore(
+                service.work_dir / "lightcurve_jobs",
+                lightcurves.run_job,
+                max_workers=1,
+                default_execution_duration=limits.default_execution_duration,
+                max_execution_duration=limits.hard_execution_duration,
+                default_destruction=dt.timedelta(seconds=limits.default_retention),
+                max_destruction=dt.timedelta(seconds=limits.hard_retention),
+            )
+            routes += uws_routes(
+                lightcurve_jobs, read_params=service.read_params, prefix="/lightcurve/async"
+            )
         routes += [
-            Route("/lightcurve", service.lightcurves.endpoint, methods=["GET", "POST"]),
+            Route("/lightcurve", lightcurves.endpoint, methods=["GET", "POST"]),
             Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
             Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
         ]
@@ -485,6 +501,8 @@ def create_app(config: ServiceConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        if lightcurve_jobs is not None:
+            lightcurve_jobs.close()
         service.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -1,5 +1,4 @@
-"""The lightcurve service: ``GET /lightcurve?ID=<DID>[&BAND=..][&DATASET=..][&QUALITY=..]
-[&MODEL=pspl]``.
+"""The lightcurve service: ``GET /lightcurve?ID=<DID>[&BAND=..][&DATASET=..][&QUALITY=..]``.
 
 Points are read on demand from the field's quadrant HDF5 cubes (the numpy fast path of
 :mod:`romerea_vo.lightcurves`), turned into Arrow arrays and written by the streaming
@@ -10,8 +9,14 @@ VOTable writer; nothing is copied into the database.
 * Several IDs (repeat ``ID``): one table, stars in the order given (duplicates dropped),
   each sorted by time, identity columns (``id``, field, field_id, ra, dec,
   gaia_source_id) first. Streamed star by star.
-* VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), CSV, TSV, FITS or a
-  PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
+* Bulk (``POST`` with ``UPLOAD=stars,param:<part>``): a table of up to
+  :data:`MAX_BULK_IDS` DIDs, field/field_id pairs or positions; one streamed table with
+  ``id``, ``upload_row`` and ``status`` columns, stars read quadrant by quadrant in row
+  order, one status row for every upload row without points.
+* ``FLUX=true`` adds flux/flux_err (zero point 22 mag), ``COLUMNS=`` picks columns,
+  ``TIME=t1 t2`` (MJD) cuts the points in time.
+* VOTable 1.4 (BINARY2 by default; ``votable/b``, ``votable/td``), VOParquet, CSV, TSV,
+  FITS or a PNG plot of every band (one ID only). HJD refers to a ``TIMESYS`` (UTC, heliocentric,
   timeorigin 0); magnitude UCDs name the band when exactly one BAND is asked for.
 * ``MODEL=pspl`` (one ID): a ``model_mag`` column with the star's point-lens model from
   ``rome.microlensing_candidates`` and the fit as INFOs; the PNG draws the model curve.
@@ -29,19 +34,31 @@ does.
 from __future__ import annotations
 
 import io
+import math
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import FieldFormatError, InvalidRequestError, RomeReaError, StarNotFoundError
-from ..lightcurves import IMAGE_METADATA_COLUMNS, QUALITIES, PointArrays, read_points
+from ..lightcurves import (
+    FLUX_ZERO_POINT,
+    IMAGE_METADATA_COLUMNS,
+    QUALITIES,
+    PointArrays,
+    flux_from_mag,
+    read_points,
+)
 from ..products import layout
 from ..products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
 from ..products.lookup import StarRef
@@ -52,11 +69,15 @@ from ..variability.pspl import band_model_mag
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, Param, TimeSys
+from ..xmatch.core import MAX_RADIUS_ARCSEC, crossmatch
 from .ids import make_did, parse_did
-from .params import read_dali_params
+from .params import DaliParams, parse_upload_param, read_dali_params
+from .uploads import read_upload_table
+from .uws import CancelToken, Job
 
 __all__ = [
     "BAND_UCDS",
+    "MAX_BULK_IDS",
     "MAX_IDS",
     "TIMESYS",
     "LightcurveService",
@@ -66,7 +87,13 @@ __all__ = [
 
 VOTABLE_MEDIA = "application/x-votable+xml"
 MAX_IDS = 1000
-"""Most stars one request may ask for."""
+"""Most stars one request may ask for with ID parameters."""
+MAX_BULK_IDS = 100_000
+"""Most rows of an uploaded table of stars (bulk ``POST /lightcurve``)."""
+BULK_STARS_PER_BATCH = 64
+"""Stars whose points make one record batch of a bulk response (one quadrant each)."""
+MJD_OFFSET = 2400000.5
+"""JD - MJD: TIME intervals are MJD, the points' hjd a (heliocentric) JD."""
 
 TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
 """HJD: Julian days (origin JD 0) in UTC, at the barycentre-free heliocentre (DESIGN.md)."""
@@ -74,6 +101,8 @@ TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HE
 BAND_UCDS = {"gp": "em.opt.B", "rp": "em.opt.R", "ip": "em.opt.I"}
 """Spectral-band UCD word of each LCO filter (SDSS g' 477 nm, r' 623 nm, i' 763 nm)."""
 
+_BAND_UCD_COLUMNS = ("phot.mag", "stat.error;phot.mag", "phot.flux", "stat.error;phot.flux")
+"""UCDs that name the band when a single BAND is asked for."""
 _PNG_NAMES = {"png", "image/png"}
 _INTEGER_COLUMNS = {"qc_flag": pa.int16(), "stamp_index": pa.int16()}
 
@@ -111,6 +140,9 @@ class LightcurveRequest:
     datasets: tuple[str, ...] | None
     quality: str
     fmt: ResultFormat | None  # None: PNG
+    flux: bool = False
+    columns: tuple[str, ...] | None = None  # COLUMNS: the names asked for, in order
+    time: tuple[float, float] | None = None  # TIME interval, MJD
     model: bool = False  # MODEL=pspl
 
 
@@ -118,16 +150,53 @@ def _split(values: Sequence[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
-    """Check the DALI parameters (upper-cased names) of a lightcurve request."""
+_TRUE = {"true", "1", "yes", "t"}
+_FALSE = {"false", "0", "no", "f", ""}
+
+
+def _parse_flux(values: dict[str, list[str]]) -> bool:
+    raw = (values.get("FLUX") or ["false"])[0].strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise InvalidRequestError(f"FLUX={raw!r} is not a boolean; use FLUX=true or FLUX=false")
+    return raw in _TRUE
+
+
+def _parse_time(values: dict[str, list[str]]) -> tuple[float, float] | None:
+    """The DALI interval of ``TIME=t1 t2`` (MJD; -Inf/+Inf for open ends)."""
+    if "TIME" not in values:
+        return None
+    raw = values["TIME"][0]
+    parts = raw.split()
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidRequestError(
+            f"TIME={raw!r} is not a DALI interval: give two MJD values 't1 t2' "
+            "(e.g. TIME=57800 58100; -Inf or +Inf for an open end)"
+        ) from None
+    if np.isnan(low) or np.isnan(high) or low > high:
+        raise InvalidRequestError(f"TIME={raw!r}: the interval needs t1 <= t2")
+    return low, high
+
+
+def parse_request(values: dict[str, list[str]], *, ids_required: bool = True) -> LightcurveRequest:
+    """Check the DALI parameters (upper-cased names) of a lightcurve request.
+
+    Raises InvalidRequestError naming the parameter at fault. ``ids_required`` is false for
+    bulk requests, whose IDs come in an uploaded table.
+    """
     ids = list(dict.fromkeys(v.strip() for v in values.get("ID", ()) if v.strip()))
-    if not ids:
+    if not ids and ids_required:
         raise InvalidRequestError(
             "missing parameter ID: give the publisher DID of a star, e.g. "
-            "ID=ivo://<authority>/rome?ROME-FIELD-01/1 (repeat ID for several stars)"
+            "ID=ivo://<authority>/rome?ROME-FIELD-01/1 (repeat ID for several stars, or "
+            "POST a table of IDs or positions as UPLOAD=stars,param:table)"
         )
     if len(ids) > MAX_IDS:
-        raise InvalidRequestError(f"{len(ids)} IDs given; at most {MAX_IDS} per request")
+        raise InvalidRequestError(
+            f"{len(ids)} IDs given; at most {MAX_IDS} per request as ID parameters (POST a "
+            f"table of up to {MAX_BULK_IDS} IDs as UPLOAD=stars,param:table for more)"
+        )
     bands = None
     if "BAND" in values:
         bands = [b.lower() for b in _split(values["BAND"])]
@@ -153,7 +222,7 @@ def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
         name = (values["MODEL"] or [""])[0].strip().lower()
         if name != "pspl":
             raise InvalidRequestError(f"MODEL={name!r} is not supported; use MODEL=pspl")
-        if len(ids) > 1:
+        if len(ids) != 1:
             raise InvalidRequestError("MODEL=pspl gives one star's model: give a single ID")
         model = True
     raw_format = (values.get("RESPONSEFORMAT") or values.get("FORMAT") or [None])[0]
@@ -166,7 +235,15 @@ def parse_request(values: dict[str, list[str]]) -> LightcurveRequest:
             fmt = resolve_format(raw_format)
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"{exc}, image/png") from None
-    return LightcurveRequest(tuple(ids), bands, datasets, quality, fmt, model)
+    columns = None
+    if "COLUMNS" in values:
+        columns = tuple(dict.fromkeys(_split(values["COLUMNS"])))
+        if not columns:
+            raise InvalidRequestError("COLUMNS is empty; give column names or leave it out")
+    flux = _parse_flux(values) or bool(columns and {"flux", "flux_err"} & set(columns))
+    return LightcurveRequest(
+        tuple(ids), bands, datasets, quality, fmt, flux, columns, _parse_time(values), model
+    )
 
 
 # --------------------------------------------------------------------------- per field
@@ -199,34 +276,64 @@ class _Star:
 
 
 class _Schema:
-    """FIELDs (and column order) of a table of points for one cube layout."""
+    """FIELDs (and column order) of a table of points for one cube layout.
 
-    def __init__(self, lay: PhotometryLayout, metadata: Sequence[str], band: str | None, multi):
+    ``flux`` adds flux/flux_err after the cube columns; ``columns`` (COLUMNS=) keeps only
+    those, in the order asked for (with ``id`` first in tables of several stars).
+    """
+
+    def __init__(
+        self,
+        lay: PhotometryLayout,
+        metadata: Sequence[str],
+        band: str | None,
+        multi: bool,
+        flux: bool = False,
+        columns: tuple[str, ...] | None = None,
+        bulk: bool = False,
+    ):
         points = load_table_schema("lightcurve_points").by_name
         index = load_table_schema("field_index").by_name
-        self.identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
-        self.cube_columns = lay.columns[1:]
-        self.metadata = tuple(metadata)
+        identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
+        forced = ("id",) if multi else ()
+        if bulk:
+            identity = ("id", "upload_row", "status") + identity[1:]
+            forced = ("id", "upload_row", "status")
+        cube_columns = lay.columns[1:]
         # Time, band, the science magnitude, its error and the quality flag first: TOPCAT's
         # time plot then takes the magnitude as Y and can colour by filter at once.
         first = ("hjd", "filter", lay.science_mag, f"{lay.science_mag}_err", "qc_flag")
-        first = tuple(n for n in first if n in ("hjd", "filter") or n in self.cube_columns)
-        rest = ("dataset_code", "image", "image_index", *self.cube_columns, *self.metadata)
+        first = tuple(n for n in first if n in ("hjd", "filter") or n in cube_columns)
+        rest = ("dataset_code", "image", "image_index", *cube_columns)
         names = first + tuple(n for n in rest if n not in first)
-        self.point_names = names
+        names += ("flux", "flux_err") if flux else ()
+        names += tuple(metadata)
+        available = identity + names
+        if columns is not None:
+            bad = [c for c in columns if c not in available]
+            if bad:
+                raise InvalidRequestError(
+                    f"COLUMNS: no column {', '.join(map(repr, bad))} in these lightcurves; "
+                    f"available: {', '.join(available)}"
+                )
+            available = tuple(c for c in forced if c not in columns) + columns
+        self.names = available
+        self.flux_from = (lay.science_mag, layout.error_column(lay.science_mag))
         fields = []
-        for name in self.identity:
-            if name == "id":
-                fields.append(FieldSpec.from_column(index["did"], name="id"))
-            else:
-                fields.append(FieldSpec.from_column(index[name]))
-        for name in names:
+        for name in available:
+            if name in ("upload_row", "status"):
+                fields.append(FieldSpec.from_column(points[name]))
+                continue
+            if name in identity:
+                spec = FieldSpec.from_column(index["did" if name == "id" else name])
+                fields.append(replace(spec, name=name))
+                continue
             spec = FieldSpec.from_column(points[name])
             if name == "hjd":
                 spec = replace(spec, ref=TIMESYS.ID)
             elif name == "qc_flag":
                 spec = replace(spec, description=qc_flag_description())
-            elif band and spec.ucd in ("phot.mag", "stat.error;phot.mag"):
+            elif band and spec.ucd in _BAND_UCD_COLUMNS:
                 spec = replace(spec, ucd=f"{spec.ucd};{BAND_UCDS[band]}")
             fields.append(spec)
         self.fields = fields
@@ -238,8 +345,13 @@ class _Schema:
 class LightcurveService:
     """The ``/lightcurve`` endpoint over an ingested database's fields."""
 
-    def __init__(self, db: Database):
+    def __init__(
+        self, db: Database, upload_dir: Path | None = None, max_upload_bytes: int = 100 * 2**20
+    ):
+        """``upload_dir``: where bulk uploads are spooled (None: bulk requests refused)."""
         self.db = db
+        self.upload_dir = upload_dir
+        self.max_upload_bytes = max_upload_bytes
         self.authority = db.authority
         self._lock = threading.Lock()
         self._columns: dict[str, _FieldColumns] = {}
@@ -293,11 +405,22 @@ class LightcurveService:
         self._open_cube(field, ref.quadrant)
         return _Star(make_did(self.authority, field_name, field_id), field, ref, cols)
 
-    def _schema(self, lay: PhotometryLayout, cols: _FieldColumns, band, multi) -> _Schema:
-        key = (lay, tuple(cols.metadata), band, multi)
+    def _schema(
+        self,
+        lay: PhotometryLayout,
+        cols: _FieldColumns,
+        req: LightcurveRequest,
+        multi: bool,
+        bulk: bool = False,
+    ) -> _Schema:
+        """The (cached) schema of a request's table; InvalidRequestError for bad COLUMNS."""
+        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
+        key = (lay, tuple(cols.metadata), band, multi, req.flux, req.columns, bulk)
         schema = self._schemas.get(key)
         if schema is None:
-            schema = self._schemas[key] = _Schema(lay, list(cols.metadata), band, multi)
+            metadata = list(cols.metadata)
+            schema = _Schema(lay, metadata, band, multi, req.flux, req.columns, bulk)
+            self._schemas[key] = schema
         return schema
 
     def _datasets_for(self, star: _Star, datasets: tuple[str, ...] | None):
@@ -322,42 +445,77 @@ class LightcurveService:
         if datasets is not None and not datasets:  # none of the DATASETs is in this field
             lay = self._open_cube(star.field, star.ref.quadrant).layout
             return PointArrays(star.ref, np.empty(0, np.int64), np.empty((0, lay.width)), lay)
-        return read_points(
+        pts = read_points(
             star.field, star.ref, filters=req.bands, datasets=datasets, quality=req.quality
         )
+        return _in_time(pts, req.time)
 
-    def batch(self, star: _Star, pts: PointArrays, schema: _Schema) -> pa.RecordBatch:
-        """Arrow columns of one star's points, in ``schema`` order."""
+    def batch(
+        self, star: _Star, pts: PointArrays, schema: _Schema, upload_row: int = -1
+    ) -> pa.RecordBatch:
+        """Arrow columns of one star's points, in ``schema`` order (``upload_row``: the
+        row of a bulk upload it answers)."""
+        which = np.zeros(len(pts), np.int64)
+        return self.block_batch([star], which, pts, schema, [upload_row])
+
+    def block_batch(
+        self,
+        stars: Sequence[_Star],
+        which: np.ndarray,
+        pts: PointArrays,
+        schema: _Schema,
+        upload_rows: Sequence[int],
+    ) -> pa.RecordBatch:
+        """Arrow columns of the points of several stars of one field, in ``schema`` order;
+        ``which[i]`` is the position in ``stars`` of point i's star."""
         n = len(pts)
         idx = pa.array(pts.image_index.astype(np.int64, copy=False))
-        cols = star.columns
-        arrays: list[pa.Array] = []
-        if schema.identity:
-            ref = star.ref
-            gaia = ref.gaia_source_id
-            arrays += [
-                pa.array(np.full(n, star.did, dtype=object), pa.large_string()),
-                pa.array(np.full(n, ref.field, dtype=object), pa.large_string()),
-                pa.array(np.full(n, ref.field_id, np.int64)),
-                pa.array(np.full(n, ref.ra, float)),
-                pa.array(np.full(n, ref.dec, float)),
-                pa.nulls(n, pa.int64()) if gaia is None else pa.array(np.full(n, gaia, np.int64)),
-            ]
-        data = np.ascontiguousarray(pts.data.T)
-        by_name: dict[str, pa.Array] = {
-            "hjd": pa.array(data[0]),
-            "filter": cols.filter.take(idx),
-            "dataset_code": cols.dataset_code.take(idx),
-            "image": cols.image.take(idx),
-            "image_index": pa.array(pts.image_index.astype(np.int32)),
-        }
-        for j, name in enumerate(schema.cube_columns, start=1):
-            kind = _INTEGER_COLUMNS.get(name)
-            by_name[name] = pa.array(data[j] if kind is None else data[j].astype(np.int16))
-        for name in schema.metadata:
-            by_name[name] = pa.array(cols.metadata[name][pts.image_index])
-        arrays += [by_name[name] for name in schema.point_names]
-        return pa.RecordBatch.from_arrays(arrays, names=[f.name for f in schema.fields])
+        cols = stars[0].columns
+        cube = {name: j for j, name in enumerate(pts.layout.columns)}
+        flux: tuple[np.ndarray, np.ndarray] | None = None
+        refs = [s.ref for s in stars]
+
+        def cube_column(name: str) -> np.ndarray:  # only the columns asked for are copied
+            return np.ascontiguousarray(pts.data[:, cube[name]])
+
+        def per_star(values: list, dtype) -> np.ndarray:
+            return np.asarray(values, dtype=dtype)[which]
+
+        def column(name: str) -> pa.Array:
+            nonlocal flux
+            if name in cube:
+                values = cube_column(name)
+                kind = _INTEGER_COLUMNS.get(name)
+                return pa.array(values if kind is None else values.astype(np.int16))
+            if name in ("flux", "flux_err"):
+                if flux is None:
+                    mag, err = (cube_column(c) for c in schema.flux_from)
+                    flux = flux_from_mag(mag, err)
+                return pa.array(flux[0] if name == "flux" else flux[1])
+            if name in cols.metadata:
+                return pa.array(cols.metadata[name][pts.image_index])
+            if name in ("filter", "dataset_code", "image"):  # dictionary arrays: no copies
+                return pa.DictionaryArray.from_arrays(idx, getattr(cols, name))
+            if name == "image_index":
+                return pa.array(pts.image_index.astype(np.int32))
+            if name == "id":
+                dids = pa.array([s.did for s in stars], pa.large_string())
+                return pa.DictionaryArray.from_arrays(pa.array(which), dids)
+            if name in ("field", "status"):
+                text = refs[0].field if name == "field" else "ok"
+                return pa.repeat(pa.scalar(text, pa.large_string()), n)
+            if name == "upload_row":
+                return pa.array(per_star(list(upload_rows), np.int64))
+            if name == "gaia_source_id":
+                gaia = [r.gaia_source_id for r in refs]
+                mask = per_star([g is None for g in gaia], bool)
+                values = per_star([0 if g is None else g for g in gaia], np.int64)
+                return pa.array(values, mask=mask if mask.any() else None)
+            dtype = float if name in ("ra", "dec") else np.int64
+            return pa.array(per_star([getattr(r, name) for r in refs], dtype))
+
+        arrays = [column(name) for name in schema.names]
+        return pa.RecordBatch.from_arrays(arrays, names=list(schema.names))
 
     # ----- documents
 
@@ -372,6 +530,20 @@ class LightcurveService:
             infos.append(Info("datasets", ",".join(req.datasets)))
         if n_ids > 1:
             infos.append(Info("stars", str(n_ids)))
+        if req.time is not None:
+            infos.append(
+                Info(
+                    "time", f"{req.time[0]!r} {req.time[1]!r}", "TIME interval (MJD) applied to hjd"
+                )
+            )
+        if req.flux:
+            infos.append(
+                Info(
+                    "flux_zero_point",
+                    repr(FLUX_ZERO_POINT),
+                    f"flux = 10**(-0.4 ({lay.science_mag} - {FLUX_ZERO_POINT!r}))",
+                )
+            )
         return infos
 
     def _params(self, star: _Star) -> list[Param]:
@@ -444,8 +616,7 @@ class LightcurveService:
     ) -> tuple[pa.RecordBatch, list[FieldSpec], list[Info]]:
         """One star's points as a batch, its FIELDs and INFOs; with ``fit`` (a row of
         rome.microlensing_candidates) a ``model_mag`` column from the point-lens model."""
-        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
-        schema = self._schema(pts.layout, star.columns, band, False)
+        schema = self._schema(pts.layout, star.columns, req, False)
         batch = self.batch(star, pts, schema)
         fields, infos = list(schema.fields), self._infos(req, pts.layout, 1)
         if fit is not None:
@@ -505,7 +676,6 @@ class LightcurveService:
         """Several stars: resolve them all (errors before any byte is sent), then stream."""
         stars = [self.resolve(did) for did in req.ids]
         self._check_datasets(stars, req.datasets)
-        band = req.bands[0] if req.bands and len(req.bands) == 1 else None
         first = self._open_cube(stars[0].field, stars[0].ref.quadrant).layout
         layouts = {self._open_cube(s.field, s.ref.quadrant).layout for s in stars}
         metas = {tuple(s.columns.metadata) for s in stars}
@@ -514,7 +684,7 @@ class LightcurveService:
                 "these stars' fields have different photometry layouts (format eras "
                 f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
             )
-        schema = self._schema(first, stars[0].columns, band, True)
+        schema = self._schema(first, stars[0].columns, req, True)
 
         def batches() -> Iterator[pa.RecordBatch]:
             for star in stars:
@@ -531,6 +701,193 @@ class LightcurveService:
             timesys=[TIMESYS],
         )
         return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
+    # ----- bulk: an uploaded table of stars
+
+    def bulk_rows(self, table: pa.Table, radius_arcsec: float) -> list[_UploadRow]:
+        """Each upload row's star or why it has none (malformed, unknown, duplicate, no
+        match, unavailable). Raises InvalidRequestError when the table names no stars."""
+        keys, dids = self._upload_dids(table, radius_arcsec)
+        rows: list[_UploadRow] = []
+        first: dict[str, int] = {}
+        for i, (key, did) in enumerate(zip(keys, dids, strict=True)):
+            if not isinstance(did, str):  # no DID: ``did`` is the status
+                rows.append(_UploadRow(i, key, None, did[0]))
+                continue
+            try:
+                star = self.resolve(did)
+            except InvalidRequestError as exc:
+                rows.append(_UploadRow(i, key, None, f"malformed: {exc}"))
+                continue
+            except _NotFound as exc:
+                rows.append(_UploadRow(i, key, None, f"unknown: {exc}"))
+                continue
+            except _Unavailable as exc:
+                rows.append(_UploadRow(i, key, None, f"unavailable: {exc}"))
+                continue
+            if star.did in first:
+                rows.append(_UploadRow(i, key, None, f"duplicate of upload row {first[star.did]}"))
+                continue
+            first[star.did] = i
+            rows.append(_UploadRow(i, key, star, "ok"))
+        return rows
+
+    def _upload_dids(self, table: pa.Table, radius_arcsec: float):
+        """(text of each row's key, its DID or a (status,) tuple) from an ID column, a
+        field + field_id pair or ra/dec positions."""
+        names = {n.lower(): n for n in table.column_names}
+        n = table.num_rows
+        if "id" in names or "did" in names:
+            values = table.column(names.get("id") or names["did"]).to_pylist()
+            keys = ["" if v is None else str(v).strip() for v in values]
+            return keys, [k if k else ("malformed: empty ID",) for k in keys]
+        if "field" in names and "field_id" in names:
+            fields = table.column(names["field"]).to_pylist()
+            ids = table.column(names["field_id"]).to_pylist()
+            keys, dids = [], []
+            for f, i in zip(fields, ids, strict=True):
+                keys.append(f"{f}/{i}")
+                try:
+                    dids.append(make_did(self.authority, str(f).strip(), int(i)))
+                except (TypeError, ValueError):
+                    dids.append(("malformed: field_id is not an integer",))
+            return keys, dids
+        if "ra" in names and "dec" in names:
+            ra = _float_column(table, names["ra"])
+            dec = _float_column(table, names["dec"])
+            keys = [f"{a!r} {d!r}" for a, d in zip(ra.tolist(), dec.tolist(), strict=True)]
+            best_sep = np.full(n, np.inf)
+            dids: list = [(f"no star within {radius_arcsec!r} arcsec",)] * n
+            bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+            for name in self.db.fields:
+                field, _ = self._field(name)
+                a = field.index_arrays
+                m = crossmatch(
+                    np.where(bad, 0.0, ra), np.where(bad, 0.0, dec),
+                    np.asarray(a["ra"], float), np.asarray(a["dec"], float),
+                    radius_arcsec, mode="best",
+                )  # fmt: skip
+                for left, right, sep in zip(m.left, m.right, m.sep_arcsec, strict=True):
+                    if not bad[left] and sep < best_sep[left]:
+                        best_sep[left] = sep
+                        dids[left] = make_did(self.authority, name, int(a["field_id"][right]))
+            for i in np.flatnonzero(bad):
+                dids[i] = ("malformed: ra/dec is not a position",)
+            return keys, dids
+        raise InvalidRequestError(
+            "the uploaded table needs an id (or did) column of star DIDs, field and "
+            f"field_id columns, or ra and dec columns (degrees); it has: "
+            f"{', '.join(table.column_names)}"
+        )
+
+    def bulk(
+        self, req: LightcurveRequest, table: pa.Table, radius_arcsec: float
+    ) -> tuple[Iterator[bytes], str, str]:
+        """Lightcurves of an uploaded table of stars as one streamed table.
+
+        Stars are read field by field, each quadrant in row order (sequential I/O), so
+        the table is in that order, not the upload's; ``upload_row`` says which row each
+        point answers and ``status`` why a row has no points. Raises InvalidRequestError
+        for an unusable table (no key columns, too many rows, mixed layouts).
+        """
+        if table.num_rows > MAX_BULK_IDS:
+            raise InvalidRequestError(
+                f"the uploaded table has {table.num_rows} rows; one request takes at most "
+                f"{MAX_BULK_IDS} stars: split the list, or export whole fields with "
+                "romerea-vo export-lightcurves"
+            )
+        if req.fmt is None:
+            raise InvalidRequestError("RESPONSEFORMAT=png plots one star: give a single ID")
+        rows = self.bulk_rows(table, radius_arcsec)
+        good = [r for r in rows if r.star is not None]
+        self._check_datasets([r.star for r in good], req.datasets)
+        if good:
+            star = good[0].star
+            first = self._open_cube(star.field, star.ref.quadrant).layout
+            cols = star.columns
+        else:
+            field, cols = self._field(next(iter(self.db.fields)))
+            first = field.photometry_layout
+        layouts = {self._open_cube(r.star.field, r.star.ref.quadrant).layout for r in good}
+        if len(layouts) > 1 or len({tuple(r.star.columns.metadata) for r in good}) > 1:
+            raise InvalidRequestError(
+                "these stars' fields have different photometry layouts (format eras "
+                f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
+            )
+        schema = self._schema(first, cols, req, True, bulk=True)
+        good.sort(key=lambda r: (r.star.ref.field, r.star.ref.quadrant, r.star.ref.row))
+        failed = [r for r in rows if r.star is None]
+        summary = {"ok": len(good), "failed": len(failed)}
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            empty: list[_UploadRow] = []
+            for part in _quadrant_runs(good, BULK_STARS_PER_BATCH):
+                # star by star: a row (~300 kB) stays in the CPU cache while it is cut,
+                # which beats one vectorised pass over a block of rows
+                found = [self.points(r.star, req) for r in part]
+                counts = np.array([len(p) for p in found])
+                empty += [r for r, c in zip(part, counts, strict=True) if not c]
+                if not counts.sum():
+                    continue
+                lay = found[0].layout
+                pts = PointArrays(
+                    part[0].star.ref,
+                    np.concatenate([p.image_index for p in found]),
+                    np.concatenate([p.data for p in found]),
+                    lay,
+                )
+                which = np.repeat(np.arange(len(part)), counts)
+                stars = [r.star for r in part]
+                yield self.block_batch(stars, which, pts, schema, [r.row for r in part])
+            summary["no_points"] = len(empty)
+            status = [*failed, *(replace(r, status="no points") for r in empty)]
+            if status:
+                yield _status_batch(status, schema)
+
+        def post_infos() -> list[Info]:
+            return [
+                Info("stars_ok", str(summary["ok"] - summary.get("no_points", 0))),
+                Info("stars_without_points", str(summary.get("no_points", 0))),
+                Info("rows_failed", str(summary["failed"]), "upload rows naming no star"),
+            ]
+
+        chunks = write_result(
+            batches(),
+            schema.fields,
+            req.fmt,
+            resource_infos=self._infos(req, first, len(rows)),
+            table_name="lightcurves",
+            table_description=f"Lightcurves of the {len(rows)} stars of an uploaded table; "
+            "upload_row and status say which upload row each row answers and how.",
+            timesys=[TIMESYS],
+            post_infos=post_infos,
+        )
+        return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
+    def run_job(self, job: Job, token: CancelToken) -> None:
+        """UWS runner of ``/lightcurve/async``: a bulk request into the job's result file.
+
+        Raises InvalidRequestError (the job's ERROR message) for bad parameters or
+        uploads, RomeReaError when aborted.
+        """
+        params = DaliParams(
+            values={k: [v] for k, v in job.parameters.items()}, files=dict(job.files)
+        )
+        if not params.getall("UPLOAD"):
+            raise InvalidRequestError(
+                "an async lightcurve job needs an uploaded table of stars "
+                "(UPLOAD=stars,param:<part>)"
+            )
+        req = parse_request(params.values, ids_required=False)
+        table, radius = _read_bulk_upload(params)
+        chunks, media, name = self.bulk(req, table, radius)
+        path = job.directory / name
+        with path.open("wb") as out:
+            for chunk in chunks:
+                if token.is_set():
+                    raise RomeReaError("the job was aborted")
+                out.write(chunk)
+        job.add_result("result", path, media)
 
     def _png(
         self, star: _Star, pts: PointArrays, req: LightcurveRequest, fit: dict | None = None
@@ -574,8 +931,25 @@ class LightcurveService:
         from .app import dali_error
 
         t0 = time.perf_counter()
+        scratch = None
         try:
-            params = await read_dali_params(request, None, max_upload_bytes=0)
+            if self.upload_dir is not None and request.method == "POST":
+                scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
+            params = await read_dali_params(
+                request, scratch, max_upload_bytes=self.max_upload_bytes if scratch else 0
+            )
+            if params.getall("UPLOAD"):
+                req = parse_request(params.values, ids_required=False)
+                table, radius = _read_bulk_upload(params)
+                if req.ids:
+                    raise InvalidRequestError(
+                        "give the stars either as ID parameters or as an uploaded table, not both"
+                    )
+                chunks, media, name = await run_in_threadpool(self.bulk, req, table, radius)
+                headers = {"Content-Disposition": f'inline; filename="{name}"'}
+                return StreamingResponse(
+                    iterate_in_threadpool(chunks), media_type=media, headers=headers
+                )
             req = parse_request(params.values)
             if len(req.ids) == 1:
                 body, media, name = await run_in_threadpool(self.single, req)
@@ -600,12 +974,89 @@ class LightcurveService:
 
             logging.getLogger("romerea_vo.service").exception("lightcurve request failed")
             return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        finally:  # an uploaded table is in memory by now
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         elapsed = (time.perf_counter() - t0) * 1000
         headers = {
             "Content-Disposition": f'inline; filename="{name}"',
             "Server-Timing": f"app;dur={elapsed:.2f}",
         }
         return Response(body, media_type=media, headers=headers)
+
+
+def _in_time(pts: PointArrays, time: tuple[float, float] | None) -> PointArrays:
+    """The points whose hjd lies in the TIME interval (MJD, ends included)."""
+    if time is None:
+        return pts
+    mjd = pts.hjd - MJD_OFFSET
+    keep = (mjd >= time[0]) & (mjd <= time[1])
+    return PointArrays(pts.star, pts.image_index[keep], pts.data[keep], pts.layout)
+
+
+def _quadrant_runs(rows: Sequence[_UploadRow], limit: int) -> Iterator[list[_UploadRow]]:
+    """Upload rows (sorted by field, quadrant, cube row) in runs of one quadrant, at most
+    ``limit`` stars each."""
+    run: list[_UploadRow] = []
+    for r in rows:
+        key = (r.star.ref.field, r.star.ref.quadrant)
+        if run and ((run[0].star.ref.field, run[0].star.ref.quadrant) != key or len(run) >= limit):
+            yield run
+            run = []
+        run.append(r)
+    if run:
+        yield run
+
+
+@dataclass(frozen=True)
+class _UploadRow:
+    """One row of a bulk upload: what it named, its star if any, and its status."""
+
+    row: int
+    key: str
+    star: _Star | None
+    status: str
+
+
+def _read_bulk_upload(params: DaliParams) -> tuple[pa.Table, float]:
+    """The uploaded table of stars (``UPLOAD=name,param:part``) and the RADIUS (arcsec)
+    for positions. Raises InvalidRequestError for anything but one readable table."""
+    pairs = parse_upload_param(params.getall("UPLOAD"), params.files)
+    if len(pairs) != 1:
+        raise InvalidRequestError("upload one table of stars (UPLOAD=stars,param:<part>)")
+    name, uri = pairs[0]
+    table, _ = read_upload_table(name, params.files[uri[len("param:") :]], max_rows=2**62)
+    raw = params.get("RADIUS", "1")
+    try:
+        radius = float(raw)
+    except ValueError:
+        radius = math.nan
+    if not 0 < radius <= MAX_RADIUS_ARCSEC:
+        raise InvalidRequestError(
+            f"RADIUS={raw!r}: give the match radius for positions in arcsec "
+            f"(0 < RADIUS <= {MAX_RADIUS_ARCSEC:g}; default 1)"
+        )
+    return table, radius
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray:
+    """A column as float64 (NULL and unparsable text become NaN)."""
+    col = table.column(name)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        col = pc.cast(pc.utf8_trim_whitespace(col.cast(pa.string())), pa.float64(), safe=False)
+    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
+
+
+def _status_batch(rows: Sequence[_UploadRow], schema: _Schema) -> pa.RecordBatch:
+    """One row per upload row without points: its key, row, status; NULL elsewhere."""
+    n = len(rows)
+    values = {
+        "id": pa.array([r.key for r in rows], pa.large_string()),
+        "upload_row": pa.array([r.row for r in rows], pa.int64()),
+        "status": pa.array([r.status for r in rows], pa.large_string()),
+    }
+    arrays = [values.get(name, pa.nulls(n)) for name in schema.names]
+    return pa.RecordBatch.from_arrays(arrays, names=list(schema.names))
 
 
 class _NotFound(RomeReaError):

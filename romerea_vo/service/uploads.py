@@ -1,4 +1,5 @@
-"""TAP_UPLOAD tables: VOTable, FITS or CSV files → Arrow tables for DuckDB."""
+"""TAP_UPLOAD tables (and bulk lightcurve uploads): VOTable, FITS, Parquet or CSV files →
+Arrow tables."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.io.votable import parse_single_table
 from astropy.table import Table
@@ -25,6 +27,8 @@ def _sniff(path: Path) -> str:
         head = fh.read(512).lstrip()
     if head.startswith(b"SIMPLE  ="):
         return "fits"
+    if head.startswith(b"PAR1"):
+        return "parquet"
     if head.startswith(b"<"):
         return "votable"
     return "csv"
@@ -95,6 +99,8 @@ def read_upload_table(
                     if table[c].unit is not None
                 }
                 result = _astropy_to_arrow(table)
+            elif kind == "parquet":
+                result = pq.read_table(path)
             else:
                 result = pacsv.read_csv(path)
     except InvalidRequestError:

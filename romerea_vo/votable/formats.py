@@ -1,7 +1,8 @@
 """TAP result formats (RESPONSEFORMAT values) and their serialisers.
 
-VOTable (BINARY2 by default, BINARY, TABLEDATA), CSV and TSV stream batch by batch; FITS
-needs the row count in its header before the data, so it collects the whole result first.
+VOTable (BINARY2 by default, BINARY, TABLEDATA), VOParquet (:mod:`.parquet`), CSV and TSV
+stream batch by batch; FITS needs the row count in its header before the data, so it
+collects the whole result first.
 
 CSV follows RFC 4180 (CRLF line ends, a header line, fields quoted when they hold ``"``,
 ``,``, CR/LF or leading/trailing blanks, and empty strings quoted as ``""`` so that they
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InvalidRequestError
+from .parquet import PARQUET_MEDIA, write_parquet
 from .writer import (
     _NUMERIC,
     FieldSpec,
@@ -47,7 +49,7 @@ class ResultFormat:
 
     name: str
     media_type: str
-    serializer: str  # "votable", "csv", "tsv" or "fits"
+    serializer: str  # "votable", "parquet", "csv", "tsv" or "fits"
     extension: str
     aliases: tuple[str, ...] = ()
     serialization: str | None = None  # VOTable serialisation for serializer="votable"
@@ -76,6 +78,10 @@ RESULT_FORMATS: dict[str, ResultFormat] = {
             "votable/td", VOTABLE_MEDIA + ";serialization=TABLEDATA", "votable", "vot",
             aliases=("votable/td", "votabletd"),
             serialization="tabledata", ivo_id=_TAPREGEXT + "output-votable-td",
+        ),
+        ResultFormat(
+            "parquet", PARQUET_MEDIA, "parquet", "parquet",
+            aliases=("parquet", "application/x-parquet", "application/parquet"),
         ),
         ResultFormat("csv", "text/csv;header=present", "csv", "csv", aliases=("csv", "text/csv")),
         ResultFormat("tsv", "text/tab-separated-values", "tsv", "tsv", aliases=("tsv",)),
@@ -139,13 +145,16 @@ def write_result(
 ) -> Iterator[bytes]:
     """Serialise ``batches`` in ``fmt`` as a stream of byte chunks.
 
-    ``votable_kwargs`` go to :func:`write_votable`; other formats use only ``table_name``
-    (FITS EXTNAME) and ignore the rest (they have nowhere to put INFOs).
+    ``votable_kwargs`` go to :func:`write_votable` or (the same metadata, embedded as
+    VOParquet) :func:`~romerea_vo.votable.parquet.write_parquet`; other formats use only
+    ``table_name`` (FITS EXTNAME) and ignore the rest (they have nowhere to put INFOs).
     """
     if isinstance(fmt, str):
         fmt = resolve_format(fmt)
     if fmt.serializer == "votable":
         return write_votable(batches, fields, serialization=fmt.serialization, **votable_kwargs)
+    if fmt.serializer == "parquet":
+        return write_parquet(batches, fields, **votable_kwargs)
     if fmt.serializer == "csv":
         return _write_text(batches, fields, _csv_cell, ",")
     if fmt.serializer == "tsv":

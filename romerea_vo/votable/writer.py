@@ -864,11 +864,18 @@ def _check_refs(
             )
 
 
-def _stream(
-    batches, fields, columns, serialization, resource_infos, table_name, table_description,
-    params, post_infos, timesys, extra_resources,
-) -> Iterator[bytes]:  # fmt: skip
-    tag = {"binary2": "BINARY2", "binary": "BINARY", "tabledata": "TABLEDATA"}[serialization]
+def table_head(
+    fields: Sequence[FieldSpec],
+    columns: Sequence[_Column],
+    serialization: str,
+    resource_infos: Sequence[Info],
+    table_name: str | None,
+    table_description: str | None,
+    params: Sequence[Param],
+    timesys: Sequence[TimeSys],
+) -> list[str]:
+    """The XML of a results document from its declaration to the TABLE's last FIELD
+    (integer NULL sentinels declared as ``serialization`` needs them)."""
     head = [XML_DECL, VOTABLE_OPEN, '<RESOURCE type="results">\n']
     head += [_info_xml(i) for i in resource_infos]
     head += [_timesys_xml(t) for t in timesys]
@@ -879,6 +886,18 @@ def _stream(
     head += [
         _field_xml(f, c.null_value(serialization)) for f, c in zip(fields, columns, strict=True)
     ]
+    return head
+
+
+def _stream(
+    batches, fields, columns, serialization, resource_infos, table_name, table_description,
+    params, post_infos, timesys, extra_resources,
+) -> Iterator[bytes]:  # fmt: skip
+    tag = {"binary2": "BINARY2", "binary": "BINARY", "tabledata": "TABLEDATA"}[serialization]
+    head = table_head(
+        fields, columns, serialization, resource_infos, table_name, table_description,
+        params, timesys,
+    )  # fmt: skip
     if tag == "TABLEDATA":
         head.append("<DATA><TABLEDATA>\n")
     else:

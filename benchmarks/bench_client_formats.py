@@ -1,0 +1,249 @@
+"""Data at the speed of the client (issue 19): VOParquet vs VOTable, bulk lightcurves, export.
+
+    python benchmarks/bench_client_formats.py [--workdir DIR]
+
+Synthesises (once, kept in WORKDIR) and ingests two fields, serves them with
+``romerea-vo serve`` and measures, each against a baseline measured in the same run:
+
+1. ``SELECT TOP 100000 * FROM rome.field_index``: time until the user holds an astropy
+   Table, BINARY2 VOTable through pyvo (``run_sync().to_table()``) vs VOParquet fetched
+   and read with ``Table.read(..., format="parquet.votable")`` (and with pyarrow).
+   Target: Parquet >= 5x faster.
+2. Bulk lightcurves of every star of ROME-FIELD-01 (10,000 stars x 2,214 images) in one
+   ``POST /lightcurve`` (Parquet and BINARY2; response fully received, not parsed):
+   stars/s and MB/s against the single-request loop (GET per star, keep-alive, 1,000
+   random stars, same columns and format) and against a plain sequential read of the
+   field's four cubes from the page cache. Targets: >= 20x the loop, within 2x the read.
+3. ``romerea-vo export-lightcurves`` of ROME-FIELD-02 (100,000 stars x 300 images: the
+   2,214-image version would be 30 GB of cubes and ~20 GB of Parquet) vs a plain
+   sequential read of its cubes, each in a fresh process (peak RSS). Target <= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_lightcurve_service import Client as KeepAliveClient
+from bench_tap import Client, _time
+
+BULK_COLUMNS = "hjd,filter,normalized_mag,normalized_mag_err,qc_flag"
+FIELDS = (("ROME-FIELD-01", 10_000, 2214), ("ROME-FIELD-02", 100_000, 300))
+
+# Peak RSS from VmHWM: ru_maxrss of a child also counts the parent's pages at fork time.
+PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
+
+READ = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+n = 0
+for p in sorted(Path(sys.argv[1]).glob("*.hdf5")):
+    with p.open("rb") as fh:
+        while chunk := fh.read(64 * 2**20):
+            n += len(chunk)
+print(json.dumps({"s": time.perf_counter() - t0, "bytes": n, "rss_mib": PEAK / 1024}))
+"""
+
+EXPORT = """
+import json, sys, time
+from romerea_vo.export_lightcurves import export_lightcurves
+t0 = time.perf_counter()
+s = export_lightcurves([sys.argv[1]], sys.argv[2])
+print(json.dumps({"s": time.perf_counter() - t0, "points": s.points, "stars": s.stars,
+                  "rss_mib": PEAK / 1024}))
+"""
+
+
+def prepare(workdir: Path) -> Path:
+    """The two synthetic fields ingested into ``workdir/rome.duckdb`` (kept if present)."""
+    from romerea_vo.products.synthetic import synthesize_field
+    from romerea_vo.store import ingest_fields
+
+    db = workdir / "rome.duckdb"
+    dirs = []
+    for name, n_stars, n_images in FIELDS:
+        d = workdir / name
+        if not (d / f"{name}_field_crossmatch.fits").exists():
+            print(f"synthesising {name}: {n_stars} stars x {n_images} images ...", flush=True)
+            synthesize_field(d, field=name, n_stars=n_stars, n_images=n_images, seed=3)
+        dirs.append(d)
+    if not db.exists():
+        list(ingest_fields(db, dirs))
+    return db
+
+
+def serve(db: Path) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "romerea_vo.cli", "serve", "--db", str(db), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("TAP service: "):
+            base = line.split()[2].removesuffix("/tap")
+            for _ in range(600):  # the socket is bound before uvicorn listens
+                try:
+                    KeepAliveClient(base).get("/tap/availability", [])
+                    return proc, base
+                except OSError:
+                    time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the service did not start")
+
+
+def median_time(fn, repeats: int) -> float:
+    return statistics.median(_time(fn, repeats))
+
+
+def top100000(base: str, repeats: int) -> None:
+    import pyarrow.parquet as pq
+    import pyvo
+    from astropy.table import Table
+
+    query = "SELECT TOP 100000 * FROM rome.field_index"
+    service = pyvo.dal.TAPService(f"{base}/tap")
+    client = Client()
+    data = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": query, "MAXREC": "100000"}
+
+    def parquet_body() -> bytes:
+        status, _, body = client.post(f"{base}/tap/sync", {**data, "RESPONSEFORMAT": "parquet"})
+        assert status == 200, body[:300]
+        return body
+
+    def votable_body() -> bytes:
+        return client.post(f"{base}/tap/sync", data)[2]
+
+    rows = len(Table.read(io.BytesIO(parquet_body()), format="parquet.votable"))
+    t_vot = median_time(lambda: service.run_sync(query, maxrec=100000).to_table(), repeats)
+    t_vot_http = median_time(votable_body, repeats)
+    t_pq_http = median_time(parquet_body, repeats)
+    t_pq = median_time(
+        lambda: Table.read(io.BytesIO(parquet_body()), format="parquet.votable"), repeats
+    )
+    t_arrow = median_time(lambda: pq.read_table(io.BytesIO(parquet_body())), repeats)
+    print(f"\n1. TOP 100000 * ({rows} rows, {len(votable_body()) / 1e6:.1f} MB BINARY2, "
+          f"{len(parquet_body()) / 1e6:.1f} MB Parquet), medians of {repeats}:")  # fmt: skip
+    print(f"   BINARY2 -> pyvo/astropy Table      {t_vot:7.3f} s  (HTTP alone {t_vot_http:.3f} s)")
+    print(
+        f"   Parquet -> astropy parquet.votable {t_pq:7.3f} s  (HTTP alone {t_pq_http:.3f} s)"
+        f"  {t_vot / t_pq:5.1f}x  target >= 5x  {'OK' if t_vot / t_pq >= 5 else 'MISSED'}"
+    )
+    print(f"   Parquet -> pyarrow Table           {t_arrow:7.3f} s  {t_vot / t_arrow:5.1f}x")
+
+
+def plain_read(field_dir: Path) -> dict:
+    code = READ.replace("PEAK", PEAK)
+    run = subprocess.run([sys.executable, "-c", code, str(field_dir)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return json.loads(run.stdout)
+
+
+def bulk(base: str, workdir: Path, singles: int) -> None:
+    from astropy.table import Table
+
+    from romerea_vo.store import Database
+
+    db = Database(workdir / "rome.duckdb")
+    authority = db.authority
+    db.close()
+    n = FIELDS[0][1]
+    dids = [f"{authority}?ROME-FIELD-01/{i}" for i in range(1, n + 1)]
+    upload = io.StringIO()
+    Table({"id": dids}).write(upload, format="ascii.csv")
+    files = {"stars": ("stars.csv", upload.getvalue().encode())}
+    client = Client()
+
+    def post(fmt: str, columns: str | None) -> tuple[float, int]:
+        data = {"UPLOAD": "stars,param:stars", "RESPONSEFORMAT": fmt}
+        if columns:
+            data["COLUMNS"] = columns
+        t0 = time.perf_counter()
+        status, _, body = client.post(f"{base}/lightcurve", data, files)
+        assert status == 200, body[:500]
+        return time.perf_counter() - t0, len(body)
+
+    plain_read(workdir / "ROME-FIELD-01")  # into the page cache
+    read = plain_read(workdir / "ROME-FIELD-01")
+    read_rate = n / read["s"]
+    runs = {
+        "Parquet, 5 columns": post("parquet", BULK_COLUMNS),
+        "BINARY2, 5 columns": post("votable", BULK_COLUMNS),
+        "Parquet, all columns": post("parquet", None),
+    }
+    keep = KeepAliveClient(base)
+    rng = random.Random(1)
+    sample = rng.sample(dids, singles)
+    params = [("COLUMNS", BULK_COLUMNS)]
+    t0 = time.perf_counter()
+    loop_bytes = 0
+    for did in sample:
+        status, _, body = keep.get("/lightcurve", [("ID", did), *params])
+        assert status == 200, body[:300]
+        loop_bytes += len(body)
+    loop_rate = singles / (time.perf_counter() - t0)
+    print(f"\n2. bulk lightcurves, {n} stars x {FIELDS[0][2]} images (cubes "
+          f"{read['bytes'] / 1e9:.2f} GB):")  # fmt: skip
+    print(f"   plain sequential read of the cubes  {read['s']:7.2f} s  {read_rate:9.0f} stars/s"
+          f"  {read['bytes'] / 1e6 / read['s']:7.0f} MB/s")  # fmt: skip
+    print(f"   single-request loop (BINARY2, {singles} stars) {loop_rate:7.0f} stars/s "
+          f"({loop_bytes / singles / 1e3:.0f} kB per star)")  # fmt: skip
+    for name, (seconds, size) in runs.items():
+        rate = n / seconds
+        print(f"   one POST, {name:<22} {seconds:7.2f} s  {rate:9.0f} stars/s  "
+              f"{size / 1e6 / seconds:7.0f} MB/s ({size / 1e6:.0f} MB)  "
+              f"{rate / loop_rate:5.1f}x the loop (target >= 20x), "
+              f"{seconds / read['s']:4.1f}x the read time (target <= 2x)")  # fmt: skip
+
+
+def export(workdir: Path) -> None:
+    field = workdir / FIELDS[1][0]
+    plain_read(field)  # into the page cache
+    read = plain_read(field)
+    with tempfile.TemporaryDirectory(dir=workdir) as out:
+        code = EXPORT.replace("PEAK", PEAK)
+        run = subprocess.run([sys.executable, "-c", code, str(field), out],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        result = json.loads(run.stdout)
+        size = sum(p.stat().st_size for p in Path(out).rglob("*.parquet"))
+    ratio = result["s"] / read["s"]
+    print(f"\n3. export-lightcurves, {FIELDS[1][1]} stars x {FIELDS[1][2]} images "
+          f"(cubes {read['bytes'] / 1e9:.2f} GB):")  # fmt: skip
+    print(f"   plain sequential read   {read['s']:7.2f} s  peak RSS {read['rss_mib']:6.0f} MiB")
+    print(f"   export to Parquet       {result['s']:7.2f} s  peak RSS {result['rss_mib']:6.0f} MiB"
+          f"  {result['points']} points, {size / 1e9:.2f} GB  {ratio:.1f}x the read "
+          f"(target <= 2x)  {'OK' if ratio <= 2 else 'MISSED'}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "romerea-bench-issue19")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--singles", type=int, default=1000, help="stars in the single-request loop")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["top", "bulk", "export"])
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    db = prepare(args.workdir)
+    proc, base = serve(db)
+    try:
+        if "top" not in args.skip:
+            top100000(base, args.repeats)
+        if "bulk" not in args.skip:
+            bulk(base, args.workdir, args.singles)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    if "export" not in args.skip:
+        export(args.workdir)
+    print(f"\n(cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()

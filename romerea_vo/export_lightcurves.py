@@ -1,0 +1,214 @@
+"""``romerea-vo export-lightcurves``: every selected star's points as Parquet files.
+
+Layout: ``DIR/field=<FIELD>/quadrant=<q>/lightcurves.parquet`` (Hive partitioning, which
+DuckDB's ``read_parquet(..., hive_partitioning=true)``, ``pyarrow.dataset`` and
+``pandas.read_parquet(DIR)`` turn back into ``field`` and ``quadrant`` columns). One file
+per photometry cube: the export reads each cube once, sequentially, in blocks of whole
+rows (bounded memory), and a cube is the unit of resumption. Partitioning by HEALPix (as
+HATS does) was not chosen: a ROME field is a 40-arcmin square, all twenty lie in the
+bulge, and users ask for fields, not for sky tiles; field/quadrant keeps one reader per
+cube and one file per cube.
+
+Each file is VOParquet (:mod:`romerea_vo.votable.parquet`): units, UCDs and descriptions
+from ``votable_schemas/lightcurve_points.toml`` and INFOs naming the field, quadrant,
+quality cut and flux scale. Rows: stars in cube-row order, each star's points in image
+(time) order. Files are written as ``.*.partial`` and renamed when complete; a rerun with
+the same options skips the finished ones, so an interrupted export resumes where it
+stopped and ends with the same files. ``_export.json`` records the options.
+
+This is a command module (cli layer): it uses the star selection of
+:mod:`romerea_vo.xmatch.local` (``--where`` over rome.stars).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from . import __version__
+from .errors import InvalidRequestError
+from .lightcurves import FLUX_ZERO_POINT, QUALITIES, flux_from_mag, quadrant_points
+from .products import layout
+from .products.reader import Field
+from .votable.formats import write_result
+from .votable.schema import load_table_schema
+from .votable.writer import CHUNK_ROWS, FieldSpec, Info, TimeSys
+from .xmatch.local import DatabaseRome, DirectoryRome
+
+__all__ = ["ExportSummary", "export_lightcurves", "quadrant_path"]
+
+MANIFEST = "_export.json"  # "_" and "." files are skipped by Parquet dataset readers
+FILE_NAME = "lightcurves.parquet"
+TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
+_INTEGER_COLUMNS = {"qc_flag": np.int16, "stamp_index": np.int16}
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote: files written now, files already complete, points, stars."""
+
+    written: int = 0
+    skipped: int = 0
+    points: int = 0
+    stars: int = 0
+
+
+def quadrant_path(outdir: Path, field: str, quadrant: int) -> Path:
+    """The Parquet file of one field's quadrant in an export directory."""
+    return Path(outdir) / f"field={field}" / f"quadrant={quadrant}" / FILE_NAME
+
+
+def _fields(lay: layout.PhotometryLayout) -> list[FieldSpec]:
+    points = load_table_schema("lightcurve_points").by_name
+    names = ("field_id", "hjd", "filter", "dataset_code", "image_index")
+    names += lay.columns[1:] + ("flux", "flux_err")
+    specs = [FieldSpec.from_column(points[n]) for n in names]
+    return [replace(s, ref=TIMESYS.ID) if s.name == "hjd" else s for s in specs]
+
+
+def _batches(
+    field: Field, quadrant: int, quality: str, field_ids: np.ndarray | None, counter: Callable
+) -> Iterator[pa.RecordBatch]:
+    lay = field.photometry_layout
+    images = field.images
+    filters = pa.array(np.asarray(images["filter"]).astype(str)).dictionary_encode()
+    datasets = pa.array(np.asarray(images["dataset_code"]).astype(str)).dictionary_encode()
+    mag, err = lay.index(lay.science_mag), lay.index(layout.error_column(lay.science_mag))
+    for ids, image, rows in quadrant_points(field, quadrant, quality=quality, field_ids=field_ids):
+        counter(ids)
+        idx = pa.array(image)
+        arrays = [pa.array(ids), pa.array(rows[:, 0]), filters.take(idx), datasets.take(idx)]
+        arrays.append(pa.array(image.astype(np.int32)))
+        for j, name in enumerate(lay.columns[1:], start=1):
+            kind = _INTEGER_COLUMNS.get(name)
+            arrays.append(pa.array(rows[:, j] if kind is None else rows[:, j].astype(kind)))
+        flux, flux_err = flux_from_mag(rows[:, mag], rows[:, err])
+        arrays += [pa.array(flux), pa.array(flux_err)]
+        names = [f"c{i}" for i in range(len(arrays))]  # the writer goes by position
+        for start in range(0, len(ids), CHUNK_ROWS):
+            yield pa.RecordBatch.from_arrays([a.slice(start, CHUNK_ROWS) for a in arrays], names)
+
+
+def _write_quadrant(
+    path: Path, field: Field, quadrant: int, quality: str, field_ids, counter
+) -> None:
+    lay = field.photometry_layout
+    infos = [
+        Info("QUERY_STATUS", "OK"),
+        Info("field", field.name),
+        Info("quadrant", str(quadrant)),
+        Info("quality", quality),
+        Info("mag_column", lay.science_mag, "the science magnitude column of these cubes"),
+        Info("flux_zero_point", repr(FLUX_ZERO_POINT), "flux = 10**(-0.4 (mag - 22))"),
+        Info("SERVICE", f"romerea-vo {__version__}"),
+    ]
+    partial = path.with_name(f".{path.name}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    chunks = write_result(
+        _batches(field, quadrant, quality, field_ids, counter),
+        _fields(lay),
+        "parquet",
+        resource_infos=infos,
+        table_name="lightcurves",
+        table_description=f"Lightcurve points of the selected stars of {field.name} "
+        f"quadrant {quadrant}, stars in cube-row order, points in time order.",
+        timesys=[TIMESYS],
+    )
+    with partial.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+
+
+def _check_manifest(outdir: Path, options: dict) -> None:
+    manifest = outdir / MANIFEST
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != options:
+            raise InvalidRequestError(
+                f"{outdir} holds an export made with other options ({manifest}); resume it "
+                "with the same options or export into a new directory"
+            )
+    else:
+        outdir.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(options, indent=2) + "\n")
+
+
+def export_lightcurves(
+    source: str | Path | list[str | Path],
+    outdir: str | Path,
+    *,
+    where: str | None = None,
+    quality: str = "good",
+    fields: list[str] | None = None,
+    progress: bool = False,
+) -> ExportSummary:
+    """Export the lightcurves of the stars ``where`` selects (all by default).
+
+    ``source`` is a database (file or PostgreSQL URL) or a list of field directories.
+    Raises InvalidRequestError for bad options, a bad ``where`` or a directory holding
+    an export made with other options.
+    """
+    if quality not in QUALITIES:
+        raise InvalidRequestError(f"--quality must be one of {', '.join(QUALITIES)}")
+    outdir = Path(outdir)
+    if isinstance(source, list):
+        rome = DirectoryRome(source)
+        open_field_named = rome.fields.__getitem__
+        label = [str(Path(s).resolve()) for s in source]
+    else:
+        rome = DatabaseRome(source)
+        open_field_named = rome.db.field
+        label = str(rome.path)
+    with rome:
+        names = rome.field_names(fields)
+        options = {"source": label, "fields": names, "where": where, "quality": quality}
+        stars = rome.stars(names, where) if where else None  # a bad --where fails here
+        _check_manifest(outdir, options)
+        summary = ExportSummary()
+        plan = []
+        for name in names:
+            field = open_field_named(name)
+            wanted = None
+            if stars is not None:
+                wanted = np.empty(0, np.int64)
+                if name in stars.names:
+                    wanted = np.sort(stars.field_id[stars.code == stars.names.index(name)])
+            for quadrant in layout.QUADRANTS:
+                ids = field.quadrant_field_ids(quadrant)
+                n = len(ids) if wanted is None else int(np.isin(ids, wanted).sum())
+                plan.append((field, quadrant, wanted, n))
+        total = sum(n for *_, n in plan)
+        bar = tqdm(total=total, unit="star", disable=not progress, desc="export-lightcurves")
+        try:
+            for field, quadrant, wanted, n in plan:
+                path = quadrant_path(outdir, field.name, quadrant)
+                if path.exists():
+                    summary.skipped += 1
+                    bar.update(n)
+                    continue
+                before = bar.n
+
+                def counter(ids: np.ndarray) -> None:
+                    summary.points += len(ids)
+                    bar.update(len(np.unique(ids)))  # a block holds whole stars
+
+                _write_quadrant(path, field, quadrant, quality, wanted, counter)
+                summary.written += 1
+                summary.stars += n
+                bar.update(n - (bar.n - before))  # stars without points
+        finally:
+            bar.close()
+    return summary
