@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -19,6 +21,7 @@ from .errors import InvalidRequestError, RomeReaError
 
 if TYPE_CHECKING:  # the service is imported when a command serves, not at start-up
     from .service.app import TapService
+    from .service.settings import ServiceConfig
 
 OUTPUT_FORMATS = {
     ".vot": "votable",
@@ -418,13 +421,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
     if args.no_serve:
         return 0
+    from .service.settings import ServiceConfig
+
     db_path = cache / "demo" / "demo.duckdb"
     _ensure_ingested(db_path, [directory], quiet=args.quiet, owned=True)
     return _serve(
-        db_path,
+        ServiceConfig(db_path=db_path),
         args.host,
         args.port,
-        work_dir=None,
         next_steps=True,
         samp=args.samp,
         quiet=args.quiet,
@@ -440,7 +444,6 @@ class _InProcessBridge:
     else one of its own. Closed after the service has stopped."""
 
     def __init__(self, url: str, quiet: bool):
-        import logging
         import threading
 
         logging.basicConfig(
@@ -539,33 +542,25 @@ def _ensure_ingested(
 
 
 def _serve(
-    db_path: Path,
+    config: ServiceConfig,
     host: str,
     port: int,
-    work_dir: str | None,
     *,
     workers: int = 1,
-    jobs_db: str | None = None,
-    public_url: str | None = None,
-    job_threads: int = 2,
+    log_level: str = "warning",
     next_steps: bool = False,
     samp: bool = False,
     quiet: bool = False,
 ) -> int:
-    """Serve ``db_path`` until Ctrl-C; ``next_steps`` (demo) prints the SAMP command and
+    """Serve ``config`` until Ctrl-C; ``next_steps`` (demo) prints the SAMP command and
     an example star, ``samp`` runs the SAMP bridge in this process too."""
     import uvicorn
 
-    from .service.app import ServiceConfig, create_app
+    from .service.app import create_app
+    from .service.settings import configure_logging
     from .service.workers import check_config, listening_socket, serve_workers
 
-    config = ServiceConfig(
-        db_path=db_path,
-        work_dir=Path(work_dir) if work_dir else None,
-        jobs_db=jobs_db,
-        public_url=public_url.rstrip("/") if public_url else None,
-        max_workers=job_threads,
-    )
+    configure_logging(log_level)
     check_config(config, workers)
     # several workers each build the app in their own process (serve_workers)
     app = create_app(config) if workers == 1 else None
@@ -584,13 +579,13 @@ def _serve(
         print(_next_steps(app.state.service, url, samp), flush=True)
     print("Ctrl-C stops the service.", flush=True)
     if app is None:
-        serve_workers(config, sock, workers, listen_url=url)
+        serve_workers(config, sock, workers, listen_url=url, log_level=log_level)
         print("service stopped", flush=True)
         return 0
     bridge = _InProcessBridge(url, quiet) if samp else None
     if bridge is not None:
         bridge.start()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
     try:
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
             server.run(sockets=[sock])
@@ -654,38 +649,47 @@ def cmd_ingest_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+_SERVE_FLAGS = ("db", "host", "port", "workers", "job_threads", "work_dir", "jobs_db",
+                "public_url", "log_level")  # fmt: skip
+"""``serve`` flags that override the [service] keys of the same name in ``--config``."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import hashlib
 
+    from .service.settings import ServiceConfig, Settings, read_settings, settings_from_dict
     from .store.postgres import is_postgres_url
 
+    settings = read_settings(args.config) if args.config else Settings()
+    overrides = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k) is not None}
+    if overrides:  # the same checks as for the file's values
+        server = {**dataclasses.asdict(settings.service), **overrides}
+        checked = settings_from_dict({"service": server}, source="command line")
+        settings.service = checked.service
+    server = settings.service
     dirs = [Path(d) for d in args.field_dirs]
-    if args.db and is_postgres_url(args.db):
+    if server.db and is_postgres_url(server.db):
         if dirs:
             raise InvalidRequestError(
                 "with a PostgreSQL database, ingest the fields first (romerea-vo ingest "
                 "FIELD_DIR --db URL), then serve --db URL alone"
             )
-        db_path = args.db
-    elif args.db:
-        db_path = Path(args.db)
+    elif server.db:
         if dirs:
-            _ensure_ingested(db_path, dirs, quiet=args.quiet)
+            _ensure_ingested(Path(server.db), dirs, quiet=args.quiet)
     elif dirs:
         key = hashlib.sha256("\n".join(sorted(str(d.resolve()) for d in dirs)).encode())
         db_path = _default_cache() / "serve" / f"{key.hexdigest()[:16]}.duckdb"
         _ensure_ingested(db_path, dirs, quiet=args.quiet, owned=True)
+        server.db = str(db_path)
     else:
-        raise InvalidRequestError("give --db PATH, field directories, or both")
+        raise InvalidRequestError("give --db PATH, field directories, --config FILE, or both")
     return _serve(
-        db_path,
-        args.host,
-        args.port,
-        args.work_dir,
-        workers=args.workers,
-        jobs_db=args.jobs_db,
-        public_url=args.public_url,
-        job_threads=args.job_threads,
+        ServiceConfig.from_settings(settings),
+        server.host,
+        server.port,
+        workers=server.workers,
+        log_level=server.log_level.lower(),
     )
 
 
@@ -731,7 +735,6 @@ def cmd_export_lightcurves(args: argparse.Namespace) -> int:
 
 
 def cmd_samp(args: argparse.Namespace) -> int:
-    import logging
     import signal
     import threading
 
@@ -852,19 +855,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a database and/or field directories over TAP")
     p.add_argument("field_dirs", nargs="*", metavar="FIELD_DIR")
+    p.add_argument("--config", metavar="FILE", help="the service's configuration (TOML: "
+                   "limits, public URL, metadata; every key in services/service.toml); "
+                   "the options below override it")  # fmt: skip
     p.add_argument("--db", help="database file (made by ingest)")
     p.add_argument("--work-dir", help="where async jobs and uploads live (default: temporary)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int,
                    help="service processes (default 1; more need --jobs-db)")  # fmt: skip
     p.add_argument("--jobs-db", metavar="URL", help="keep async jobs in PostgreSQL "
                    "(postgresql://user@host/db), shared by all workers; needs "
                    "--work-dir")  # fmt: skip
-    p.add_argument("--job-threads", type=int, default=2, metavar="N",
-                   help="async jobs each worker runs at once (default %(default)s)")  # fmt: skip
+    p.add_argument("--job-threads", type=int, metavar="N",
+                   help="async jobs each worker runs at once (default 2)")  # fmt: skip
     p.add_argument("--public-url", metavar="URL", help="the URL clients reach the service at "
                    "(behind a reverse proxy), used in async results' links")  # fmt: skip
+    p.add_argument("--log-level", metavar="LEVEL", help="server log: critical, error, warning "
+                   "(default), info or debug")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    _listen_args(p)
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 = any)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="summarise a field directory")

@@ -218,14 +218,22 @@ def rebase(service: Service, job_urls: list[str]) -> list[str]:
 
 
 def gone(pid: int) -> None:
-    """Wait until a killed process has exited (a zombie or reaped: its sockets closed)."""
+    """Wait until a killed process has exited (reaped, or a zombie whose other threads
+    have exited too: its sockets closed).
+
+    The thread-group leader of a killed multi-threaded process turns zombie before its
+    other threads have finished exiting, and the descriptors they share stay open until
+    the last one has: a connection made in that window is queued on the dying listening
+    socket and then reset.
+    """
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            threads = os.listdir(f"/proc/{pid}/task")
         except OSError:
             return
-        if state in ("Z", "X"):
+        if state in ("Z", "X") and threads == [str(pid)]:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} did not exit")

@@ -8,7 +8,6 @@ import html
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -34,30 +33,13 @@ from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_exam
 from .lightcurve_service import LightcurveService
 from .params import DaliParams, read_dali_params
 from .scs import SCS_STANDARD_ID, ConeSearchService
-from .tap import QueryCancelled, TapEngine, TapLimits
+from .settings import ServiceConfig
+from .tap import QueryCancelled, TapEngine
 from .uws import JobStore, JobStoreBase, uws_routes
 
 log = logging.getLogger("romerea_vo.service")
 VOTABLE_MEDIA = "application/x-votable+xml"
 XML_MEDIA = "text/xml"
-
-
-@dataclass
-class ServiceConfig:
-    """What the service serves and where it keeps its scratch files."""
-
-    db_path: Path | str
-    """A DuckDB file, or a ``postgresql://`` URL."""
-    work_dir: Path | None = None
-    limits: TapLimits = field(default_factory=TapLimits)
-    max_workers: int = 2
-    title: str = "ROME/REA field data products"
-    jobs_db: str | None = None
-    """PostgreSQL connection string of a UWS job store shared by several service processes
-    (`PostgresJobStore`); ``work_dir`` must then be a directory they all share."""
-    public_url: str | None = None
-    """Root URL the service is published at (e.g. behind a reverse proxy); when unset,
-    each request's own URL is used."""
 
 
 class _StreamingWithCleanup(StreamingResponse):
@@ -418,6 +400,15 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    def _contact_html(self) -> str:
+        meta = self.config.metadata
+        if not (meta.contact_name or meta.contact_email):
+            return ""
+        name = html.escape(meta.contact_name or meta.contact_email)
+        if meta.contact_email:
+            name = f'<a href="mailto:{html.escape(meta.contact_email)}">{name}</a>'
+        return f"\n<p>Contact: {name}</p>"
+
     async def landing(self, request: Request) -> Response:
         root = str(request.base_url).rstrip("/")
         tap = root + "/tap"
@@ -428,12 +419,14 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
             for f in self.db.fields.values()
         )
         first_table = self.engine.tables[0].qualified_name
+        meta = self.config.metadata
         body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.config.title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .6em;
 text-align:left;vertical-align:top}}code,pre{{background:#f4f4f4}}dd{{margin-bottom:.6em}}
 </style></head><body>
 <h1>{html.escape(self.config.title)}</h1>
+<p>{html.escape(meta.description)}</p>{self._contact_html()}
 <p>romerea-vo {__version__}: the ROME/REA survey's field data products in the Virtual
 Observatory.</p>
 <h2>TAP (ADQL)</h2>

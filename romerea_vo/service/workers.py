@@ -5,7 +5,8 @@ restarts a worker that dies, and stops them all on SIGINT/SIGTERM (SIGHUP replac
 one by one). Each worker listens on a socket of its own bound with SO_REUSEPORT, so the
 kernel spreads new connections over the workers (`_own_socket_per_worker`). Each worker
 builds its application with `app_from_env`, from the `ServiceConfig` the parent put, as
-JSON, in the environment variable ``ROMEREA_VO_SERVICE``; any other ASGI process manager
+a TOML settings file (`romerea_vo.service.settings`) named by the environment variable
+``ROMEREA_VO_SERVICE``; any other ASGI process manager
 (gunicorn with uvicorn workers, hypercorn) can run the same factory the same way.
 
 Several workers need a job store they share (`PostgresJobStore`, ``jobs_db``) and a
@@ -15,17 +16,16 @@ known only to the worker that created it.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 from starlette.applications import Starlette
 
 from ..errors import InvalidRequestError, RomeReaError
-from .app import ServiceConfig, create_app
-from .tap import TapLimits
+from .app import create_app
+from .settings import ServiceConfig, configure_logging, read_settings, write_settings
 
 __all__ = [
     "CONFIG_ENV",
@@ -37,33 +37,23 @@ __all__ = [
 ]
 
 CONFIG_ENV = "ROMEREA_VO_SERVICE"
+LISTEN_URL_ENV = "ROMEREA_VO_LISTEN_URL"
 FACTORY = "romerea_vo.service.workers:app_from_env"
 GRACEFUL_SHUTDOWN = 10
 """Seconds a stopping worker gives open requests (e.g. a blocking WAIT) before closing."""
 
 
-def config_to_env(config: ServiceConfig, listen_url: str | None = None) -> str:
-    """``config`` as the JSON that `config_from_env` reads."""
-    data = dataclasses.asdict(config)
-    data["db_path"] = str(config.db_path)
-    data["db_is_path"] = isinstance(config.db_path, Path)
-    data["work_dir"] = str(config.work_dir) if config.work_dir else None
-    data["listen_url"] = listen_url
-    return json.dumps(data)
-
-
 def config_from_env() -> tuple[ServiceConfig, str | None]:
-    """The `ServiceConfig` (and the listening URL) in ``$ROMEREA_VO_SERVICE``."""
-    text = os.environ.get(CONFIG_ENV)
-    if not text:
-        raise InvalidRequestError(f"${CONFIG_ENV} is not set: it holds the service configuration")
-    data = json.loads(text)
-    listen_url = data.pop("listen_url", None)
-    db_is_path = data.pop("db_is_path", True)
-    data["limits"] = TapLimits(**data["limits"])
-    data["db_path"] = Path(data["db_path"]) if db_is_path else data["db_path"]
-    data["work_dir"] = Path(data["work_dir"]) if data["work_dir"] else None
-    return ServiceConfig(**data), listen_url
+    """The `ServiceConfig` in the settings file ``$ROMEREA_VO_SERVICE`` names (and the
+    listening URL in ``$ROMEREA_VO_LISTEN_URL``); sets the log level the file gives."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise InvalidRequestError(
+            f"${CONFIG_ENV} is not set: it names the service's configuration file"
+        )
+    settings = read_settings(path)
+    configure_logging(settings.service.log_level)
+    return ServiceConfig.from_settings(settings), os.environ.get(LISTEN_URL_ENV)
 
 
 def app_from_env() -> Starlette:
@@ -152,7 +142,16 @@ def serve_workers(
     check_config(config, workers)
     if workers > 1 and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
         raise InvalidRequestError("several workers need a socket made with reuse_port=True")
-    os.environ[CONFIG_ENV] = config_to_env(config, listen_url)
+    # the workers read the effective settings (the operator's file and the command
+    # line's overrides) from a file in the same format as the operator's
+    fd, settings_file = tempfile.mkstemp(prefix="romerea-vo-service-", suffix=".toml")
+    os.close(fd)
+    settings = config.to_settings()
+    settings.service.log_level = log_level
+    write_settings(settings, Path(settings_file))
+    os.environ[CONFIG_ENV] = settings_file
+    if listen_url:
+        os.environ[LISTEN_URL_ENV] = listen_url
     uv_config = uvicorn.Config(
         FACTORY,
         factory=True,
@@ -167,7 +166,10 @@ def serve_workers(
         timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT,
     )
     manager = _own_socket_per_worker(Multiprocess)(uv_config, sockets=[sock])
-    manager.run()
+    try:
+        manager.run()
+    finally:
+        Path(settings_file).unlink(missing_ok=True)
     if any(p.exitcode == STARTUP_FAILURE for p in manager.processes):
         raise RomeReaError("a worker process could not start (its error is above)")
     return 0
