@@ -98,7 +98,8 @@ def main() -> None:
 
     def stages() -> dict[str, float]:
         """The command's steps, timed one by one (the same functions it calls)."""
-        from romerea_vo.xmatch import inputs, local, output
+        from romerea_vo import catalogue_files as inputs
+        from romerea_vo.xmatch import local, output
 
         marks = [("start", time.perf_counter())]
         t = inputs.read_catalogue(source)

@@ -20,11 +20,11 @@ from astropy.coordinates import SkyCoord, search_around_sky
 from astropy.io.fits.verify import VerifyWarning
 from astropy.table import MaskedColumn, Table
 
+from romerea_vo.catalogue_files import CatalogueError
 from romerea_vo.cli import main
 from romerea_vo.errors import InvalidRequestError, RomeReaError
 from romerea_vo.store import Database, ingest_fields
 from romerea_vo.store.catalog_ingest import ingest_catalog
-from romerea_vo.xmatch.inputs import CatalogueError
 from tests.conftest import LiveServer
 
 STILTS = shutil.which("stilts")

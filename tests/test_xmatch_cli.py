@@ -24,10 +24,10 @@ from astropy.io.votable import parse
 from astropy.table import MaskedColumn, Table
 from astropy.time import Time
 
+from romerea_vo.catalogue_files import read_catalogue
 from romerea_vo.cli import build_parser, main
 from romerea_vo.errors import RomeReaError
 from romerea_vo.xmatch.command import run
-from romerea_vo.xmatch.inputs import read_catalogue
 
 from .conftest import LiveServer
 

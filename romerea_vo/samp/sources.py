@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidRequestError, RomeReaError, StarNotFoundError
+from ..ids import make_did, parse_did
 from ..products import open_field
 from ..products.reader import Field
-from ..service.ids import make_did, parse_did
 
 __all__ = [
     "MAX_URL_LENGTH",

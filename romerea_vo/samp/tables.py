@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RomeReaError
-from ..xmatch.inputs import (
+from ..catalogue_files import (
     CatalogueError,
     column_ucd,
     describe_columns,
     find_position_columns,
     position_arrays,
 )
+from ..errors import RomeReaError
 from .sources import StarId, StarSource, is_loopback_host
 
 __all__ = [

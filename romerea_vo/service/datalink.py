@@ -45,13 +45,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequestError
+from ..ids import did_prefix, parse_did
 from ..products import layout
 from ..store.database import Database
 from ..store.session import QueryFailed
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
-from .ids import parse_did
 
 __all__ = [
     "DATALINK_MEDIA",
@@ -498,7 +498,7 @@ class DataLinkService:
 
     def _cached(self, did: str) -> bool:
         """Whether resolving ``did`` needs no database query (its field is loaded)."""
-        prefix = self.db.authority + "?"
+        prefix = did_prefix(self.db.authority)
         field = did.strip()[len(prefix) :].rpartition("/")[0] if did.startswith(prefix) else ""
         return field in self._fields or field not in self.db.fields
 

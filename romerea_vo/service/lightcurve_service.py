@@ -51,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import FieldFormatError, InvalidRequestError, RomeReaError, StarNotFoundError
+from ..ids import make_did, parse_did
 from ..lightcurves import (
     FLUX_ZERO_POINT,
     IMAGE_METADATA_COLUMNS,
@@ -70,7 +71,6 @@ from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, Param, TimeSys
 from ..xmatch.core import MAX_RADIUS_ARCSEC, crossmatch
-from .ids import make_did, parse_did
 from .params import DaliParams, parse_upload_param, read_dali_params
 from .uploads import read_upload_table
 from .uws import CancelToken, Job

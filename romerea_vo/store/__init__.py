@@ -6,8 +6,9 @@ the database records per field.
 
 import os
 
+from ..ids import DEFAULT_AUTHORITY
 from .database import Database, FieldRecord
-from .ingest import DEFAULT_AUTHORITY, ingest_fields
+from .ingest import ingest_fields
 
 
 def open_database(spec: str | os.PathLike):

@@ -37,6 +37,13 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
+from ..catalogue_files import (
+    CatalogueError,
+    column_ucd,
+    find_position_columns,
+    position_arrays,
+    read_catalogue,
+)
 from ..errors import InvalidRequestError
 from ..votable.schema import (
     TAP_SCHEMA_TABLES,
@@ -45,13 +52,6 @@ from ..votable.schema import (
     is_regular_identifier,
     load_table_schema,
     tap_tables,
-)
-from ..xmatch.inputs import (
-    CatalogueError,
-    column_ucd,
-    find_position_columns,
-    position_arrays,
-    read_catalogue,
 )
 from .catalog_tables import (
     CATALOG_TABLES_DDL,

@@ -10,12 +10,12 @@ from pathlib import Path
 import duckdb
 
 from ..errors import RomeReaError
+from ..ids import DEFAULT_AUTHORITY
 from ..products import open_field
 from ..products.reader import Field
 from ..votable.schema import TableSchema, tap_tables
 from .catalog_tables import catalog_tables, has_rome_tables
 from .ddl import CATALOG, attach_sql, physical_name
-from .ingest import DEFAULT_AUTHORITY
 from .session import DuckDBSession
 
 SANDBOX_SETTINGS = (

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from ..ids import did_prefix
 from ..lightcurves import field_statistics
 from ..products import layout
 from ..products.reader import Field
@@ -68,7 +69,7 @@ def field_index_table(field: Field, authority: str) -> pa.Table:
             idx = np.asarray(fi[field.dataset_index_column(str(row["dataset_code"]).strip())])
             per_filter[flt] += idx > 0
     ids = np.asarray(fi["field_id"])
-    dids = pa.array(np.char.add(f"{authority}?{field.name}/", ids.astype(str)).astype(object))
+    dids = pa.array(np.char.add(did_prefix(authority, field.name), ids.astype(str)).astype(object))
     extra = {f"n_datasets_{f}": per_filter[f] for f in layout.FILTERS}
     return _build(
         load_table_schema("field_index"),

@@ -11,6 +11,7 @@ import duckdb
 
 from .. import __version__
 from ..errors import RomeReaError
+from ..ids import DEFAULT_AUTHORITY
 from ..products import open_field
 from ..products.reader import Field
 from ..votable.schema import load_table_schema, rome_tables, tap_tables
@@ -19,7 +20,6 @@ from .ddl import CATALOG, attach_sql, create_table_sql, physical_name, quote_ide
 from .field_tables import field_tables, ingest_summary
 from .tap_schema import tap_schema_tables
 
-DEFAULT_AUTHORITY = "ivo://romerea-vo.local/rome"
 """Publisher DID authority used when none is configured (see ``--authority``)."""
 
 INTERNAL_DDL = f"""

@@ -28,13 +28,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..errors import RomeReaError
+from ..ids import DEFAULT_AUTHORITY
 from ..products import open_field
 from ..products.reader import Field
 from ..votable.schema import TableSchema, load_table_schema, tap_tables
 from .database import OpenFields, field_records
 from .ddl import quote_ident
 from .field_tables import field_tables, ingest_summary
-from .ingest import DEFAULT_AUTHORITY, fields_row
+from .ingest import fields_row
 from .session import QueryFailed, QueryInterrupted
 from .tap_schema import CURRENT_CHECK, metadata_matches, tap_schema_tables
 

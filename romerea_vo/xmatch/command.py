@@ -351,7 +351,7 @@ def run(
 
 
 def _run_catalogue(plan: _Plan, on_chunk, err) -> int:
-    from .inputs import find_position_columns, position_arrays, read_catalogue
+    from ..catalogue_files import find_position_columns, position_arrays, read_catalogue
     from .local import catalogue_result, match_positions, select_pairs
 
     args = plan.args
@@ -441,7 +441,7 @@ def _run_catalogue(plan: _Plan, on_chunk, err) -> int:
 
 def _pm_column(table: Table, name: str) -> str:
     """A proper-motion column by name (case-insensitive when unambiguous)."""
-    from .inputs import describe_columns
+    from ..catalogue_files import describe_columns
 
     if name in table.colnames:
         return name

@@ -35,6 +35,7 @@ from astropy.table import MaskedColumn, Table
 from numpy.typing import ArrayLike
 
 from ..errors import InvalidRequestError
+from ..ids import did_prefix
 from ..products import layout
 from ..votable.schema import ColumnSchema, load_table_schema
 from .core import crossmatch, propagate
@@ -90,9 +91,7 @@ class RomeStars:
         """The DIDs of stars ``idx`` (object array of str)."""
         if self.did is not None:
             return self.did[idx]
-        from ..service.ids import make_did
-
-        prefixes = np.asarray([make_did(self.authority, n, 0)[:-1] for n in self.names], object)
+        prefixes = np.asarray([did_prefix(self.authority, n) for n in self.names], object)
         ids = self.field_id[idx].astype(str).astype(object)
         return prefixes[self.code[idx]] + ids if ids.size else ids
 

@@ -452,7 +452,7 @@ def external_columns(
 ) -> ExternalTable:
     """The remote table's columns and position columns (given, else found by UCD or usual
     names, as for an input catalogue)."""
-    from .inputs import CatalogueError, find_position_columns
+    from ..catalogue_files import CatalogueError, find_position_columns
 
     name, rows = _tap_schema_columns(client, table)
     spelled = [str(v) for v in rows.columns[0]]

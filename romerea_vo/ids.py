@@ -1,24 +1,39 @@
-"""Publisher DIDs of stars: ``<authority>?<field>/<field_id>``."""
+"""Publisher DIDs of stars: ``<authority>?<field>/<field_id>``.
+
+The one place the DID format is spelt out; everything that mints or reads DIDs (the
+ingest, DataLink, the lightcurve service, the SAMP bridge, cross-matching) uses these.
+"""
 
 from __future__ import annotations
 
 import re
 
-from ..errors import InvalidRequestError
+from .errors import InvalidRequestError
+
+__all__ = ["DEFAULT_AUTHORITY", "did_prefix", "make_did", "parse_did"]
+
+DEFAULT_AUTHORITY = "ivo://romerea-vo.local/rome"
+"""The IVOA authority of DIDs minted by an ingest that names none."""
 
 _FIELD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+def did_prefix(authority: str, field: str | None = None) -> str:
+    """What every DID of ``authority`` (and of ``field``, if given) begins with; a DID is
+    the prefix of its field followed by the star's field_id."""
+    return f"{authority}?" if field is None else f"{authority}?{field}/"
+
+
 def make_did(authority: str, field: str, field_id: int) -> str:
     """The DID of a star (the value of ``rome.field_index.did``)."""
-    return f"{authority}?{field}/{int(field_id)}"
+    return f"{did_prefix(authority, field)}{int(field_id)}"
 
 
 def parse_did(did: str, authority: str) -> tuple[str, int]:
     """``(field, field_id)`` of a DID minted by this service; InvalidRequestError says why
     a string is not one (wrong authority, no ``?``, bad field name or id)."""
     text = did.strip()
-    prefix = authority + "?"
+    prefix = did_prefix(authority)
     if not text.startswith(prefix):
         if "?" in text and text.startswith("ivo://"):
             raise InvalidRequestError(

@@ -1,4 +1,4 @@
-"""romerea_vo.xmatch.inputs: reading catalogue files, finding and converting positions."""
+"""romerea_vo.catalogue_files: reading catalogue files, finding and converting positions."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
-from romerea_vo.errors import InvalidRequestError, RomeReaError
-from romerea_vo.xmatch.inputs import (
+from romerea_vo.catalogue_files import (
     CatalogueError,
     find_position_columns,
     position_arrays,
     read_catalogue,
 )
+from romerea_vo.errors import InvalidRequestError, RomeReaError
 
 RA = np.array([267.81, 267.92, 268.03])
 DEC = np.array([-30.05, -29.95, -30.12])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from romerea_vo.errors import InvalidRequestError
+from .errors import InvalidRequestError
 
 __all__ = [
     "FORMATS",
