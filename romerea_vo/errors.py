@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class RomeReaError(Exception):
-    """Base class of every error romerea-vo reports to a user."""
+    """Base class of every error romerea-vo reports to a user.
+
+    ``http_status`` and ``dali_fault``: what a service answers when the error ends a
+    request (`romerea_vo.service.responses.error_response`); subclasses override them.
+    """
+
+    http_status: int = 500
+    dali_fault: str = "FatalFault"
 
 
 class FieldFormatError(RomeReaError):
@@ -22,6 +29,12 @@ class CubeShapeError(FieldFormatError):
 class StarNotFoundError(RomeReaError, LookupError):
     """No star matches an identifier or position."""
 
+    http_status = 404
+    dali_fault = "NotFoundFault"
+
 
 class InvalidRequestError(RomeReaError, ValueError):
     """An argument (filter, dataset, quality, radius, ...) is not acceptable."""
+
+    http_status = 400
+    dali_fault = "UsageFault"

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
-__all__ = ["DocumentServer", "icon_png"]
+from ..votable.formats import VOTABLE_MEDIA
 
-VOTABLE_MEDIA = "application/x-votable+xml"
+__all__ = ["DocumentServer", "icon_png"]
 
 
 class _Handler(BaseHTTPRequestHandler):

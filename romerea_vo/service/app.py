@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InvalidRequestError, RomeReaError
+from ..errors import InvalidRequestError
 from ..store import open_database
 from ..store.catalog_tables import position_columns
 from ..store.database import DatabaseError
@@ -26,20 +26,18 @@ from ..store.ddl import quote_ident
 from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
-from ..votable.writer import error_votable
 from . import vosi
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
 from .params import DaliParams, read_dali_params
+from .responses import XML_MEDIA, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
 from .tap import QueryCancelled, TapEngine
 from .uws import JobStore, JobStoreBase, uws_routes
 
 log = logging.getLogger("romerea_vo.service")
-VOTABLE_MEDIA = "application/x-votable+xml"
-XML_MEDIA = "text/xml"
 
 
 class _StreamingWithCleanup(StreamingResponse):
@@ -66,14 +64,6 @@ class _StreamingWithCleanup(StreamingResponse):
                     with contextlib.suppress(Exception):
                         self._interrupt()
                 await run_in_threadpool(self._cleanup)
-
-
-def dali_error(message: str, status: int = 400) -> Response:
-    return Response(error_votable(message), status_code=status, media_type=VOTABLE_MEDIA)
-
-
-def _error_status(exc: Exception) -> int:
-    return 400 if isinstance(exc, (InvalidRequestError, QueryCancelled)) else 500
 
 
 class TapService:
@@ -181,13 +171,9 @@ class TapService:
                 timeout=self.config.limits.sync_execution_duration,
                 base_url=str(request.base_url).rstrip("/"),
             )
-        except RomeReaError as exc:
+        except Exception as exc:  # a bug too: reported as a DALI error, the service goes on
             cleanup()
-            return dali_error(str(exc), _error_status(exc))
-        except Exception as exc:  # a bug: report it as a DALI error and keep serving
-            log.exception("sync query failed")
-            cleanup()
-            return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+            return error_response(exc)
         return _StreamingWithCleanup(
             iterate_in_threadpool(result.chunks),
             cleanup,

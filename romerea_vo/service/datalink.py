@@ -52,6 +52,8 @@ from ..store.session import QueryFailed
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
+from .params import read_dali_params
+from .responses import VOTABLE_MEDIA, error_response
 
 __all__ = [
     "DATALINK_MEDIA",
@@ -66,7 +68,6 @@ __all__ = [
 
 LINKS_STANDARD_ID = "ivo://ivoa.net/std/DataLink#links-1.1"
 DATALINK_MEDIA = "application/x-votable+xml;content=datalink"
-VOTABLE_MEDIA = "application/x-votable+xml"
 MAX_IDS = 1000
 """Most IDs one links request may carry."""
 
@@ -462,8 +463,6 @@ class DataLinkService:
 
     async def endpoint(self, request: Request) -> Response:
         """``GET|POST /datalink/links``."""
-        from .app import dali_error
-        from .params import read_dali_params
 
         try:
             params = await read_dali_params(request, None, max_upload_bytes=0)
@@ -479,10 +478,7 @@ class DataLinkService:
                 )
             fmt, media = links_format(params.get("RESPONSEFORMAT"))
         except InvalidRequestError as exc:
-            message = str(exc)
-            if not message.startswith("UsageFault"):
-                message = f"UsageFault: {message}"
-            return dali_error(message, 400)
+            return error_response(exc, fault_prefix=True)
         base = str(request.base_url).rstrip("/")
         if all(self._cached(i) for i in ids):
             table = self.links(ids, base)

@@ -72,6 +72,7 @@ from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info, Param, TimeSys
 from ..xmatch.core import MAX_RADIUS_ARCSEC, crossmatch
 from .params import DaliParams, parse_upload_param, read_dali_params
+from .responses import error_response
 from .uploads import read_upload_table
 from .uws import CancelToken, Job
 
@@ -85,7 +86,6 @@ __all__ = [
     "quality_rule",
 ]
 
-VOTABLE_MEDIA = "application/x-votable+xml"
 MAX_IDS = 1000
 """Most stars one request may ask for with ID parameters."""
 MAX_BULK_IDS = 100_000
@@ -928,8 +928,6 @@ class LightcurveService:
 
     async def endpoint(self, request: Request) -> Response:
         """``GET|POST /lightcurve``."""
-        from .app import dali_error
-
         t0 = time.perf_counter()
         scratch = None
         try:
@@ -959,21 +957,8 @@ class LightcurveService:
                 return StreamingResponse(
                     iterate_in_threadpool(chunks), media_type=media, headers=headers
                 )
-        except _NotFound as exc:
-            return dali_error(str(exc), 404)
-        except _Unavailable as exc:
-            return dali_error(str(exc), 500)
-        except InvalidRequestError as exc:
-            return dali_error(str(exc), 400)
-        except StarNotFoundError as exc:
-            return dali_error(str(exc), 404)
-        except RomeReaError as exc:
-            return dali_error(str(exc), 500)
-        except Exception as exc:  # a bug: report it as a DALI error and keep serving
-            import logging
-
-            logging.getLogger("romerea_vo.service").exception("lightcurve request failed")
-            return dali_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        except Exception as exc:  # a bug too: reported as a DALI error, the service goes on
+            return error_response(exc)
         finally:  # an uploaded table is in memory by now
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -1061,6 +1046,9 @@ def _status_batch(rows: Sequence[_UploadRow], schema: _Schema) -> pa.RecordBatch
 
 class _NotFound(RomeReaError):
     """A well-formed ID that names no star of this service (HTTP 404)."""
+
+    http_status = 404
+    dali_fault = "NotFoundFault"
 
 
 class _Unavailable(RomeReaError):

@@ -32,15 +32,15 @@ from ..store.database import Database
 from ..store.session import QueryFailed
 from ..votable.formats import resolve_format, write_result
 from ..votable.schema import load_table_schema
-from ..votable.writer import FieldSpec, Info, error_votable
+from ..votable.writer import FieldSpec, Info
 from .datalink import attach_descriptor
 from .params import read_dali_params
+from .responses import dali_error
 from .tap import TapLimits, parse_maxrec
 
 __all__ = ["SCS_STANDARD_ID", "VERB_COLUMNS", "ConeSearchService"]
 
 SCS_STANDARD_ID = "ivo://ivoa.net/std/ConeSearch"
-VOTABLE_MEDIA = "application/x-votable+xml"
 
 VERB_COLUMNS: dict[int, tuple[str, ...] | None] = {
     1: ("did", "ra", "dec"),
@@ -60,8 +60,8 @@ DISTANCE = FieldSpec(
 
 
 def _scs_error(message: str, status: int = 400) -> Response:
-    body = error_votable(message, infos=[Info("Error", message)])
-    return Response(body, status_code=status, media_type=VOTABLE_MEDIA)
+    # SCS 1.03 has clients look for INFO name="Error" as well as the DALI QUERY_STATUS
+    return dali_error(message, status, infos=[Info("Error", message)])
 
 
 def _number(params, name: str, low: float, high: float) -> float:

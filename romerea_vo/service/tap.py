@@ -75,6 +75,9 @@ def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
 class QueryCancelled(RomeReaError):
     """The query was interrupted (execution duration exceeded, or aborted)."""
 
+    http_status = 400
+    dali_fault = "UsageFault"
+
 
 def _table_info(table: TableSchema, db) -> TableInfo:
     # A virtual table's physical name exists nowhere: only a query-time registration

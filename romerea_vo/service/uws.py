@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from xml.sax.saxutils import escape
 
 from lxml import etree
 from pydantic_xml import BaseXmlModel, element
@@ -50,9 +49,9 @@ from vo_models.uws import (
 )
 from vo_models.uws.models import NSMAP
 
-from romerea_vo.errors import InvalidRequestError, RomeReaError
-
+from ..errors import InvalidRequestError, RomeReaError
 from .params import DaliParams, parse_upload_param, read_dali_params
+from .responses import XML_MEDIA, dali_error, error_response, error_status
 
 __all__ = [
     "ACTIVE_PHASES",
@@ -65,7 +64,6 @@ __all__ = [
     "JobStore",
     "JobStoreBase",
     "Result",
-    "error_votable",
     "uws_routes",
 ]
 
@@ -95,16 +93,21 @@ JOB_FILE = "job.json"
 _STAGING = ".incoming"
 _STAGING_MAX_AGE = 86400.0
 _RESULT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-VOTABLE_MEDIA = "application/x-votable+xml"
-UWS_MEDIA = "text/xml"
+UWS_MEDIA = XML_MEDIA
 
 
 class JobNotFoundError(RomeReaError, LookupError):
     """No job with that identifier (never created, deleted or destroyed)."""
 
+    http_status = 404
+    dali_fault = "NotFoundFault"
+
 
 class JobLimitError(InvalidRequestError):
     """The store holds its maximum number of jobs; the client should retry later."""
+
+    http_status = 503
+    dali_fault = "TransientFault"
 
 
 def _now() -> datetime:
@@ -1109,18 +1112,6 @@ def jobs_xml(jobs: Iterable[Job], jobs_url: str) -> bytes:
     return _serialize(Jobs(jobref=refs))
 
 
-def error_votable(message: str) -> bytes:
-    """A DALI error document: a VOTable with INFO QUERY_STATUS=ERROR."""
-    text = escape(_xml_text(message) or "")
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
-        '<RESOURCE type="results">\n'
-        f'<INFO name="QUERY_STATUS" value="ERROR">{text}</INFO>\n'
-        "</RESOURCE>\n</VOTABLE>\n"
-    ).encode()
-
-
 # --- HTTP binding --------------------------------------------------------------------
 
 ParamReader = Callable[[Request, Path], Awaitable[DaliParams]]
@@ -1132,12 +1123,9 @@ def _text(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="text/plain; charset=utf-8")
 
 
-def _client_error(exc: Exception) -> Response:
-    if isinstance(exc, JobNotFoundError):
-        return _text(f"{exc}\n", 404)
-    if isinstance(exc, JobLimitError):
-        return _text(f"{exc}\n", 503)
-    return _text(f"{exc}\n", 400)
+def _client_error(exc: RomeReaError) -> Response:
+    """UWS job resources answer errors as plain text, with the error's own status."""
+    return _text(f"{exc}\n", error_status(exc))
 
 
 def _flatten(params: DaliParams) -> dict[str, str]:
@@ -1239,8 +1227,7 @@ class _Endpoints:
             if phase == "RUN":
                 await run_in_threadpool(self.store.run, job.job_id)
         except RomeReaError as exc:
-            status = 503 if isinstance(exc, JobLimitError) else 400
-            return Response(error_votable(str(exc)), status_code=status, media_type=VOTABLE_MEDIA)
+            return error_response(exc)
         finally:
             if staging is not None:
                 self.store.discard_upload_dir(staging)
@@ -1366,7 +1353,7 @@ class _Endpoints:
             return _client_error(exc)
         if not job.error_message or job.phase not in ("ERROR", "ABORTED"):
             return _text(f"job {job_id} is {job.phase} and has no error\n", 404)
-        return Response(error_votable(job.error_message), media_type=VOTABLE_MEDIA)
+        return dali_error(job.error_message, 200)
 
     async def results(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
