@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..errors import InvalidRequestError
 from ..store.database import Database
 from ..store.session import QueryFailed
-from ..votable.schema import TableSchema, load_table_schema
+from ..votable.schema import ColumnSchema, TableSchema, load_table_schema
 from .datalink import BAND_LABELS, DataLinkService
 from .ids import parse_did
 from .scs import ConeSearchService
@@ -54,7 +54,7 @@ DOWNLOAD_FORMATS = (
 STYLE = """body{font-family:sans-serif;max-width:64em;margin:2em auto;padding:0 1em}
 td,th{padding:.2em .6em;text-align:left;vertical-align:top}
 table.rows tr:nth-child(even){background:#f6f6f6}code,pre{background:#f4f4f4}
-img.plot{max-width:100%;border:1px solid #ddd}.error{color:#a00}
+img.plot{max-width:100%;border:1px solid #ddd}td.star{white-space:nowrap}.error{color:#a00}
 form label{margin-right:1em}input{width:9em}"""
 
 
@@ -88,16 +88,22 @@ def search_form_html(root: str, ra: str = "", dec: str = "", radius: str = "1") 
 </form>"""
 
 
-def _format(value: object, datatype: str | None = None) -> str:
+def _format(value: object, datatype: str | None = None, unit: str | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
+        if unit == "mag":  # millimag is below any ROME error
+            return f"{value:.4f}"
         return f"{value:.7g}" if datatype == "float" else f"{value:.10g}"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _cell(value: object, col: ColumnSchema | None) -> str:
+    return _format(value, col.datatype, col.unit) if col else _format(value)
 
 
 def _number(raw: str | None, name: str, low: float, high: float, unit: str) -> float:
@@ -180,7 +186,7 @@ class StarPages:
             col = meta.get(name)
             out.append(
                 f"<tr><th><code>{_e(name)}</code></th>"
-                f"<td>{_e(_format(value, col.datatype if col else None))}</td>"
+                f"<td>{_e(_cell(value, col))}</td>"
                 f"<td>{_e(col.unit or '') if col else ''}</td>"
                 f"<td>{_e(col.description) if col else ''}</td></tr>"
             )
@@ -201,10 +207,7 @@ class StarPages:
             head.append(f'<th title="{_e(tip)}"><code>{_e(name)}</code>{unit}</th>')
         body = []
         for row in table.to_pylist():
-            cells = "".join(
-                f"<td>{_e(_format(row[n], meta[n].datatype if n in meta else None))}</td>"
-                for n in names
-            )
+            cells = "".join(f"<td>{_e(_cell(row[n], meta.get(n)))}</td>" for n in names)
             body.append(f"<tr>{cells}</tr>")
         return (
             f'<div style="overflow-x:auto"><table class="rows"><tr>{"".join(head)}</tr>'
@@ -231,8 +234,7 @@ class StarPages:
             f"<tr><th>field</th><td>{_e(field)}</td></tr>",
             f"<tr><th>field_id</th><td>{field_id}</td></tr>",
             f'<tr><th>DID</th><td><code id="did">{_e(did)}</code></td></tr>',
-            f"<tr><th>Gaia DR source_id</th><td>{_e(_format(index.get('gaia_source_id')))}"
-            "</td></tr>",
+            f"<tr><th>Gaia source_id</th><td>{_e(_format(index.get('gaia_source_id')))}</td></tr>",
             f"<tr><th>position (ICRS)</th><td>RA {_e(_format(index.get('ra')))}&deg;, "
             f"Dec {_e(_format(index.get('dec')))}&deg;</td></tr>",
             f'<tr><th>this page</th><td><a href="{_e(root + star_page_path(field, field_id))}">'
@@ -398,7 +400,7 @@ class StarPages:
         for r in table.to_pylist():
             href = root + star_page_path(r["field"], r["field_id"])
             rows.append(
-                f'<tr><td><a class="star" href="{_e(href)}">{_e(r["field"])} '
+                f'<tr><td class="star"><a class="star" href="{_e(href)}">{_e(r["field"])} '
                 f"{int(r['field_id'])}</a></td>"
                 f"<td>{_e(_format(r['ra']))}</td><td>{_e(_format(r['dec']))}</td>"
                 f"<td>{r['distance'] * 3600:.2f}</td>"
