@@ -185,12 +185,12 @@ def test_star_page_content_and_every_link_works(tap_server, authority):
         assert resp.content
 
 
-def test_datalink_lists_the_star_page_as_documentation(tap_server, authority):
+def test_datalink_lists_the_star_page(tap_server, authority):
     did = did_of(authority, 5)
     r = httpx.get(f"{tap_server}/datalink/links", params={"ID": did}, timeout=60)
     table = parse_single_table(io.BytesIO(r.content)).to_table()
-    (doc,) = table[table["semantics"] == "#documentation"]
-    assert doc["content_type"] == "text/html" and doc["local_semantics"] == "star-page"
+    (doc,) = table[table["local_semantics"] == "star-page"]
+    assert doc["semantics"] == "#auxiliary" and doc["content_type"] == "text/html"
     assert str(doc["access_url"]) == f"{tap_server}/star/{FIELD}/5"
     page = httpx.get(str(doc["access_url"]), timeout=120)
     assert page.status_code == 200 and Dom(page.text).text_by_id["did"].strip() == did

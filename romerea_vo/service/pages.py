@@ -7,7 +7,7 @@
   as VOTable, CSV, VOParquet and FITS, and TAP queries. Readable without JavaScript;
   the URL is what one sends a colleague.
 * ``GET /star?ID=<DID>``: redirects (303) to the star's page; DataLink lists that page
-  as the star's ``#documentation``.
+  as an ``#auxiliary`` link (``text/html``, local_semantics ``star-page``).
 * ``GET /search?RA=&DEC=&RADIUS=``: the landing page's cone-search form (RA, Dec in
   decimal degrees, radius in arcmin), answered by the Simple Cone Search engine (same
   selection, same MAXREC limits) as an HTML table whose rows link to the star pages.
