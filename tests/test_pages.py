@@ -269,11 +269,28 @@ def test_cone_search_overflow_and_maxrec(tap_server, field_positions):
     assert "overflow" in dom.text_by_id
 
 
+def test_cone_search_takes_sexagesimal_positions(tap_server, field_positions):
+    from astropy.coordinates import Angle
+
+    ra, dec = float(field_positions["ra"][0]), float(field_positions["dec"][0])
+    sexa = {
+        "RA": Angle(ra, "deg").to_string(unit="hourangle", sep=":", precision=4),
+        "DEC": Angle(dec, "deg").to_string(unit="deg", sep="dms", precision=3),
+    }
+
+    def stars(params):
+        r = httpx.get(f"{tap_server}/search", params={**params, "RADIUS": 0.5}, timeout=60)
+        assert r.status_code == 200, r.text
+        return [a["href"] for a in Dom(r.text).find("a") if a.get("class") == "star"]
+
+    assert stars(sexa) == stars({"RA": ra, "DEC": dec}) and stars(sexa)
+
+
 @needs_chromium
 def test_cone_form_bad_input_is_a_readable_page(tap_server, tmp_path):
     url = str(httpx.URL(f"{tap_server}/search", params={"RA": "<b>x</b>", "DEC": "-29"}))
     dom = dump_dom(url, tmp_path)
-    assert "RA = '<b>x</b>' is not a number" in dom.text_by_id["error"]
+    assert "RA = '<b>x</b>' is not a valid angle" in dom.text_by_id["error"]
     assert not dom.find("b")  # reflected input is escaped, not markup
 
 
@@ -282,10 +299,15 @@ def test_cone_form_bad_input_is_a_readable_page(tap_server, tmp_path):
     [
         ({}, "RA is missing"),
         ({"RA": "10", "DEC": "95"}, "DEC = 95 is out of range"),
+        (
+            {"RA": "25:00:00", "DEC": "0"},
+            "RA = '25:00:00' is not a valid angle (An invalid value for 'hours'",
+        ),
+        ({"RA": "10", "DEC": "12x"}, "DEC = '12x' is not a valid angle"),
         ({"RA": "10", "DEC": "-29", "RADIUS": "nan"}, "RADIUS = nan is out of range"),
         ({"RA": "10", "DEC": "-29", "RADIUS": "-1"}, "RADIUS = -1 is out of range"),
         ({"RA": "10", "DEC": "-29", "MAXREC": "x"}, "MAXREC must be"),
-        ({"RA": '"><script>alert(1)</script>', "DEC": "0"}, "is not a number"),
+        ({"RA": '"><script>alert(1)</script>', "DEC": "0"}, "is not a valid angle"),
     ],
 )
 def test_cone_search_errors(tap_server, params, needle):
@@ -293,3 +315,26 @@ def test_cone_search_errors(tap_server, params, needle):
     assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
     assert needle in html.unescape(r.text)
     assert "<script>" not in r.text
+
+
+# --- PostgreSQL + pgSphere ---
+
+
+def test_pages_on_postgresql(pg_tap_server, field_positions):
+    """The same pages over PostgreSQL (no browser needed: the HTML is the backend's only
+    difference)."""
+    field_id = int(field_positions["field_id"][0])
+    ra, dec = float(field_positions["ra"][0]), float(field_positions["dec"][0])
+    r = httpx.get(f"{pg_tap_server}/search", params={"RA": ra, "DEC": dec, "RADIUS": 0.5})
+    assert r.status_code == 200
+    stars = [a["href"] for a in Dom(r.text).find("a") if a.get("class") == "star"]
+    expected = scs_dids(pg_tap_server, ra, dec, 0.5 / 60)
+    assert [h.rsplit("/star/", 1)[1] for h in stars] == [d.rsplit("?", 1)[1] for d in expected]
+    page = httpx.get(stars[0], timeout=120)
+    assert page.status_code == 200 and "rome.lightcurve_stats" in page.text
+    assert Dom(page.text).text_by_id["did"].strip() == expected[0]
+    assert f"/star/{FIELD}/{field_id}" in stars[0]
+    (img,) = Dom(page.text).find("img", id="plot")
+    assert_png(img["src"])
+    missing = httpx.get(f"{pg_tap_server}/star/{FIELD}/99999999", timeout=60)
+    assert missing.status_code == 404 and 'id="error"' in missing.text

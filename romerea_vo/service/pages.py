@@ -9,7 +9,8 @@
 * ``GET /star?ID=<DID>``: redirects (303) to the star's page; DataLink lists that page
   as an ``#auxiliary`` link (``text/html``, local_semantics ``star-page``).
 * ``GET /search?RA=&DEC=&RADIUS=``: the landing page's cone-search form (RA, Dec in
-  decimal degrees, radius in arcmin), answered by the Simple Cone Search engine (same
+  decimal degrees or sexagesimal, RA then in hours; radius in arcmin), answered by the
+  Simple Cone Search engine (same
   selection, same MAXREC limits) as an HTML table whose rows link to the star pages.
 
 Bad input gives an HTML page saying what is wrong (400; 404 for a star that is not
@@ -24,6 +25,8 @@ import math
 from urllib.parse import quote, urlencode
 
 import pyarrow as pa
+from astropy import units as u
+from astropy.coordinates import Angle
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -81,10 +84,12 @@ def page(title: str, body: str, status: int = 200) -> HTMLResponse:
 def search_form_html(root: str, ra: str = "", dec: str = "", radius: str = "1") -> str:
     """The cone-search form (GET to ``/search``); the values shown are escaped."""
     return f"""<form method="get" action="{_e(root)}/search" id="cone-form">
-<label>RA [deg] <input name="RA" value="{_e(ra)}" required></label>
-<label>Dec [deg] <input name="DEC" value="{_e(dec)}" required></label>
+<label>RA <input name="RA" value="{_e(ra)}" required></label>
+<label>Dec <input name="DEC" value="{_e(dec)}" required></label>
 <label>radius [arcmin] <input name="RADIUS" value="{_e(radius)}" required></label>
 <button type="submit">Search</button>
+<br><small>RA and Dec (ICRS) in decimal degrees or sexagesimal (RA in hours:
+17:51:20.5 or 17h51m20.5s; Dec: -29:52:20 or -29d52m20s).</small>
 </form>"""
 
 
@@ -104,6 +109,35 @@ def _format(value: object, datatype: str | None = None, unit: str | None = None)
 
 def _cell(value: object, col: ColumnSchema | None) -> str:
     return _format(value, col.datatype, col.unit) if col else _format(value)
+
+
+def _angle(raw: str, name: str, low: float, high: float, *, hours: bool) -> float:
+    """Decimal degrees, or sexagesimal (RA in hours: ``17:51:20.5`` or ``17h51m20.5s``;
+    Dec in degrees: ``-29:52:20`` or ``-29d52m20s``)."""
+    text = (raw or "").strip()
+    if not text or _is_float(text):
+        return _number(text, name, low, high, "decimal degrees")
+    try:
+        value = float(Angle(text, unit=u.hourangle if hours else u.deg).deg)
+    except (ValueError, u.UnitsError) as exc:  # astropy says what is wrong (range, syntax)
+        example = "17:51:20.5 or 17h51m20.5s" if hours else "-29:52:20 or -29d52m20s"
+        raise InvalidRequestError(
+            f"{name} = {raw!r} is not a valid angle ({exc}): give decimal degrees or "
+            f"sexagesimal ({example})"
+        ) from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequestError(
+            f"{name} = {raw} ({value:g} degrees) is out of range: {low:g} to {high:g} degrees"
+        )
+    return value
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _number(raw: str | None, name: str, low: float, high: float, unit: str) -> float:
@@ -380,8 +414,8 @@ class StarPages:
         ra_raw, dec_raw, radius_raw = q.get("RA", ""), q.get("DEC", ""), q.get("RADIUS", "1")
         form = search_form_html(root, ra_raw, dec_raw, radius_raw)
         try:
-            ra = _number(ra_raw, "RA", 0.0, 360.0, "decimal degrees")
-            dec = _number(dec_raw, "DEC", -90.0, 90.0, "decimal degrees")
+            ra = _angle(ra_raw, "RA", 0.0, 360.0, hours=True)
+            dec = _angle(dec_raw, "DEC", -90.0, 90.0, hours=False)
             radius = _number(radius_raw, "RADIUS", 0.0, 600.0, "arcmin")
             maxrec = min(parse_maxrec(q, self.limits), PAGE_MAXREC)
             table, _, overflow = await run_in_threadpool(
