@@ -31,7 +31,7 @@ from . import vosi
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
-from .pages import StarPages, search_form_html
+from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
@@ -375,6 +375,7 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
 <a href="{links["lightcurve"]}">lightcurve (VOTable)</a>,
 <a href="{links["plot"]}">plot (PNG)</a>,
 <a href="{links["datalink"]}">DataLink links</a>,
+<a href="{html.escape(root + star_page_path(star.field, star.field_id))}">its page</a>,
 <a href="{scs}">cone search around it</a>.</p>
 """
 
