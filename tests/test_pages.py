@@ -155,6 +155,7 @@ def test_star_page_content_and_every_link_works(tap_server, authority):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     dom = Dom(r.text)
     assert dom.text_by_id["did"].strip() == did
+    assert not dom.find("script")  # plain HTML: readable without JavaScript
     for heading in ("rome.field_index", "rome.stars", "rome.lightcurve_stats"):
         assert heading in r.text
     gaia = httpx.get(
@@ -256,6 +257,7 @@ def test_cone_form_returns_star_rows(tap_server, field_positions, tmp_path):
     assert stars and len(stars) == len(expected)
     assert stars[0] == f"{tap_server}/star/{FIELD}/{int(field_positions['field_id'][0])}"
     assert [h.rsplit("/star/", 1)[1] for h in stars] == [d.rsplit("?", 1)[1] for d in expected]
+    assert not dom.find("script")
     # the form shows what was asked
     assert {i["name"]: i["value"] for i in dom.find("input")}["RADIUS"] == "0.5"
 
