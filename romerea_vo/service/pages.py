@@ -32,11 +32,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import InvalidRequestError
+from ..ids import parse_did
 from ..store.database import Database
 from ..store.session import QueryFailed
 from ..votable.schema import ColumnSchema, TableSchema, load_table_schema
 from .datalink import BAND_LABELS, DataLinkService
-from .ids import parse_did
 from .scs import ConeSearchService
 from .tap import TapLimits, parse_maxrec
 
