@@ -141,7 +141,7 @@ def test_links_single_star(tap_server, authority, bands_by_star):
     assert preview["content_type"] == "image/png"
     assert parse_qs(urlsplit(str(preview["access_url"])).query)["RESPONSEFORMAT"] == ["png"]
     aux = table[table["semantics"] == "#auxiliary"]
-    assert sorted(aux["local_semantics"]) == ["lightcurve-stats-rows", "stars-row"]
+    assert sorted(aux["local_semantics"]) == ["lightcurve-stats-rows", "star-page", "stars-row"]
     # plot and TAP queries: size unknown; lightcurves: estimated, close to the real size
     assert all(np.ma.is_masked(v) for v in table[table["semantics"] != "#this"]["content_length"])
     for row in this:
@@ -156,7 +156,8 @@ def test_links_single_star(tap_server, authority, bands_by_star):
 
 def test_auxiliary_links_are_working_tap_queries(tap_server, authority):
     table = links_table(links(tap_server, f"{authority}?{FIELD}/7"))
-    for row in table[table["semantics"] == "#auxiliary"]:
+    aux = table[table["semantics"] == "#auxiliary"]
+    for row in aux[aux["local_semantics"] != "star-page"]:  # the page: tests/test_pages.py
         r = httpx.get(str(row["access_url"]), timeout=60)
         assert r.status_code == 200, r.text[:400]
         result = parse_single_table(io.BytesIO(r.content)).to_table()

@@ -30,6 +30,7 @@ from . import vosi
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
+from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
 from .responses import XML_MEDIA, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
@@ -93,6 +94,10 @@ class TapService:
         self.lightcurves = LightcurveService(self.db, self.upload_dir, limits.upload_bytes)
         self.datalink = DataLinkService(self.db, estimate_size=self.lightcurves.estimated_size)
         self.scs = ConeSearchService(self.db, limits)
+        self.pages = StarPages(
+            self.db, self.scs, self.datalink, limits, title=config.title,
+            public_url=config.public_url,
+        )  # fmt: skip
         self.public_url: str | None = config.public_url
         """Root URL of the service: the configured one, else as the last request named it.
         Async jobs (which have no request) use it for their DataLink service descriptors."""
@@ -356,6 +361,7 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
 <a href="{links["lightcurve"]}">lightcurve (VOTable)</a>,
 <a href="{links["plot"]}">plot (PNG)</a>,
 <a href="{links["datalink"]}">DataLink links</a>,
+<a href="{html.escape(root + star_page_path(star.field, star.field_id))}">its page</a>,
 <a href="{scs}">cone search around it</a>.</p>
 """
 
@@ -395,6 +401,17 @@ Dec {star.dec:.6f}&deg;, DID <code>{html.escape(star.did)}</code>:
             name = f'<a href="mailto:{html.escape(meta.contact_email)}">{name}</a>'
         return f"\n<p>Contact: {name}</p>"
 
+    def _search_html(self, root: str) -> str:
+        """The landing page's cone-search form and star-page pointer (ROME stars only)."""
+        if not self.db.has_rome:
+            return ""
+        return f"""<h2>Find stars</h2>
+<p>Stars of the field index within a radius of a position, as a web page whose rows
+link to each star's page (identifiers, catalogue rows, lightcurve plot, links).
+A star's page from its DID: <code>{html.escape(root)}/star?ID=&lt;did&gt;</code>.</p>
+{search_form_html(root)}
+"""
+
     async def landing(self, request: Request) -> Response:
         root = str(request.base_url).rstrip("/")
         tap = root + "/tap"
@@ -427,7 +444,7 @@ Service-Provided</i>)</li>
 <pre>import pyvo
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
 tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
-{self._rome_html(root)}<h2>Fields</h2>
+{self._rome_html(root)}{self._search_html(root)}<h2>Fields</h2>
 <table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th>
 <th>microlensing candidates</th></tr>
 {fields}</table>
@@ -475,6 +492,9 @@ def create_app(config: ServiceConfig) -> Starlette:
             Route("/lightcurve", lightcurves.endpoint, methods=["GET", "POST"]),
             Route("/datalink/links", service.datalink.endpoint, methods=["GET", "POST"]),
             Route("/scs", service.scs.endpoint, methods=["GET", "POST"]),
+            Route("/star", service.pages.resolve),
+            Route("/star/{field}/{field_id}", service.pages.star),
+            Route("/search", service.pages.search),
         ]
 
     @contextlib.asynccontextmanager

@@ -8,8 +8,10 @@ duplicates dropped, all rows of one ID consecutive):
   ``rome.lightcurve_stats``); ``content_qualifier`` is ``#timeseries`` (the IVOA
   product-type vocabulary, written relative as DataLink 1.1 asks);
 * ``#preview``: a PNG plot of every band;
-* ``#auxiliary``: sync TAP queries for the star's rows in ``rome.stars`` and (when it
-  has any) ``rome.lightcurve_stats`` and ``rome.microlensing_candidates``;
+* ``#auxiliary``: the star's web page (``/star/<field>/<field_id>``, ``text/html``,
+  local_semantics ``star-page``) and sync TAP queries for the star's rows in
+  ``rome.stars`` and (when it has any) ``rome.lightcurve_stats`` and
+  ``rome.microlensing_candidates``;
 * a star with a point-lens fit also gets a ``#preview`` of its lightcurve with the model
   (``MODEL=pspl``).
 
@@ -435,6 +437,12 @@ class DataLinkService:
                     row(ident, semantics, access_url=url, description=description,
                         content_type=ctype, content_qualifier=qualifier,
                         local_semantics=local, content_length=length)  # fmt: skip
+            # "#documentation" (datalink/core since 2019) would fit better, but the
+            # validators in use (STILTS 3.4.7 datalinklint) still reject it as unknown.
+            row(ident, "#auxiliary", content_type="text/html",
+                access_url=f"{base_url}/star/{quote(field, safe='')}/{field_id}",
+                description=f"Web page of {star}: identifiers, catalogue rows, lightcurve "
+                "plot and links", local_semantics="star-page")  # fmt: skip
             where = f"field = '{field}' AND field_id = {field_id}"
             aux = [("rome.stars", "stars-row", "Catalogue row (positions, photometry, Gaia)")]
             if any(n is not None for n in good):
