@@ -244,35 +244,13 @@ _REMOTE_FORMATS = {"votable": "votable", "ascii.csv": "csv", "fits": "fits", "pn
 
 def _http_get(url: str, params: list[tuple[str, str]]) -> bytes:
     """GET ``url?params``; a DALI error document or an HTTP failure raises RomeReaError."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
+    from .client import ServiceClient
 
-    full = f"{url}?{urllib.parse.urlencode(params)}"
+    client = ServiceClient(url, name="the romerea-vo service")
     try:
-        with urllib.request.urlopen(full, timeout=120) as resp:
-            return resp.read()
-    except urllib.error.HTTPError as err:
-        body = err.read()
-        raise RomeReaError(_dali_message(body) or f"{url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise RomeReaError(f"cannot reach {url}: {reason}") from None
-
-
-def _dali_message(body: bytes) -> str | None:
-    """The QUERY_STATUS=ERROR text of a DALI error document, if ``body`` is one."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    for el in root.iter():
-        is_info = el.tag.rsplit("}", 1)[-1] == "INFO" and el.get("name") == "QUERY_STATUS"
-        if is_info and el.get("value") == "ERROR":
-            return (el.text or "").strip() or "the service reported an error"
-    return None
+        return client.get("", params)
+    finally:
+        client.close()
 
 
 def _tap_rows(base: str, query: str) -> list[dict[str, str]]:

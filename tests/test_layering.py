@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "romerea_vo"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},
-    {"ids", "catalogue_files", "plotting"},  # shared leaves
+    {"ids", "catalogue_files", "client", "plotting"},  # shared leaves
     {"products"},
     {"adql"},
     {"votable"},

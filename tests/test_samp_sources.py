@@ -12,6 +12,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io.votable import parse_single_table
 
+from romerea_vo.client import is_loopback_host
 from romerea_vo.errors import InvalidRequestError, RomeReaError
 from romerea_vo.products import open_field
 from romerea_vo.samp import sources
@@ -20,7 +21,6 @@ from romerea_vo.samp.sources import (
     ServiceSource,
     SourceError,
     StarId,
-    is_loopback_host,
     open_source,
 )
 

@@ -10,19 +10,17 @@ positions into :class:`StarId` s, and stars into the lightcurve VOTables that
   service's own code, so they are byte for byte what the service would send.
 * :class:`ServiceSource`: a running romerea-vo service (``--service URL``): TAP sync
   queries on ``rome.field_index`` (positions in one ``TAP_UPLOAD`` join per batch) and
-  ``/lightcurve`` for the documents. Plain ``urllib``; loopback services bypass proxies.
+  ``/lightcurve`` for the documents, through `romerea_vo.client` (timeouts, retries, no
+  proxy for loopback services, the service's own error text).
 """
 
 from __future__ import annotations
 
 import io
-import ipaddress
-import json
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..client import ServiceClient, ServiceError
 from ..errors import InvalidRequestError, RomeReaError, StarNotFoundError
 from ..ids import make_did, parse_did
 from ..products import open_field
 from ..products.reader import Field
+from ..votable.formats import VOTABLE_MEDIA
 
 __all__ = [
     "MAX_URL_LENGTH",
@@ -42,7 +42,6 @@ __all__ = [
     "SourceError",
     "StarId",
     "StarSource",
-    "is_loopback_host",
     "open_source",
 ]
 
@@ -68,19 +67,6 @@ class StarId:
     did: str
     ra: float
     dec: float
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def _lightcurve_url(
@@ -364,30 +350,6 @@ class LocalSource(StarSource):
 # --------------------------------------------------------------------------- service
 
 
-def _opener_for(url: str) -> urllib.request.OpenerDirector:
-    """urllib's default opener, without proxies for loopback hosts."""
-    host = urllib.parse.urlsplit(url).hostname
-    if is_loopback_host(host):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener()
-
-
-def _multipart(fields: Mapping[str, str], files: Mapping[str, bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
-        out.write(value.encode() + b"\r\n")
-    for name, data in files.items():
-        out.write(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{name}.vot"\r\nContent-Type: application/x-votable+xml\r\n\r\n'.encode()
-        )
-        out.write(data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 def _votable_status(body: bytes) -> tuple[str | None, str]:
     """(QUERY_STATUS value, its text) from a VOTable's RESOURCE-level INFOs."""
     from astropy.io.votable import parse
@@ -404,19 +366,6 @@ def _votable_status(body: bytes) -> tuple[str | None, str]:
     return status, text.strip()
 
 
-def _error_text(body: bytes) -> str:
-    try:
-        _, text = _votable_status(body)
-        if text:
-            return text
-    except Exception:
-        pass
-    try:
-        return json.loads(body)["detail"]
-    except Exception:
-        return body[:300].decode("utf-8", "replace").strip()
-
-
 class ServiceSource(StarSource):
     """Stars and lightcurves from a running romerea-vo service (TAP + /lightcurve)."""
 
@@ -430,36 +379,30 @@ class ServiceSource(StarSource):
             raise InvalidRequestError(f"service URL {url!r} is not an http(s) URL")
         self.service_url = base
         self.timeout = timeout
-        self._opener = _opener_for(base)
+        self._client = ServiceClient(base, timeout=timeout, name="the romerea-vo service")
         self._authority: str | None = None
+
+    def close(self) -> None:
+        self._client.close()
 
     # ----- HTTP
 
-    def _post(self, path: str, body: bytes, content_type: str) -> bytes:
-        url = self.service_url + path
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    def _post(self, path: str, data, files=None) -> bytes:
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = _error_text(exc.read())
-            raise SourceError(f"{url} answered HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SourceError(f"cannot reach the romerea-vo service at {url}: {reason}") from None
+            return self._client.post(path, data, files)
+        except ServiceError as exc:
+            raise SourceError(str(exc)) from None
 
     def _tap(self, adql: str, *, maxrec: int, uploads: Mapping[str, bytes] | None = None):
         """Run a TAP sync query; (astropy Table, overflowed)."""
         from astropy.io.votable import parse
 
         fields = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": adql, "MAXREC": str(maxrec)}
+        files = None
         if uploads:
             fields["UPLOAD"] = ";".join(f"{name},param:{name}" for name in uploads)
-            body, ctype = _multipart(fields, uploads)
-        else:
-            body = urllib.parse.urlencode(fields).encode()
-            ctype = "application/x-www-form-urlencoded"
-        data = self._post("/tap/sync", body, ctype)
+            files = {n: (f"{n}.vot", data, VOTABLE_MEDIA) for n, data in uploads.items()}
+        data = self._post("/tap/sync", fields, files)
         try:
             status, text = _votable_status(data)
             if status == "ERROR":
@@ -580,8 +523,7 @@ class ServiceSource(StarSource):
             raise InvalidRequestError("no stars to send lightcurves of")
         params = [("ID", s.did) for s in dict.fromkeys(stars)] + [("QUALITY", quality)]
         params.append(("RESPONSEFORMAT", fmt))
-        body = urllib.parse.urlencode(params).encode()
-        return self._post("/lightcurve", body, "application/x-www-form-urlencoded")
+        return self._post("/lightcurve", params)
 
 
 def open_source(

@@ -33,8 +33,9 @@ from ..catalogue_files import (
     find_position_columns,
     position_arrays,
 )
+from ..client import is_loopback_host
 from ..errors import RomeReaError
-from .sources import StarId, StarSource, is_loopback_host
+from .sources import StarId, StarSource
 
 __all__ = [
     "RefusedURL",

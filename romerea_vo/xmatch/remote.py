@@ -30,6 +30,7 @@ import pyarrow as pa
 from astropy.coordinates import angular_separation
 from astropy.table import Column, MaskedColumn, Table, vstack
 
+from ..client import ServiceClient, failure_reason
 from ..errors import InvalidRequestError, RomeReaError
 from ..votable.writer import FieldSpec, write_votable
 from .local import (
@@ -74,49 +75,16 @@ class _Overflow(Exception):
     pass
 
 
-def _session(timeout: float):
-    import requests
-
-    class TimeoutSession(requests.Session):
-        """A requests session with a default timeout on every request (pyvo sets none)."""
-
-        def request(self, method, url, **kwargs):
-            if kwargs.get("timeout") is None:
-                kwargs["timeout"] = timeout
-            return super().request(method, url, **kwargs)
-
-    return TimeoutSession()
-
-
-def _reason(exc: BaseException) -> tuple[str, bool]:
-    """A one-line reason for a pyvo/requests failure, and whether it means unreachable."""
-    import requests
-
-    cause = getattr(exc, "cause", None) or exc.__cause__ or exc
-    if isinstance(cause, requests.exceptions.ConnectTimeout):
-        return "no connection within the timeout", True
-    if isinstance(cause, requests.exceptions.Timeout):
-        return "no answer within the timeout", False
-    if isinstance(cause, requests.exceptions.ConnectionError):
-        text = str(cause)
-        if "Connection refused" in text or "Failed to establish" in text:
-            return "cannot connect (connection refused)", True
-        return f"connection failed ({text.splitlines()[0][:200]})", False
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500], False
-
-
 class TapClient:
     """pyvo's TAPService with a per-request timeout, sync (default) or async queries."""
 
     def __init__(self, url: str, *, timeout: float = 300.0, use_async: bool = False):
-        import pyvo
-
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
         self.use_async = use_async
-        self.session = _session(self.timeout)
-        self.service = pyvo.dal.TAPService(self.url, session=self.session)
+        self._client = ServiceClient(self.url, timeout=self.timeout, name="the TAP service")
+        self.session = self._client.session
+        self.service = self._client.tap()
 
     def close(self) -> None:
         self.session.close()
@@ -142,10 +110,10 @@ class TapClient:
         except _Overflow:
             raise
         except (pyvo.dal.DALServiceError, pyvo.dal.DALQueryError, pyvo.dal.DALFormatError) as exc:
-            reason, unreachable = _reason(exc)
+            reason, unreachable = failure_reason(exc)
             raise RemoteError(reason, unreachable=unreachable) from None
         except Exception as exc:  # a malformed answer (e.g. not a VOTable at all)
-            reason, unreachable = _reason(exc)
+            reason, unreachable = failure_reason(exc)
             raise RemoteError(reason, unreachable=unreachable) from None
 
 
