@@ -557,7 +557,15 @@ def _serve(
     import uvicorn
 
     from .service.app import ServiceConfig, create_app
-    from .service.workers import check_config, listening_socket, serve_workers
+    from .service.workers import GRACEFUL_SHUTDOWN, check_config, listening_socket, serve_workers
+
+    class _StoppingServer(uvicorn.Server):
+        """Tells the service it is stopping as soon as a signal comes, so that requests
+        still reading an upload give up instead of holding the shutdown up."""
+
+        def handle_exit(self, sig, frame) -> None:
+            self.service.stopping.set()
+            super().handle_exit(sig, frame)
 
     config = ServiceConfig(
         db_path=db_path,
@@ -590,7 +598,12 @@ def _serve(
     bridge = _InProcessBridge(url, quiet) if samp else None
     if bridge is not None:
         bridge.start()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = _StoppingServer(
+        uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
+        )
+    )
+    server.service = app.state.service
     try:
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
             server.run(sockets=[sock])

@@ -8,6 +8,8 @@ import html
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +110,8 @@ class TapService:
                 "new database file"
             )
         self.engine = TapEngine(self.db, config.limits)
+        self.stopping = threading.Event()
+        """Set when the server begins to stop: uploads still being read give up."""
         self.started = dt.datetime.now(dt.UTC)
         self._own_work_dir = config.work_dir is None
         self.work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="romerea-vo-"))
@@ -191,7 +195,14 @@ class TapService:
         try:
             params = await self.read_params(request, scratch)
             session = await run_in_threadpool(self.db.session)
-            prepared = await run_in_threadpool(self.engine.prepare, params, session, scratch)
+            prepared = await run_in_threadpool(
+                self.engine.prepare,
+                params,
+                session,
+                scratch,
+                deadline=time.monotonic() + self.config.limits.sync_execution_duration,
+                cancelled=self.stopping.is_set,
+            )
             result = await run_in_threadpool(
                 self.engine.execute,
                 prepared,
@@ -224,7 +235,12 @@ class TapService:
         session = self.db.session()
         token.on_cancel(session.interrupt)
         try:
-            prepared = self.engine.prepare(params, session, job.directory)
+            prepared = self.engine.prepare(
+                params,
+                session,
+                job.directory,
+                cancelled=lambda: token.is_set() or self.stopping.is_set(),
+            )
             # cancel=token: an ABORT that came while the query was being prepared (before
             # the interrupt could reach the engine) still stops it.
             result = self.engine.execute(
@@ -501,6 +517,7 @@ def create_app(config: ServiceConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        service.stopping.set()
         if lightcurve_jobs is not None:
             lightcurve_jobs.close()
         service.close()
