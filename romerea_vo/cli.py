@@ -551,12 +551,17 @@ def _serve(
     next_steps: bool = False,
     samp: bool = False,
     quiet: bool = False,
+    limits: dict[str, int] | None = None,
 ) -> int:
     """Serve ``db_path`` until Ctrl-C; ``next_steps`` (demo) prints the SAMP command and
-    an example star, ``samp`` runs the SAMP bridge in this process too."""
+    an example star, ``samp`` runs the SAMP bridge in this process too; ``limits``
+    overrides `TapLimits` fields."""
+    import dataclasses
+
     import uvicorn
 
     from .service.app import ServiceConfig, create_app
+    from .service.tap import TapLimits
     from .service.workers import GRACEFUL_SHUTDOWN, check_config, listening_socket, serve_workers
 
     class _StoppingServer(uvicorn.Server):
@@ -573,6 +578,7 @@ def _serve(
         jobs_db=jobs_db,
         public_url=public_url.rstrip("/") if public_url else None,
         max_workers=job_threads,
+        limits=dataclasses.replace(TapLimits(), **(limits or {})),
     )
     check_config(config, workers)
     # several workers each build the app in their own process (serve_workers)
@@ -699,6 +705,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_db=args.jobs_db,
         public_url=args.public_url,
         job_threads=args.job_threads,
+        limits={
+            "jobs_per_client": args.jobs_per_client,
+            "results_quota_bytes": args.results_quota,
+            "job_result_bytes": args.job_result_limit,
+            "upload_columns": args.upload_columns,
+        },
     )
 
 
@@ -790,6 +802,38 @@ def cmd_xmatch(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------
 
 
+def _byte_size(text: str) -> int:
+    """``20GiB``, ``500 MB``, ``1048576``: a byte count for argparse."""
+    try:
+        value = int(text) if text.strip().isdigit() else u.Quantity(text).to_value(u.byte)
+    except (ValueError, TypeError, u.UnitsError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 20GiB, 500MB or a number of bytes)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(value)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative whole number")
+    return int(text)
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("limits (0 = none)")
+    g.add_argument("--jobs-per-client", type=_count, default=100, metavar="N",
+                   help="async jobs one client address may hold (default %(default)s)")  # fmt: skip
+    g.add_argument("--results-quota", type=_byte_size, default=20 * 2**30, metavar="SIZE",
+                   help="disk space for all async results (default 20GiB); beyond it a "
+                   "client's oldest COMPLETED jobs are deleted, else new jobs refused")  # fmt: skip
+    g.add_argument("--job-result-limit", type=_byte_size, default=2 * 2**30, metavar="SIZE",
+                   help="largest result of one async job (default 2GiB)")  # fmt: skip
+    g.add_argument("--upload-columns", type=_count, default=1000, metavar="N",
+                   help="columns an uploaded table may have (default %(default)s)")  # fmt: skip
+
+
 def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any)")
@@ -877,6 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-url", metavar="URL", help="the URL clients reach the service at "
                    "(behind a reverse proxy), used in async results' links")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _limit_args(p)
     _listen_args(p)
     p.set_defaults(func=cmd_serve)
 

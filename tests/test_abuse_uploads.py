@@ -371,3 +371,126 @@ def test_connects_to_the_checked_address(two_servers, tmp_path):
         allowed_hosts=(f"localhost:{port}",),
     )
     assert path.read_bytes() == b"id\n2\n"
+
+
+# --- item 5: async quotas, for both job stores ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def abuse_jobs_db(request) -> str:
+    pg_cluster = request.getfixturevalue("pg_cluster")  # skips without PostgreSQL
+    return pg_cluster.create_database("romerea_abuse_jobs")
+
+
+@pytest.fixture(params=["memory", "postgresql"])
+def make_store(request, tmp_path):
+    """A job store factory of each kind (the PostgreSQL one emptied first)."""
+    from romerea_vo.service.uws import JobStore
+    from tests.test_uws import Calls, make_runner
+
+    stores = []
+
+    def make(**kwargs):
+        if request.param == "memory":
+            store = JobStore(tmp_path / "jobs", make_runner(Calls()), **kwargs)
+        else:
+            import psycopg
+
+            from romerea_vo.service.uws_pg import PostgresJobStore
+
+            conninfo = request.getfixturevalue("abuse_jobs_db")
+            with psycopg.connect(conninfo, autocommit=True) as con:
+                if con.execute("SELECT to_regclass('romerea_uws.jobs')").fetchone()[0]:
+                    con.execute("TRUNCATE romerea_uws.jobs, romerea_uws.workers")
+            store = PostgresJobStore(conninfo, tmp_path / "jobs", make_runner(Calls()), **kwargs)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def _complete(store, job_id):
+    store.run(job_id)
+    job = store.wait(job_id, 30)
+    while job.phase in ("QUEUED", "EXECUTING"):
+        job = store.wait(job_id, 30)
+    assert job.phase == "COMPLETED", job.error_message
+    return job
+
+
+def test_jobs_per_client_limit_over_http(make_store):
+    """793 creations by one client filled the service's 1,000 jobs for everyone; now one
+    address holds at most its quota (3 here) and others still get theirs."""
+    from starlette.applications import Starlette
+
+    from romerea_vo.service.uws import uws_routes
+    from tests.test_params import running_server
+
+    store = make_store(max_jobs_per_client=3, max_wait=10)
+    app = Starlette(routes=uws_routes(store, prefix="/tap/async"))
+    with running_server(app) as base, httpx.Client(timeout=30) as client:
+        url = f"{base}/tap/async"
+        created = []
+        for i in range(3):
+            r = client.post(url, data={"LANG": "ADQL", "QUERY": f"ROWS {i}"})
+            assert r.status_code == 303, r.text
+            created.append(r.headers["location"])
+        r = client.post(url, data={"LANG": "ADQL", "QUERY": "ROWS 9"})
+        assert r.status_code == 429
+        assert int(r.headers["Retry-After"]) > 0
+        assert "client 127.0.0.1 holds 3 async jobs, the limit per client" in dali_error(r)
+        # another address is not affected (Linux routes all of 127/8 to loopback)
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(timeout=30, transport=other) as neighbour:
+            r = neighbour.post(url, data={"LANG": "ADQL", "QUERY": "ROWS 1"})
+            assert r.status_code == 303, r.text
+        # deleting a job frees a place
+        assert client.delete(created[0]).status_code in (200, 303)
+        r = client.post(url, data={"LANG": "ADQL", "QUERY": "ROWS 9"})
+        assert r.status_code == 303, r.text
+        # the address is not published in the job document
+        assert "127.0.0.1" not in client.get(r.headers["location"]).text.split("<uws:results")[0]
+
+
+def test_results_quota_evicts_the_clients_oldest_completed_jobs(make_store):
+    store = make_store(max_result_bytes=1, max_jobs_per_client=0)
+    first = _complete(store, store.create({"QUERY": "ROWS 100"}, client="10.0.0.1").job_id)
+    assert first.results[0].size > 0
+    # another client cannot evict what it does not own: refused, with the reason
+    with pytest.raises(InvalidRequestError, match="fill the service's quota of 1 bytes"):
+        store.create({"QUERY": "ROWS 1"}, client="10.0.0.2")
+    # the owner's new job evicts its oldest COMPLETED job
+    second = store.create({"QUERY": "ROWS 1"}, client="10.0.0.1")
+    assert [j.job_id for j in store.list()] == [second.job_id]
+    assert not first.directory.exists()
+
+
+def test_async_result_larger_than_the_job_limit_ends_in_error(tap_db, tmp_path):
+    from romerea_vo.service.app import ServiceConfig, create_app
+    from romerea_vo.service.tap import TapLimits
+
+    from .conftest import LiveServer
+
+    limits = TapLimits(default_maxrec=5000, hard_maxrec=50_000, job_result_bytes=20_000)
+    app = create_app(ServiceConfig(db_path=tap_db, work_dir=tmp_path, limits=limits))
+    live = LiveServer(app)
+    try:
+        with httpx.Client(timeout=60) as client:
+            r = client.post(
+                f"{live.url}/tap/async",
+                data={"LANG": "ADQL", "QUERY": "SELECT * FROM rome.field_index", "PHASE": "RUN"},
+            )
+            assert r.status_code == 303, r.text
+            job_url = r.headers["location"]
+            phase = client.get(f"{job_url}/phase").text.strip()
+            while phase in ("PENDING", "QUEUED", "EXECUTING"):  # UWS blocking wait
+                client.get(job_url, params={"WAIT": 30, "PHASE": phase})
+                phase = client.get(f"{job_url}/phase").text.strip()
+            assert phase == "ERROR"
+            error = client.get(f"{job_url}/error").text
+            assert "exceeds 20000 bytes, the limit for one async job" in error
+            assert not list((tmp_path / "jobs").glob("*/result.*"))
+    finally:
+        live.stop()

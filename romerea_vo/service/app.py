@@ -134,6 +134,8 @@ class TapService:
             max_execution_duration=limits.hard_execution_duration,
             default_destruction=dt.timedelta(seconds=limits.default_retention),
             max_destruction=dt.timedelta(seconds=limits.hard_retention),
+            max_jobs_per_client=limits.jobs_per_client,
+            max_result_bytes=limits.results_quota_bytes,
         )
         self.jobs: JobStoreBase
         if config.jobs_db:  # last: a shared store may start queued jobs at once
@@ -248,8 +250,19 @@ class TapService:
             )
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
+            cap = self.config.limits.job_result_bytes
+            written = 0
             with path.open("wb") as fh:
                 for chunk in result.chunks:
+                    written += len(chunk)
+                    if cap and written > cap:
+                        result.close()
+                        fh.close()
+                        path.unlink(missing_ok=True)
+                        raise InvalidRequestError(
+                            f"the result exceeds {cap} bytes, the limit for one async job; "
+                            "lower MAXREC or select fewer columns"
+                        )
                     fh.write(chunk)
             if result.error:
                 raise QueryCancelled(result.error)
@@ -504,6 +517,8 @@ def create_app(config: ServiceConfig) -> Starlette:
                 max_execution_duration=limits.hard_execution_duration,
                 default_destruction=dt.timedelta(seconds=limits.default_retention),
                 max_destruction=dt.timedelta(seconds=limits.hard_retention),
+                max_jobs_per_client=limits.jobs_per_client,
+                max_result_bytes=limits.results_quota_bytes,
             )
             routes += uws_routes(
                 lightcurve_jobs, read_params=service.read_params, prefix="/lightcurve/async"

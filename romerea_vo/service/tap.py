@@ -64,6 +64,13 @@ class TapLimits:
     intranet data server; every redirect hop is checked against the same rule."""
     remote_upload_seconds: int = 120
     """Time allowed for fetching one remote upload."""
+    jobs_per_client: int = 100
+    """Async jobs one client address may hold (0: no limit); beyond: 429, Retry-After."""
+    job_result_bytes: int = 2 * 2**30
+    """Largest result of one async job (0: no limit); a larger one ends the job in ERROR."""
+    results_quota_bytes: int = 20 * 2**30
+    """All async results held (0: no limit); beyond it a client's new job first evicts
+    its own oldest COMPLETED jobs, else is refused (503, Retry-After)."""
 
 
 def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
