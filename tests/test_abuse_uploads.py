@@ -386,7 +386,8 @@ def abuse_jobs_db(request) -> str:
 def make_store(request, tmp_path):
     """A job store factory of each kind (the PostgreSQL one emptied first)."""
     from romerea_vo.service.uws import JobStore
-    from tests.test_uws import Calls, make_runner
+
+    from .test_uws import Calls, make_runner
 
     stores = []
 
@@ -426,7 +427,8 @@ def test_jobs_per_client_limit_over_http(make_store):
     from starlette.applications import Starlette
 
     from romerea_vo.service.uws import uws_routes
-    from tests.test_params import running_server
+
+    from .test_params import running_server
 
     store = make_store(max_jobs_per_client=3, max_wait=10)
     app = Starlette(routes=uws_routes(store, prefix="/tap/async"))
@@ -494,3 +496,25 @@ def test_async_result_larger_than_the_job_limit_ends_in_error(tap_db, tmp_path):
             assert not list((tmp_path / "jobs").glob("*/result.*"))
     finally:
         live.stop()
+
+
+def test_existing_job_schema_gets_the_client_column(request, tmp_path):
+    """A job database made before per-client quotas is brought up to date on start."""
+    import psycopg
+
+    from romerea_vo.service.uws_pg import PostgresJobStore
+
+    from .test_uws import Calls, make_runner
+
+    conninfo = request.getfixturevalue("abuse_jobs_db")
+    PostgresJobStore(conninfo, tmp_path / "a", make_runner(Calls())).close()
+    with psycopg.connect(conninfo, autocommit=True) as con:
+        con.execute("TRUNCATE romerea_uws.jobs, romerea_uws.workers")
+        con.execute("ALTER TABLE romerea_uws.jobs DROP COLUMN client")
+    store = PostgresJobStore(conninfo, tmp_path / "b", make_runner(Calls()), max_jobs_per_client=1)
+    try:
+        store.create({"QUERY": "ROWS 1"}, client="10.0.0.3")
+        with pytest.raises(InvalidRequestError, match="holds 1 async jobs"):
+            store.create({"QUERY": "ROWS 1"}, client="10.0.0.3")
+    finally:
+        store.close()
