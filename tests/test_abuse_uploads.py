@@ -518,3 +518,45 @@ def test_existing_job_schema_gets_the_client_column(request, tmp_path):
             store.create({"QUERY": "ROWS 1"}, client="10.0.0.3")
     finally:
         store.close()
+
+
+def test_fits_declaring_more_data_than_it_holds(tmp_path):
+    """The FITS form of the nrows bomb: a header declaring 10^8 rows of 1 kB."""
+    import numpy as np
+    from astropy.io import fits
+
+    path = tmp_path / "bomb.fits"
+    hdu = fits.BinTableHDU.from_columns([fits.Column("s", "1000A", array=np.array([b"x"]))])
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"NAXIS2  =")
+    raw[at : at + 80] = f"{'NAXIS2':8}= {100_000_000:>20}".ljust(80).encode()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InvalidRequestError, match="declares 100000000000 bytes of FITS data"):
+        read_upload_table("f", path, max_rows=10**9)
+
+
+def test_engine_stops_reading_uploads_when_cancelled(tap_db, tmp_path):
+    """What a stopping server or an ABORTed job does to a query still reading uploads."""
+    from romerea_vo.service.params import DaliParams
+    from romerea_vo.service.tap import TapEngine
+    from romerea_vo.store import Database
+
+    path = tmp_path / "t.vot"
+    path.write_bytes(wide_votable(3))
+    params = DaliParams(
+        values={"LANG": ["ADQL"], "QUERY": ["SELECT * FROM TAP_UPLOAD.t"], "UPLOAD": ["t,param:t"]},
+        files={"t": path},
+    )
+    db = Database(tap_db)
+    try:
+        engine = TapEngine(db)
+        with db.session() as session:
+            with pytest.raises(InvalidRequestError, match="reading upload 't' was aborted"):
+                engine.prepare(params, session, tmp_path, cancelled=lambda: True)
+            with pytest.raises(InvalidRequestError, match="longer than the execution duration"):
+                engine.prepare(params, session, tmp_path, deadline=time.monotonic() - 1)
+            prepared = engine.prepare(params, session, tmp_path, deadline=time.monotonic() + 600)
+            assert "tap_upload_" in prepared.sql
+    finally:
+        db.close()

@@ -228,6 +228,20 @@ def _check_columns(name: str, n: int, guard: UploadGuard) -> None:
         )
 
 
+def _check_fits_size(name: str, header, path: Path) -> None:
+    """Refuse an HDU declaring more data than the file holds: astropy allocates the
+    declared size before reading."""
+    declared = abs(int(header.get("BITPIX", 8))) // 8
+    for k in range(1, int(header.get("NAXIS", 0)) + 1):
+        declared *= int(header.get(f"NAXIS{k}", 0))
+    declared += int(header.get("PCOUNT", 0))
+    if declared > path.stat().st_size:
+        raise InvalidRequestError(
+            f"upload {name!r} declares {declared} bytes of FITS data but the file has "
+            f"{path.stat().st_size} bytes"
+        )
+
+
 def _csv_columns(path: Path) -> int:
     with path.open("rb") as fh:
         header = fh.readline(2**20)
@@ -256,6 +270,7 @@ def read_upload_table(
                 with fits.open(path, memmap=False) as hdul:
                     hdu = hdul[1 if len(hdul) > 1 else 0]
                     _check_columns(name, int(hdu.header.get("TFIELDS", 0)), guard)
+                    _check_fits_size(name, hdu.header, path)
                     if int(hdu.header.get("NAXIS2", 0)) > max_rows:
                         raise InvalidRequestError(
                             f"upload {name!r} declares {hdu.header['NAXIS2']} rows; "
