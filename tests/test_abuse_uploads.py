@@ -4,6 +4,7 @@ each asserts on behaviour (the error, the memory taken, a limit reached), never 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import os
@@ -560,3 +561,31 @@ def test_engine_stops_reading_uploads_when_cancelled(tap_db, tmp_path):
             assert "tap_upload_" in prepared.sql
     finally:
         db.close()
+
+
+def test_a_server_dripping_bytes_is_cut_at_the_fetch_time_limit(tmp_path):
+    """Each read has a socket timeout; a server sending a byte now and then must still
+    not hold the fetch beyond its time limit (1 s here; the server never finishes)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip():
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.05):
+                conn.sendall(b"X-Slow: y\r\n")
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(InvalidRequestError, match="took longer than the 1 s allowed"):
+            fetch_remote_upload("t", f"http://127.0.0.1:{port}/t.csv", tmp_path / "x",
+                                max_bytes=2**20, allow_private=False,
+                                allowed_hosts=(f"127.0.0.1:{port}",), max_time=1)  # fmt: skip
+    finally:
+        stop.set()
+        thread.join(30)
+        listener.close()

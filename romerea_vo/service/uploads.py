@@ -3,10 +3,12 @@ Arrow tables."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import re
 import socket
+import threading
 import time
 import urllib.parse
 import warnings
@@ -379,12 +381,19 @@ def fetch_remote_upload(
                 shown = url if url == uri else f"{url} (redirected from {uri})"
                 address = _public_address(parsed.hostname, port, shown, allowed)
             conn = _connection(parsed, address, timeout)
+            # The socket timeout bounds each read, not a server that drips bytes: at the
+            # deadline the socket is shut down, which ends a blocked read.
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (conn,))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 target = parsed.path or "/"
                 if parsed.query:
                     target += "?" + parsed.query
                 conn.request("GET", target, headers={"User-Agent": "romerea-vo"})
                 resp = conn.getresponse()
+                if time.monotonic() >= deadline:  # cut by the watchdog
+                    raise TimeoutError
                 if resp.status in _REDIRECTS:
                     location = resp.getheader("Location")
                     if not location:
@@ -398,8 +407,11 @@ def fetch_remote_upload(
                         f"upload {name!r}: {url} answered HTTP {resp.status} {resp.reason}"
                     )
                 _download(name, url, resp, dest, max_bytes, deadline)
+                if time.monotonic() >= deadline:
+                    raise TimeoutError
                 return dest
             finally:
+                watchdog.cancel()
                 conn.close()
         raise InvalidRequestError(
             f"upload {name!r}: {uri} redirects more than {MAX_REDIRECTS} times"
@@ -409,7 +421,18 @@ def fetch_remote_upload(
         raise
     except (OSError, ValueError, http.client.HTTPException) as exc:
         dest.unlink(missing_ok=True)
+        if time.monotonic() >= deadline:
+            raise InvalidRequestError(
+                f"upload {name!r}: fetching {url} took longer than the {max_time:g} s allowed"
+            ) from None
         raise InvalidRequestError(f"upload {name!r}: cannot fetch {url}: {exc}") from None
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _download(name, url, resp, dest: Path, max_bytes: int, deadline: float) -> None:
@@ -424,7 +447,5 @@ def _download(name, url, resp, dest: Path, max_bytes: int, deadline: float) -> N
             if total > max_bytes:
                 raise InvalidRequestError(f"upload {name!r} from {url} exceeds {limit}")
             if time.monotonic() > deadline:
-                raise InvalidRequestError(
-                    f"upload {name!r}: fetching {url} took longer than the time allowed"
-                )
+                raise TimeoutError  # reported with the limit by fetch_remote_upload
             out.write(chunk)
