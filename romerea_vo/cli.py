@@ -536,7 +536,15 @@ def _serve(
 
     from .service.app import create_app
     from .service.settings import configure_logging
-    from .service.workers import check_config, listening_socket, serve_workers
+    from .service.workers import GRACEFUL_SHUTDOWN, check_config, listening_socket, serve_workers
+
+    class _StoppingServer(uvicorn.Server):
+        """Tells the service it is stopping as soon as a signal comes, so that requests
+        still reading an upload give up instead of holding the shutdown up."""
+
+        def handle_exit(self, sig, frame) -> None:
+            self.service.stopping.set()
+            super().handle_exit(sig, frame)
 
     configure_logging(log_level)
     check_config(config, workers)
@@ -563,7 +571,12 @@ def _serve(
     bridge = _InProcessBridge(url, quiet) if samp else None
     if bridge is not None:
         bridge.start()
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    server = _StoppingServer(
+        uvicorn.Config(
+            app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
+        )
+    )
+    server.service = app.state.service
     try:
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
             server.run(sockets=[sock])
@@ -630,6 +643,13 @@ def cmd_ingest_catalog(args: argparse.Namespace) -> int:
 _SERVE_FLAGS = ("db", "host", "port", "workers", "job_threads", "work_dir", "jobs_db",
                 "public_url", "log_level")  # fmt: skip
 """``serve`` flags that override the [service] keys of the same name in ``--config``."""
+_LIMIT_FLAGS = {
+    "jobs_per_client": "jobs_per_client",
+    "results_quota_bytes": "results_quota",
+    "job_result_bytes": "job_result_limit",
+    "upload_columns": "upload_columns",
+}
+"""[limits] keys and the ``serve`` flags that override them."""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -644,6 +664,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = {**dataclasses.asdict(settings.service), **overrides}
         checked = settings_from_dict({"service": server}, source="command line")
         settings.service = checked.service
+    limits = {k: getattr(args, f) for k, f in _LIMIT_FLAGS.items() if getattr(args, f) is not None}
+    if limits:
+        checked = settings_from_dict(
+            {"limits": {**dataclasses.asdict(settings.limits), **limits}}, source="command line"
+        )
+        settings.limits = checked.limits
     server = settings.service
     dirs = [Path(d) for d in args.field_dirs]
     if server.db and is_postgres_url(server.db):
@@ -758,6 +784,38 @@ def cmd_xmatch(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------
 
 
+def _byte_size(text: str) -> int:
+    """``20GiB``, ``500 MB``, ``1048576``: a byte count for argparse."""
+    try:
+        value = int(text) if text.strip().isdigit() else u.Quantity(text).to_value(u.byte)
+    except (ValueError, TypeError, u.UnitsError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 20GiB, 500MB or a number of bytes)"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(value)
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative whole number")
+    return int(text)
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("limits (0 = none)")
+    g.add_argument("--jobs-per-client", type=_count, metavar="N",
+                   help="async jobs one client address may hold (default 100)")  # fmt: skip
+    g.add_argument("--results-quota", type=_byte_size, metavar="SIZE",
+                   help="disk space for all async results (default 20GiB); beyond it a "
+                   "client's oldest COMPLETED jobs are deleted, else new jobs refused")  # fmt: skip
+    g.add_argument("--job-result-limit", type=_byte_size, metavar="SIZE",
+                   help="largest result of one async job (default 2GiB)")  # fmt: skip
+    g.add_argument("--upload-columns", type=_count, metavar="N",
+                   help="columns an uploaded table may have (default 1000)")  # fmt: skip
+
+
 def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any)")
@@ -852,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 = any)")
+    _limit_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="summarise a field directory")

@@ -12,6 +12,8 @@ class RomeReaError(Exception):
 
     http_status: int = 500
     dali_fault: str = "FatalFault"
+    retry_after: int | None = None
+    """Seconds after which the request may succeed (HTTP Retry-After), if it may."""
 
 
 class FieldFormatError(RomeReaError):

@@ -8,6 +8,8 @@ import html
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -81,6 +83,8 @@ class TapService:
                 "new database file"
             )
         self.engine = TapEngine(self.db, config.limits)
+        self.stopping = threading.Event()
+        """Set when the server begins to stop: uploads still being read give up."""
         self.started = dt.datetime.now(dt.UTC)
         self._own_work_dir = config.work_dir is None
         self.work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="romerea-vo-"))
@@ -107,6 +111,8 @@ class TapService:
             max_execution_duration=limits.hard_execution_duration,
             default_destruction=dt.timedelta(seconds=limits.default_retention),
             max_destruction=dt.timedelta(seconds=limits.hard_retention),
+            max_jobs_per_client=limits.jobs_per_client,
+            max_result_bytes=limits.results_quota_bytes,
         )
         self.jobs: JobStoreBase
         if config.jobs_db:  # last: a shared store may start queued jobs at once
@@ -168,7 +174,14 @@ class TapService:
         try:
             params = await self.read_params(request, scratch)
             session = await run_in_threadpool(self.db.session)
-            prepared = await run_in_threadpool(self.engine.prepare, params, session, scratch)
+            prepared = await run_in_threadpool(
+                self.engine.prepare,
+                params,
+                session,
+                scratch,
+                deadline=time.monotonic() + self.config.limits.sync_execution_duration,
+                cancelled=self.stopping.is_set,
+            )
             result = await run_in_threadpool(
                 self.engine.execute,
                 prepared,
@@ -197,7 +210,12 @@ class TapService:
         session = self.db.session()
         token.on_cancel(session.interrupt)
         try:
-            prepared = self.engine.prepare(params, session, job.directory)
+            prepared = self.engine.prepare(
+                params,
+                session,
+                job.directory,
+                cancelled=lambda: token.is_set() or self.stopping.is_set(),
+            )
             # cancel=token: an ABORT that came while the query was being prepared (before
             # the interrupt could reach the engine) still stops it.
             result = self.engine.execute(
@@ -205,8 +223,19 @@ class TapService:
             )
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
+            cap = self.config.limits.job_result_bytes
+            written = 0
             with path.open("wb") as fh:
                 for chunk in result.chunks:
+                    written += len(chunk)
+                    if cap and written > cap:
+                        result.close()
+                        fh.close()
+                        path.unlink(missing_ok=True)
+                        raise InvalidRequestError(
+                            f"the result exceeds {cap} bytes, the limit for one async job; "
+                            "lower MAXREC or select fewer columns"
+                        )
                     fh.write(chunk)
             if result.error:
                 raise QueryCancelled(result.error)
@@ -484,6 +513,8 @@ def create_app(config: ServiceConfig) -> Starlette:
                 max_execution_duration=limits.hard_execution_duration,
                 default_destruction=dt.timedelta(seconds=limits.default_retention),
                 max_destruction=dt.timedelta(seconds=limits.hard_retention),
+                max_jobs_per_client=limits.jobs_per_client,
+                max_result_bytes=limits.results_quota_bytes,
             )
             routes += uws_routes(
                 lightcurve_jobs, read_params=service.read_params, prefix="/lightcurve/async"
@@ -500,6 +531,7 @@ def create_app(config: ServiceConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        service.stopping.set()
         if lightcurve_jobs is not None:
             lightcurve_jobs.close()
         service.close()

@@ -60,7 +60,8 @@ def error_response(
         message = str(exc)
         if fault_prefix and not message.startswith(exc.dali_fault):
             message = f"{exc.dali_fault}: {message}"
-        return dali_error(message, exc.http_status, infos=infos)
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return dali_error(message, exc.http_status, infos=infos, headers=retry)
     log.exception("request failed")
     message = f"internal error: {type(exc).__name__}: {exc}"
     if fault_prefix:

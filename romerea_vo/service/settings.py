@@ -200,6 +200,10 @@ def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
 
 
 def _typed(value: Any, hint: Any, where: str, source: str) -> Any:
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a TOML array of strings
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{source}: {where} must be an array of strings, not {value!r}")
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     allowed = tuple(t for t in allowed if t is not type(None))
     for kind in allowed:
@@ -268,6 +272,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON's string escapes are a subset of TOML's
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as a TOML value")
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 import itertools
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from .datalink import attach_descriptor
 from .params import DaliParams, parse_upload_param
 from .photometry import photometry_query, photometry_rows, requested_stars
 from .spatial_joins import SpatialJoinRunner
-from .uploads import UploadColumn, fetch_remote_upload, read_upload_table
+from .uploads import UploadColumn, UploadGuard, fetch_remote_upload, read_upload_table
 
 LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
 
@@ -51,11 +51,26 @@ class TapLimits:
     hard_retention: int = 30 * 86400
     upload_bytes: int = 100 * 2**20
     upload_rows: int = 5_000_000
+    upload_columns: int = 1000
+    upload_cell_bytes: int = 2**16
+    """Longest value in an uploaded table (TD text; declared arraysize x item size)."""
     remote_uploads: bool = True
     """Fetch UPLOAD=name,http(s)://... tables (TAP 1.1 requires upload-http)."""
     remote_upload_private_hosts: bool = False
     """Also fetch from loopback/private addresses (off: a client must not make the
     service probe hosts only it can reach)."""
+    remote_upload_allowed_hosts: tuple[str, ...] = ()
+    """Hosts (``name`` or ``name:port``) fetched from although they are not public, e.g. an
+    intranet data server; every redirect hop is checked against the same rule."""
+    remote_upload_seconds: int = 120
+    """Time allowed for fetching one remote upload."""
+    jobs_per_client: int = 100
+    """Async jobs one client address may hold (0: no limit); beyond: 429, Retry-After."""
+    job_result_bytes: int = 2 * 2**30
+    """Largest result of one async job (0: no limit); a larger one ends the job in ERROR."""
+    results_quota_bytes: int = 20 * 2**30
+    """All async results held (0: no limit); beyond it a client's new job first evicts
+    its own oldest COMPLETED jobs, else is refused (503, Retry-After)."""
 
 
 def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
@@ -140,10 +155,31 @@ class TapEngine:
 
     # --- uploads ----------------------------------------------------------------------
 
+    def upload_guard(
+        self, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> UploadGuard:
+        """The configured bounds on one uploaded table."""
+        return UploadGuard(
+            max_rows=self.limits.upload_rows,
+            max_columns=self.limits.upload_columns,
+            max_cell_bytes=self.limits.upload_cell_bytes,
+            deadline=deadline,
+            cancelled=cancelled,
+        )
+
     def register_uploads(
-        self, params: DaliParams, session: Session, scratch: Path | None
+        self,
+        params: DaliParams,
+        session: Session,
+        scratch: Path | None,
+        *,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[Catalog, dict[str, dict[str, UploadColumn]]]:
-        """Read the UPLOAD tables and register them on ``session`` as TAP_UPLOAD.<name>."""
+        """Read the UPLOAD tables and register them on ``session`` as TAP_UPLOAD.<name>;
+        reading stops with InvalidRequestError at ``deadline`` (`time.monotonic`) or when
+        ``cancelled()`` turns true."""
+        guard = self.upload_guard(deadline, cancelled)
         pairs = parse_upload_param(
             params.getall("UPLOAD"), params.files, allow_remote=self.limits.remote_uploads
         )
@@ -162,8 +198,10 @@ class TapEngine:
                     scratch / f"remote-{secrets.token_hex(6)}",
                     max_bytes=self.limits.upload_bytes,
                     allow_private=self.limits.remote_upload_private_hosts,
+                    allowed_hosts=tuple(self.limits.remote_upload_allowed_hosts),
+                    max_time=self.limits.remote_upload_seconds,
                 )
-            table, meta = read_upload_table(name, path, max_rows=self.limits.upload_rows)
+            table, meta = read_upload_table(name, path, max_rows=guard.max_rows, guard=guard)
             physical = f"tap_upload_{secrets.token_hex(6)}"
             # No xtype here: the values are plain strings/numbers in DuckDB; the
             # uploader's xtype/unit/UCD are put back on result FIELDs instead.
@@ -203,9 +241,14 @@ class TapEngine:
         params: DaliParams,
         session: Session,
         scratch: Path | None = None,
+        *,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> PreparedQuery:
         query, maxrec, fmt = self.check_query_params(params)
-        catalog, uploads = self.register_uploads(params, session, scratch)
+        catalog, uploads = self.register_uploads(
+            params, session, scratch, deadline=deadline, cancelled=cancelled
+        )
         photometry_tree = photometry_query(query)
         if photometry_tree is not None:
             catalog = self._with_photometry(catalog, photometry_tree, session, maxrec)

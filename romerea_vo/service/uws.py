@@ -104,10 +104,18 @@ class JobNotFoundError(RomeReaError, LookupError):
 
 
 class JobLimitError(InvalidRequestError):
-    """The store holds its maximum number of jobs; the client should retry later."""
+    """The store holds its maximum number of jobs (or of result bytes); the client should
+    retry later (HTTP 503 with Retry-After)."""
 
     http_status = 503
     dali_fault = "TransientFault"
+    retry_after = 60
+
+
+class ClientQuotaError(JobLimitError):
+    """This client holds its maximum number of jobs (HTTP 429 with Retry-After)."""
+
+    http_status = 429
 
 
 def _now() -> datetime:
@@ -156,6 +164,8 @@ class Job:
     phase: str = "PENDING"
     run_id: str | None = None
     owner: str | None = None
+    client: str | None = None
+    """The address that created the job (per-client quotas; not shown in UWS documents)."""
     start_time: datetime | None = None
     end_time: datetime | None = None
     execution_duration: int = 0
@@ -209,6 +219,7 @@ class Job:
             "phase": self.phase,
             "run_id": self.run_id,
             "owner": self.owner,
+            "client": self.client,
             "creation_time": self.creation_time.isoformat(),
             "start_time": self.start_time.isoformat() if self.start_time else None,
             "end_time": self.end_time.isoformat() if self.end_time else None,
@@ -240,6 +251,7 @@ class Job:
             phase=data["phase"],
             run_id=data.get("run_id"),
             owner=data.get("owner"),
+            client=data.get("client"),
             start_time=when("start_time"),
             end_time=when("end_time"),
             execution_duration=int(data.get("execution_duration", 0)),
@@ -346,6 +358,7 @@ class JobStoreBase(abc.ABC):
         files: Mapping[str, Path] | None = None,
         *,
         owner: str | None = None,
+        client: str | None = None,
         execution_duration: int | None = None,
         destruction: datetime | None = None,
     ) -> Job:
@@ -353,6 +366,9 @@ class JobStoreBase(abc.ABC):
 
         ``UPLOAD`` is checked against the files; ``RUNID`` sets the run id; the
         execution duration and destruction time are clamped as by their setters.
+        Raises JobLimitError when the store is full (jobs, or result bytes even after
+        evicting ``client``'s oldest COMPLETED jobs), ClientQuotaError when ``client``
+        holds ``max_jobs_per_client`` jobs.
         """
         files = dict(files or {})
         duration = (
@@ -372,6 +388,7 @@ class JobStoreBase(abc.ABC):
                     f"the service holds its maximum of {self.max_jobs} jobs; "
                     "delete finished jobs or try again later"
                 )
+        self._check_quotas(client)
         job_id = secrets.token_urlsafe(12)
         while job_id.startswith("-"):
             job_id = secrets.token_urlsafe(12)
@@ -392,6 +409,7 @@ class JobStoreBase(abc.ABC):
                 execution_duration=duration,
                 run_id=params.get("RUNID"),
                 owner=owner,
+                client=client,
                 parameters=params,
                 files=moved,
             )
@@ -399,6 +417,47 @@ class JobStoreBase(abc.ABC):
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
+
+    def _check_quotas(self, client: str | None) -> None:
+        """Refuse a new job of ``client`` beyond its job quota; beyond the result-bytes
+        quota, delete ``client``'s oldest COMPLETED jobs first, then refuse."""
+        if client is not None and self.max_jobs_per_client:
+            held = self._client_jobs(client)
+            if len(held) >= self.max_jobs_per_client:
+                raise ClientQuotaError(
+                    f"client {client} holds {len(held)} async jobs, the limit per client; "
+                    "delete finished jobs (DELETE on the job URL) or try again later"
+                )
+        if not self.max_result_bytes:
+            return
+        used = self._result_bytes()
+        if used >= self.max_result_bytes and client is not None:
+            for job in self._client_jobs(client):
+                if used < self.max_result_bytes:
+                    break
+                if job.phase != "COMPLETED" or not job.results:
+                    continue
+                with contextlib.suppress(JobNotFoundError):
+                    self.delete(job.job_id)
+                    used -= sum(r.size for r in job.results)
+                    log.info(
+                        "deleted job %s of %s: the results of async jobs exceed their quota",
+                        job.job_id,
+                        client,
+                    )
+        if used >= self.max_result_bytes:
+            raise JobLimitError(
+                "the results of async jobs fill the service's quota of "
+                f"{self.max_result_bytes} bytes; delete finished jobs or try again later"
+            )
+
+    @abc.abstractmethod
+    def _client_jobs(self, client: str) -> list[Job]:
+        """The jobs ``client`` created (all workers' for a shared store), oldest first."""
+
+    @abc.abstractmethod
+    def _result_bytes(self) -> int:
+        """Total size of the results of all jobs held."""
 
     @abc.abstractmethod
     def _job_count(self) -> int:
@@ -487,8 +546,13 @@ class JobStoreBase(abc.ABC):
         max_jobs: int,
         max_wait: float,
         sweep_interval: float,
+        max_jobs_per_client: int = 100,
+        max_result_bytes: int = 0,
     ) -> None:
-        """The settings every store has (the constructors' keyword arguments)."""
+        """The settings every store has (the constructors' keyword arguments);
+        ``max_jobs_per_client`` and ``max_result_bytes``: 0 = no limit."""
+        self.max_jobs_per_client = max_jobs_per_client
+        self.max_result_bytes = max_result_bytes
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.runner = runner
@@ -611,6 +675,8 @@ class JobStore(JobStoreBase):
         max_jobs: int = 1000,
         max_wait: float = 60.0,
         sweep_interval: float = 60.0,
+        max_jobs_per_client: int = 100,
+        max_result_bytes: int = 0,
     ) -> None:
         self._set_limits(
             root,
@@ -622,6 +688,8 @@ class JobStore(JobStoreBase):
             max_jobs=max_jobs,
             max_wait=max_wait,
             sweep_interval=sweep_interval,
+            max_jobs_per_client=max_jobs_per_client,
+            max_result_bytes=max_result_bytes,
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -708,6 +776,15 @@ class JobStore(JobStoreBase):
 
     def _job_count(self) -> int:
         return len(self._jobs)
+
+    def _client_jobs(self, client: str) -> list[Job]:
+        with self._lock:
+            jobs = [j.copy() for j in self._jobs.values() if j.client == client]
+        return sorted(jobs, key=lambda j: j.creation_time)
+
+    def _result_bytes(self) -> int:
+        with self._lock:
+            return sum(r.size for j in self._jobs.values() for r in j.results)
 
     def _add(self, job: Job) -> Job:
         with self._lock:
@@ -1125,7 +1202,10 @@ def _text(body: str, status: int = 200) -> Response:
 
 def _client_error(exc: RomeReaError) -> Response:
     """UWS job resources answer errors as plain text, with the error's own status."""
-    return _text(f"{exc}\n", error_status(exc))
+    response = _text(f"{exc}\n", error_status(exc))
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _flatten(params: DaliParams) -> dict[str, str]:
@@ -1220,6 +1300,7 @@ class _Endpoints:
                     self.store.create,
                     _flatten(params),
                     params.files,
+                    client=request.client.host if request.client else None,
                     execution_duration=seconds,
                     destruction=when,
                 )

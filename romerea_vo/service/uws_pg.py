@@ -105,6 +105,7 @@ _DDL = [
         phase text NOT NULL,
         run_id text,
         owner text,
+        client text,
         creation_time timestamptz NOT NULL,
         start_time timestamptz,
         end_time timestamptz,
@@ -128,6 +129,7 @@ _DDL = [
     "CREATE INDEX jobs_executing ON romerea_uws.jobs (worker_id) WHERE phase = 'EXECUTING'",
     "CREATE INDEX jobs_destruction ON romerea_uws.jobs (destruction)",
     "CREATE INDEX jobs_creation ON romerea_uws.jobs (creation_time)",
+    "CREATE INDEX jobs_client ON romerea_uws.jobs (client, creation_time)",
     """CREATE TABLE romerea_uws.workers (
         worker_id text PRIMARY KEY,
         lock_key integer NOT NULL,
@@ -139,6 +141,15 @@ _DDL = [
     "CREATE SEQUENCE romerea_uws.worker_keys AS integer MINVALUE 1 CYCLE",
     f"INSERT INTO romerea_uws.meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
 ]
+
+
+_ADD_CLIENT = """DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'romerea_uws'
+                   AND table_name = 'jobs' AND column_name = 'client') THEN
+        ALTER TABLE romerea_uws.jobs ADD COLUMN client text;
+        CREATE INDEX jobs_client ON romerea_uws.jobs (client, creation_time);
+    END IF;
+END $$"""
 
 
 class JobDatabaseError(JobLimitError):
@@ -204,6 +215,8 @@ def ensure_schema(conninfo: str) -> None:
             row = conn.execute(
                 "SELECT value FROM romerea_uws.meta WHERE key = 'schema_version'"
             ).fetchone()
+            if row is not None and row[0] == SCHEMA_VERSION:
+                conn.execute(_ADD_CLIENT)  # schemas made before per-client quotas
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as exc:
             raise JobDatabaseError(
@@ -295,6 +308,8 @@ class PostgresJobStore(JobStoreBase):
         max_jobs: int = 1000,
         max_wait: float = 60.0,
         sweep_interval: float = 60.0,
+        max_jobs_per_client: int = 100,
+        max_result_bytes: int = 0,
         heartbeat_interval: float = 1.0,
         stale_after: float = 15.0,
         poll_interval: float = 2.0,
@@ -311,6 +326,8 @@ class PostgresJobStore(JobStoreBase):
             max_jobs=max_jobs,
             max_wait=max_wait,
             sweep_interval=sweep_interval,
+            max_jobs_per_client=max_jobs_per_client,
+            max_result_bytes=max_result_bytes,
         )
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
@@ -391,6 +408,7 @@ class PostgresJobStore(JobStoreBase):
             phase=row["phase"],
             run_id=row["run_id"],
             owner=row["owner"],
+            client=row.get("client"),
             start_time=row["start_time"],
             end_time=row["end_time"],
             execution_duration=row["execution_duration"],
@@ -424,13 +442,14 @@ class PostgresJobStore(JobStoreBase):
     def _add(self, job: Job) -> Job:
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, creation_time,"
-                " execution_duration, destruction, parameters, files)"
-                " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, client,"
+                " creation_time, execution_duration, destruction, parameters, files)"
+                " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job.job_id,
                     job.run_id,
                     job.owner,
+                    job.client,
                     job.creation_time,
                     job.execution_duration,
                     job.destruction,
@@ -445,6 +464,22 @@ class PostgresJobStore(JobStoreBase):
         with self._tx() as cur:
             cur.execute("SELECT count(*) AS n FROM romerea_uws.jobs")
             return cur.fetchone()["n"]
+
+    def _client_jobs(self, client: str) -> list[Job]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT * FROM romerea_uws.jobs WHERE client = %s ORDER BY creation_time",
+                (client,),
+            )
+            return [self._job(row) for row in cur.fetchall()]
+
+    def _result_bytes(self) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT coalesce(sum((r->>'size')::bigint), 0) AS n"
+                " FROM romerea_uws.jobs, jsonb_array_elements(results) AS r"
+            )
+            return int(cur.fetchone()["n"])
 
     def update_parameters(
         self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
