@@ -1,4 +1,5 @@
-"""Publisher DIDs of stars: ``<authority>?<field>/<field_id>``."""
+"""Publisher DIDs of stars, ``<authority>?<field>/<field_id>``, and of one star's
+lightcurve in one band (an ObsCore row), ``<authority>?<field>/<field_id>/<band>``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from ..errors import InvalidRequestError
 
 _FIELD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+BANDS = ("gp", "rp", "ip")
 
 
 def make_did(authority: str, field: str, field_id: int) -> str:
@@ -34,3 +36,20 @@ def parse_did(did: str, authority: str) -> tuple[str, int]:
             "positive integer field_id"
         )
     return field, int(ident)
+
+
+def parse_any_did(did: str, authority: str) -> tuple[str, int, str | None]:
+    """``(field, field_id, band)`` of a star's DID (band None) or of one of its per-band
+    lightcurve DIDs (``.../<field_id>/<band>``, as in ``ivoa.obscore``); InvalidRequestError
+    as :func:`parse_did` says, or for an unknown band."""
+    text = did.strip()
+    head, sep, last = text.rpartition("/")
+    if sep and last and not last.isdigit() and head.startswith(authority + "?"):
+        if last not in BANDS:
+            raise InvalidRequestError(
+                f"malformed ID {did!r}: {last!r} is not a ROME band (gp, rp or ip)"
+            )
+        field, field_id = parse_did(head, authority)
+        return field, field_id, last
+    field, field_id = parse_did(text, authority)
+    return field, field_id, None

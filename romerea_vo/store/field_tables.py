@@ -7,6 +7,7 @@ the file lacks (older pyDANDIA eras) becomes NULL rather than an error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -220,10 +221,121 @@ def _table_rows(name: str, table, field: Field) -> pa.Table:
     )
 
 
+SINISTRO_PIXEL_SCALE = 0.389
+"""Arcsec per pixel of LCO's Sinistro cameras: converts pyDANDIA's FWHM (pixels) to seeing."""
+
+MJD_OFFSET = 2400000.5
+
+OBSCORE_CONSTANTS = {
+    "dataproduct_type": "timeseries",
+    # ObsCore 1.1 section 4.2: level 3 = science-ready products derived from many calibrated
+    # observations (the lightcurve combines photometry from ~2,000 images); level 2 would be
+    # one calibrated observation.
+    "calib_level": 3,
+    "obs_collection": "ROME/REA",
+    "access_format": "application/x-votable+xml;content=datalink",
+    "o_ucd": "phot.mag",
+    "facility_name": "LCO 1 m network",
+    "instrument_name": "Sinistro",
+    "em_xel": 1,
+}
+"""ivoa.obscore values that are the same on every row."""
+
+LIGHTCURVE_HEADER_BYTES = 9000
+LIGHTCURVE_POINT_BYTES = 110
+"""Size model of a band's lightcurve document (BINARY2, the era-E columns) for
+access_estsize: measured on synthetic fields; the DataLink content_length is exact-er."""
+
+
+def band_did(star_did: str, band: str) -> str:
+    """The publisher DID of one star's lightcurve in one band: the star's DID + /<band>."""
+    return f"{star_did}/{band}"
+
+
+def obscore_table(field: Field, tables: dict[str, pa.Table]) -> pa.Table:
+    """The ``ivoa.obscore`` rows of a field: one per row of its lightcurve_stats (a star
+    and band with good points), from the field's other tables."""
+    stats = tables["lightcurve_stats"]
+    index = tables["field_index"]
+    images = tables["images"]
+    n = stats.num_rows
+    ids = index.column("field_id").to_numpy()
+    order = np.argsort(ids)
+    sid = stats.column("field_id").to_numpy()
+    rows = order[np.searchsorted(ids, sid, sorter=order)] if n else np.empty(0, np.int64)
+    band = np.asarray(stats.column("filter").to_pylist(), dtype=object)
+    n_good = stats.column("n_good").to_numpy(zero_copy_only=False).astype(np.int64)
+    im_filter = np.asarray(images.column("filter").to_pylist(), dtype=object)
+
+    def per_band(column: str) -> dict[str, float]:
+        values = images.column(column).to_numpy(zero_copy_only=False).astype(float)
+        out = {}
+        for b in layout.FILTERS:
+            v = values[(im_filter == b) & np.isfinite(values) & (values > 0)]
+            out[b] = float(np.median(v)) if v.size else np.nan
+        return out
+
+    def by_band(table: dict[str, float]) -> np.ndarray:
+        return np.array([table.get(b, np.nan) for b in band], dtype=float)
+
+    seeing = by_band({b: v * SINISTRO_PIXEL_SCALE for b, v in per_band("fwhm").items()})
+    exposure = by_band(per_band("exposure"))
+    em_min = by_band({b: v[0] for b, v in layout.BANDPASSES.items()})
+    em_max = by_band({b: v[1] for b, v in layout.BANDPASSES.items()})
+    ra = index.column("ra").to_numpy(zero_copy_only=False)[rows]
+    dec = index.column("dec").to_numpy(zero_copy_only=False)[rows]
+    star_did = np.asarray(index.column("did").to_pylist(), dtype=object)[rows]
+    dids = [band_did(d, b) for d, b in zip(star_did, band, strict=True)]
+    quoted = [quote(d, safe="") for d in star_did]
+    fov = 2 * seeing / 3600.0
+    region = [
+        f"CIRCLE ICRS {a:.7f} {d:.7f} {r:.7f}" if np.isfinite(r) else None
+        for a, d, r in zip(ra, dec, fov / 2, strict=True)
+    ]
+    values = {
+        "obs_id": [f"{field.name}/{i}/{b}" for i, b in zip(sid, band, strict=True)],
+        "obs_publisher_did": dids,
+        "access_url": [f"datalink/links?ID={quote(d, safe='')}" for d in dids],
+        "access_estsize": np.ceil(
+            (LIGHTCURVE_HEADER_BYTES + LIGHTCURVE_POINT_BYTES * n_good) / 1024
+        ).astype(np.int64),
+        "target_name": _constant(field.name, n),
+        "s_ra": ra,
+        "s_dec": dec,
+        "s_fov": _column(fov, "double", null=~np.isfinite(fov)),
+        "s_region": pa.array(region, pa.string()),
+        "s_resolution": _column(seeing, "double", null=~np.isfinite(seeing)),
+        "t_min": stats.column("hjd_first").to_numpy(zero_copy_only=False) - MJD_OFFSET,
+        "t_max": stats.column("hjd_last").to_numpy(zero_copy_only=False) - MJD_OFFSET,
+        "t_exptime": _column(exposure * n_good, "double", null=~np.isfinite(exposure)),
+        "t_resolution": _column(exposure, "double", null=~np.isfinite(exposure)),
+        "t_xel": n_good,
+        "em_min": em_min,
+        "em_max": em_max,
+        "em_res_power": (em_min + em_max) / 2 / (em_max - em_min),
+        "preview": [
+            f"lightcurve?ID={q}&BAND={b}&RESPONSEFORMAT=png"
+            for q, b in zip(quoted, band, strict=True)
+        ],
+    }
+    schema = load_table_schema("obscore")
+
+    def get(name: str):
+        if name in OBSCORE_CONSTANTS:
+            return pa.array([OBSCORE_CONSTANTS[name]] * n, ARROW_TYPES[schema.by_name[name].datatype])
+        value = values.get(name)
+        if isinstance(value, list):
+            return pa.array(value, pa.string())
+        return value
+
+    return _build(schema, n, get)
+
+
 def field_tables(field: Field, *, authority: str, progress: bool = False) -> dict[str, pa.Table]:
-    """Every ``rome`` table's rows for one field, keyed by table name."""
+    """Every published table's rows for one field (the ``rome`` tables and
+    ``ivoa.obscore``), keyed by table name."""
     passed = field_statistics(field, progress=progress)
-    return {
+    tables = {
         "field_index": field_index_table(field, authority),
         "stars": stars_table(field),
         "datasets": datasets_table(field),
@@ -233,6 +345,8 @@ def field_tables(field: Field, *, authority: str, progress: bool = False) -> dic
         "lightcurve_stats": _table_rows("lightcurve_stats", passed.stats, field),
         "microlensing_candidates": _table_rows("microlensing_candidates", passed.candidates, field),
     }
+    tables["obscore"] = obscore_table(field, tables)
+    return tables
 
 
 def ingest_summary(field: str, tables: dict[str, pa.Table]) -> dict:
