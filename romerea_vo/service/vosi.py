@@ -202,9 +202,10 @@ def _table_element(parent: ET.Element, table: TableSchema, detail: bool, nrows: 
             _sub(c, "ucd", col.ucd)
         if col.utype:
             _sub(c, "utype", col.utype)
-        if col.xtype:
-            _sub(c, "xtype", col.xtype)
-        dtype = _sub(c, "dataType", col.datatype, arraysize=col.arraysize)
+        # VODataService 1.1 (what validators hold) has no xtype element: extendedType
+        dtype = _sub(
+            c, "dataType", col.datatype, arraysize=col.arraysize, extendedType=col.xtype
+        )
         dtype.set(XSI_TYPE, "vs:VOTableType")
         for flag, on in (("indexed", col.indexed), ("principal", col.principal)):
             if on:
