@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..lightcurves import field_statistics
 from ..products import layout
@@ -247,14 +248,15 @@ LIGHTCURVE_POINT_BYTES = 110
 access_estsize: measured on synthetic fields; the DataLink content_length is exact-er."""
 
 
-def band_did(star_did: str, band: str) -> str:
-    """The publisher DID of one star's lightcurve in one band: the star's DID + /<band>."""
-    return f"{star_did}/{band}"
+def _join(*parts) -> pa.Array:
+    """Element-wise string concatenation of arrays and str constants (NULL if any is)."""
+    return pc.binary_join_element_wise(*parts, "")
 
 
-def obscore_table(field: Field, tables: dict[str, pa.Table]) -> pa.Table:
+def obscore_table(field: Field, tables: dict[str, pa.Table], authority: str) -> pa.Table:
     """The ``ivoa.obscore`` rows of a field: one per row of its lightcurve_stats (a star
-    and band with good points), from the field's other tables."""
+    and band with good points), from the field's other tables (vectorised: a 400,000-star
+    field has ~1.2 million rows)."""
     stats = tables["lightcurve_stats"]
     index = tables["field_index"]
     images = tables["images"]
@@ -263,11 +265,18 @@ def obscore_table(field: Field, tables: dict[str, pa.Table]) -> pa.Table:
     order = np.argsort(ids)
     sid = stats.column("field_id").to_numpy()
     rows = order[np.searchsorted(ids, sid, sorter=order)] if n else np.empty(0, np.int64)
-    band = np.asarray(stats.column("filter").to_pylist(), dtype=object)
+    band_arr = stats.column("filter").combine_chunks().cast(pa.string())
+    band = band_arr.to_numpy(zero_copy_only=False)
     n_good = stats.column("n_good").to_numpy(zero_copy_only=False).astype(np.int64)
-    im_filter = np.asarray(images.column("filter").to_pylist(), dtype=object)
+    im_filter = images.column("filter").to_numpy(zero_copy_only=False)
 
-    def per_band(column: str) -> dict[str, float]:
+    def by_band(per_band: dict[str, float]) -> np.ndarray:
+        out = np.full(n, np.nan)
+        for b, v in per_band.items():
+            out[band == b] = v
+        return out
+
+    def median_per_band(column: str) -> dict[str, float]:
         values = images.column(column).to_numpy(zero_copy_only=False).astype(float)
         out = {}
         for b in layout.FILTERS:
@@ -275,35 +284,34 @@ def obscore_table(field: Field, tables: dict[str, pa.Table]) -> pa.Table:
             out[b] = float(np.median(v)) if v.size else np.nan
         return out
 
-    def by_band(table: dict[str, float]) -> np.ndarray:
-        return np.array([table.get(b, np.nan) for b in band], dtype=float)
-
-    seeing = by_band({b: v * SINISTRO_PIXEL_SCALE for b, v in per_band("fwhm").items()})
-    exposure = by_band(per_band("exposure"))
+    seeing = by_band({b: v * SINISTRO_PIXEL_SCALE for b, v in median_per_band("fwhm").items()})
+    exposure = by_band(median_per_band("exposure"))
     em_min = by_band({b: v[0] for b, v in layout.BANDPASSES.items()})
     em_max = by_band({b: v[1] for b, v in layout.BANDPASSES.items()})
     ra = index.column("ra").to_numpy(zero_copy_only=False)[rows]
     dec = index.column("dec").to_numpy(zero_copy_only=False)[rows]
-    star_did = np.asarray(index.column("did").to_pylist(), dtype=object)[rows]
-    dids = [band_did(d, b) for d, b in zip(star_did, band, strict=True)]
-    quoted = [quote(d, safe="") for d in star_did]
+    id_text = pa.array(sid, pa.int64()).cast(pa.string())
+    star = f"{authority}?{field.name}/"  # the star DIDs of ids.make_did
+    quoted = quote(star, safe="")  # the field_id digits need no quoting
     fov = 2 * seeing / 3600.0
-    region = [
-        f"CIRCLE ICRS {a:.7f} {d:.7f} {r:.7f}" if np.isfinite(r) else None
-        for a, d, r in zip(ra, dec, fov / 2, strict=True)
-    ]
+    no_fov = ~np.isfinite(fov)
+    fov_arr = _column(fov, "double", null=no_fov)
+    region = _join(
+        "CIRCLE ICRS ", pa.array(ra).cast(pa.string()), " ", pa.array(dec).cast(pa.string()),
+        " ", pc.divide(fov_arr, 2.0).cast(pa.string()),
+    )  # fmt: skip
     values = {
-        "obs_id": [f"{field.name}/{i}/{b}" for i, b in zip(sid, band, strict=True)],
-        "obs_publisher_did": dids,
-        "access_url": [f"datalink/links?ID={quote(d, safe='')}" for d in dids],
+        "obs_id": _join(f"{field.name}/", id_text, "/", band_arr),
+        "obs_publisher_did": _join(star, id_text, "/", band_arr),
+        "access_url": _join(f"datalink/links?ID={quoted}", id_text, "%2F", band_arr),
         "access_estsize": np.ceil(
             (LIGHTCURVE_HEADER_BYTES + LIGHTCURVE_POINT_BYTES * n_good) / 1024
         ).astype(np.int64),
         "target_name": _constant(field.name, n),
         "s_ra": ra,
         "s_dec": dec,
-        "s_fov": _column(fov, "double", null=~np.isfinite(fov)),
-        "s_region": pa.array(region, pa.string()),
+        "s_fov": fov_arr,
+        "s_region": region,
         "s_resolution": _column(seeing, "double", null=~np.isfinite(seeing)),
         "t_min": stats.column("hjd_first").to_numpy(zero_copy_only=False) - MJD_OFFSET,
         "t_max": stats.column("hjd_last").to_numpy(zero_copy_only=False) - MJD_OFFSET,
@@ -313,20 +321,17 @@ def obscore_table(field: Field, tables: dict[str, pa.Table]) -> pa.Table:
         "em_min": em_min,
         "em_max": em_max,
         "em_res_power": (em_min + em_max) / 2 / (em_max - em_min),
-        "preview": [
-            f"lightcurve?ID={q}&BAND={b}&RESPONSEFORMAT=png"
-            for q, b in zip(quoted, band, strict=True)
-        ],
+        "preview": _join(
+            f"lightcurve?ID={quoted}", id_text, "&BAND=", band_arr, "&RESPONSEFORMAT=png"
+        ),
     }
     schema = load_table_schema("obscore")
 
     def get(name: str):
         if name in OBSCORE_CONSTANTS:
-            return pa.array([OBSCORE_CONSTANTS[name]] * n, ARROW_TYPES[schema.by_name[name].datatype])
-        value = values.get(name)
-        if isinstance(value, list):
-            return pa.array(value, pa.string())
-        return value
+            datatype = ARROW_TYPES[schema.by_name[name].datatype]
+            return pa.repeat(pa.scalar(OBSCORE_CONSTANTS[name], datatype), n)
+        return values.get(name)
 
     return _build(schema, n, get)
 
@@ -345,7 +350,7 @@ def field_tables(field: Field, *, authority: str, progress: bool = False) -> dic
         "lightcurve_stats": _table_rows("lightcurve_stats", passed.stats, field),
         "microlensing_candidates": _table_rows("microlensing_candidates", passed.candidates, field),
     }
-    tables["obscore"] = obscore_table(field, tables)
+    tables["obscore"] = obscore_table(field, tables, authority)
     return tables
 
 
