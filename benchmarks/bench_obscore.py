@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg: a private cluster
 from bench_backends import field_dirs, serve, stop
 from bench_tap import Client, _sync, _time
 
@@ -221,9 +220,8 @@ def bench_duckdb(workdir: Path, dirs: list[Path], args) -> None:
 
 
 def bench_postgres(workdir: Path, dirs: list[Path], args) -> None:
-    from tests.pg import PgUnavailable, pg_cluster_running
-
     from romerea_vo.store.postgres import ingest_fields_pg
+    from tests.pg import PgUnavailable, pg_cluster_running
 
     try:
         ctx = pg_cluster_running()

@@ -125,9 +125,7 @@ def test_obstap_cone_rows_resolve_through_datalink(tap_server, star):
 
 
 def test_band_dids_in_datalink(tap_server, star):
-    bad = httpx.get(
-        f"{tap_server}/datalink/links", params={"ID": star["did"] + "/zp"}, timeout=30
-    )
+    bad = httpx.get(f"{tap_server}/datalink/links", params={"ID": star["did"] + "/zp"}, timeout=30)
     vot = parse_single_table(io.BytesIO(bad.content)).to_table()
     assert str(vot["error_message"][0]).startswith("UsageFault")
     stats = table_of(

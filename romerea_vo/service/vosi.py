@@ -203,9 +203,7 @@ def _table_element(parent: ET.Element, table: TableSchema, detail: bool, nrows: 
         if col.utype:
             _sub(c, "utype", col.utype)
         # VODataService 1.1 (what validators hold) has no xtype element: extendedType
-        dtype = _sub(
-            c, "dataType", col.datatype, arraysize=col.arraysize, extendedType=col.xtype
-        )
+        dtype = _sub(c, "dataType", col.datatype, arraysize=col.arraysize, extendedType=col.xtype)
         dtype.set(XSI_TYPE, "vs:VOTableType")
         for flag, on in (("indexed", col.indexed), ("principal", col.principal)):
             if on:
