@@ -142,6 +142,24 @@ def test_band_dids_in_datalink(tap_server, star):
     assert set(links["ID"]) == {f"{star['did']}/{band}"}
 
 
+@needs_stilts
+def test_band_did_links_pass_datalinklint(tap_server, star):
+    stats = table_of(
+        sync(
+            tap_server,
+            "SELECT filter FROM rome.lightcurve_stats "
+            f"WHERE field = '{FIELD}' AND field_id = {star['field_id']}",
+        )
+    )
+    ids = [f"{star['did']}/{b}" for b in stats["filter"]] + [star["did"] + "/zp"]
+    url = str(httpx.URL(f"{tap_server}/datalink/links", params=[("ID", i) for i in ids]))
+    out = subprocess.run(
+        [STILTS, "datalinklint", f"votable={url}"], capture_output=True, text=True, timeout=180
+    )
+    assert "Errors: 0;" in out.stdout and "Warnings: 0;" in out.stdout, out.stdout[-3000:]
+    assert "Failures: 0" in out.stdout, out.stdout[-3000:]
+
+
 def test_unconstrained_query_stops_at_maxrec(tap_server):
     r = sync(tap_server, "SELECT * FROM ivoa.obscore", MAXREC="25")
     vot = parse(io.BytesIO(r.content))
