@@ -1,4 +1,5 @@
-"""Publisher DIDs of stars: ``<authority>?<field>/<field_id>``.
+"""Publisher DIDs of stars, ``<authority>?<field>/<field_id>``, and of one star's
+lightcurve in one band (an ObsCore row), ``<authority>?<field>/<field_id>/<band>``.
 
 The one place the DID format is spelt out; everything that mints or reads DIDs (the
 ingest, DataLink, the lightcurve service, the SAMP bridge, cross-matching) uses these.
@@ -10,12 +11,13 @@ import re
 
 from .errors import InvalidRequestError
 
-__all__ = ["DEFAULT_AUTHORITY", "did_prefix", "make_did", "parse_did"]
+__all__ = ["BANDS", "DEFAULT_AUTHORITY", "did_prefix", "make_did", "parse_any_did", "parse_did"]
 
 DEFAULT_AUTHORITY = "ivo://romerea-vo.local/rome"
 """The IVOA authority of DIDs minted by an ingest that names none."""
 
 _FIELD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+BANDS = ("gp", "rp", "ip")
 
 
 def did_prefix(authority: str, field: str | None = None) -> str:
@@ -49,3 +51,20 @@ def parse_did(did: str, authority: str) -> tuple[str, int]:
             "positive integer field_id"
         )
     return field, int(ident)
+
+
+def parse_any_did(did: str, authority: str) -> tuple[str, int, str | None]:
+    """``(field, field_id, band)`` of a star's DID (band None) or of one of its per-band
+    lightcurve DIDs (``.../<field_id>/<band>``, as in ``ivoa.obscore``); InvalidRequestError
+    as :func:`parse_did` says, or for an unknown band."""
+    text = did.strip()
+    head, sep, last = text.rpartition("/")
+    if sep and last and not last.isdigit() and head.startswith(authority + "?"):
+        if last not in BANDS:
+            raise InvalidRequestError(
+                f"malformed ID {did!r}: {last!r} is not a ROME band (gp, rp or ip)"
+            )
+        field, field_id = parse_did(head, authority)
+        return field, field_id, last
+    field, field_id = parse_did(text, authority)
+    return field, field_id, None

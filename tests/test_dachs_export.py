@@ -72,7 +72,7 @@ def _db_rows(db_path: Path, table) -> dict[str, list]:
     try:
         cols = ", ".join(f'"{c}"' for c in table.column_names)
         order = ", ".join(f'"{c}"' for c in _sort_keys(table))
-        result = con.execute(f"SELECT {cols} FROM rome.{table.name} ORDER BY {order}")
+        result = con.execute(f"SELECT {cols} FROM {table.qualified_name} ORDER BY {order}")
         rows = result.fetchall()
     finally:
         con.close()
@@ -107,7 +107,7 @@ def test_rd_has_the_stored_rome_tables(rd):
     names = [t.get("id") for t in rd.findall("table")]
     assert names == [
         "field_index", "stars", "datasets", "images", "stamps", "dataset_stars",
-        "lightcurve_stats", "microlensing_candidates",
+        "lightcurve_stats", "microlensing_candidates", "obscore",
     ]  # fmt: skip
     # rome.photometry is virtual (read from the cubes per query): not a DaCHS table
     assert "photometry" not in names and not any("tap_schema" in n.lower() for n in names)
@@ -204,6 +204,25 @@ def test_rd_cone_service(rd, tap_db):
     finally:
         con.close()
     assert n >= 1
+
+
+def test_rd_publishes_obscore_rows_to_dachs_obscore(rd):
+    obscore = _table_el(rd, "obscore")
+    mixins = [m for m in obscore.findall("mixin") if m.text == "//obscore#publishObscoreLike"]
+    assert len(mixins) == 1
+    mixin = mixins[0]
+    # the stored paths are relative to the romerea-vo service: DaCHS gets absolute URLs
+    assert mixin.get("access_url") == "'http://127.0.0.1:8000/' || access_url"
+    assert mixin.get("preview") == "'http://127.0.0.1:8000/' || preview"
+    columns = {c.get("name") for c in obscore.findall("column")}
+    for name in ("obs_publisher_did", "s_ra", "s_dec", "t_min", "t_max", "t_xel", "em_min"):
+        assert name in columns
+    # ObsCore columns the mixin would read but the table lacks are given as NULL
+    for name in ("obs_title", "target_class", "em_ucd", "s_pixel_scale"):
+        assert name not in columns and mixin.get(name) == "NULL"
+    # without the service's URL the access URLs could not be made absolute: not declared
+    bare = ET.fromstring(resource_descriptor())
+    assert bare.find("table[@id='obscore']/mixin") is None
 
 
 def test_rd_options_q3c_and_schema():

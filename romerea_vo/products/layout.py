@@ -27,6 +27,9 @@ QUADRANTS = (1, 2, 3, 4)
 FILTERS = ("gp", "rp", "ip")
 """LCO filter names as used in DATASETS, IMAGES and dataset codes."""
 
+BANDPASSES = {"gp": (4.02e-7, 5.52e-7), "rp": (5.52e-7, 6.91e-7), "ip": (6.91e-7, 8.19e-7)}
+"""Wavelength edges (m) of the SDSS g', r', i' filters of LCO's Sinistro cameras."""
+
 STARS_FILTER = {"gp": "g", "rp": "r", "ip": "i"}
 """STARS column names drop the ``p`` of the LCO filter name (§3.4)."""
 

@@ -266,6 +266,7 @@ class TapService:
                 limits.upload_bytes,
             ),
             remote_uploads=limits.remote_uploads,
+            data_models=vosi.data_models(self.engine.tables),
             extra=[
                 (LINKS_STANDARD_ID, str(request.base_url).rstrip("/") + "/datalink/links"),
                 (SCS_STANDARD_ID, str(request.base_url).rstrip("/") + "/scs"),

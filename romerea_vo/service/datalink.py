@@ -20,6 +20,10 @@ request): the good points in ``rome.lightcurve_stats`` times the bytes a point t
 the field's default BINARY2 document, plus the document's header, both measured once per
 field by the lightcurve service; NULL for the plot and the TAP queries.
 
+A per-band DID (``<star DID>/<band>``, the ``obs_publisher_did`` of an ``ivoa.obscore``
+row) gets the same rows restricted to that band: its lightcurve as ``#this``, its plot as
+``#preview``, and the star's ``#auxiliary`` queries.
+
 Unknown or malformed IDs give one ``#this`` row with an ``error_message``
 (``NotFoundFault:`` / ``UsageFault:``), a star whose photometry cube is missing on disk
 gives ``FatalFault:`` rows for its lightcurve and preview links (the
@@ -47,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequestError
-from ..ids import did_prefix, parse_did
+from ..ids import make_did, parse_any_did
 from ..products import layout
 from ..store.database import Database
 from ..store.session import QueryFailed
@@ -328,9 +332,9 @@ class DataLinkService:
                     stars = self._fields[name] = _load_field(self.db, name)
         return stars
 
-    def _resolve(self, did: str) -> tuple[str, int, _FieldStars]:
+    def _resolve(self, did: str) -> tuple[str, int, str | None, _FieldStars]:
         try:
-            field, field_id = parse_did(did, self.db.authority)
+            field, field_id, band = parse_any_did(did, self.db.authority)
         except InvalidRequestError as exc:
             raise _Fault(f"UsageFault: {exc}") from None
         if field not in self.db.fields:
@@ -339,7 +343,11 @@ class DataLinkService:
         stars = self._field(field)
         if not stars.known(field_id):
             raise _Fault(f"NotFoundFault: field {field} has no star {field_id} ({did!r})")
-        return field, field_id, stars
+        if band is not None and not stars.has_data[field_id, layout.FILTERS.index(band)]:
+            raise _Fault(
+                f"NotFoundFault: star {field_id} of {field} has no {band} lightcurve ({did!r})"
+            )
+        return field, field_id, band, stars
 
     def links(self, ids: Sequence[str], base_url: str) -> pa.Table:
         """The links table of ``ids`` (input values kept as given) for a service at
@@ -356,12 +364,13 @@ class DataLinkService:
 
         for ident in ids:
             try:
-                field, field_id, stars = self._resolve(ident)
+                field, field_id, only, stars = self._resolve(ident)
             except _Fault as exc:
                 row(ident, "#this", error_message=str(exc), link_auth=None, link_authorized=None)
                 continue
             star = f"{field} star {field_id}"
-            lc = f"{base_url}/lightcurve?ID={quote(ident.strip(), safe='')}"
+            star_did = make_did(self.db.authority, field, field_id)
+            lc = f"{base_url}/lightcurve?ID={quote(star_did, safe='')}"
             cube = layout.quadrant_filename(field, int(stars.quadrant[field_id]))
             missing = None
             if not (stars.directory / cube).is_file():
@@ -372,24 +381,26 @@ class DataLinkService:
             good = [None if n == _NO_STATS else int(n) for n in stars.n_good[field_id]]
             counts = ", ".join(f"{b} {n}" for b, n in zip(layout.FILTERS, good, strict=True) if n)
 
-            def size(n_points: int | None, did: str = ident) -> int | None:
+            def size(n_points: int | None, did: str = star_did) -> int | None:
                 if n_points is None or self.estimate_size is None:
                     return None
                 return self.estimate_size(did, n_points)
 
-            links = [
-                (
-                    "#this",
-                    lc,
-                    f"All bands lightcurve of {star} (good points: {counts or 'none'})",
-                    VOTABLE_MEDIA,
-                    "#timeseries",
-                    "lightcurve-all",
-                    size(None if None in good else sum(good)),
+            links = []
+            if only is None:
+                links.append(
+                    (
+                        "#this",
+                        lc,
+                        f"All bands lightcurve of {star} (good points: {counts or 'none'})",
+                        VOTABLE_MEDIA,
+                        "#timeseries",
+                        "lightcurve-all",
+                        size(None if None in good else sum(good)),
+                    )
                 )
-            ]
             for j, band in enumerate(layout.FILTERS):
-                if stars.has_data[field_id, j]:
+                if stars.has_data[field_id, j] and only in (None, band):
                     n = "no statistics" if good[j] is None else f"{good[j]} good points"
                     links.append(
                         (
@@ -406,8 +417,12 @@ class DataLinkService:
             links.append(
                 (
                     "#preview",
-                    f"{lc}&RESPONSEFORMAT=png",
-                    f"Plot of the lightcurve of {star} in every band",
+                    f"{lc}&RESPONSEFORMAT=png"
+                    if only is None
+                    else f"{lc}&BAND={only}&RESPONSEFORMAT=png",
+                    f"Plot of the lightcurve of {star} in every band"
+                    if only is None
+                    else f"Plot of the {BAND_LABELS[only]} lightcurve of {star}",
                     "image/png",
                     None,
                     "lightcurve-plot",
@@ -502,8 +517,10 @@ class DataLinkService:
 
     def _cached(self, did: str) -> bool:
         """Whether resolving ``did`` needs no database query (its field is loaded)."""
-        prefix = did_prefix(self.db.authority)
-        field = did.strip()[len(prefix) :].rpartition("/")[0] if did.startswith(prefix) else ""
+        try:
+            field = parse_any_did(did, self.db.authority)[0]
+        except InvalidRequestError:
+            return True
         return field in self._fields or field not in self.db.fields
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from .. import __version__
@@ -341,12 +342,16 @@ class TapEngine:
             sources = [o.source for o in outs] if len(outs) == len(fields) else []
             fields, descriptors = attach_descriptor(fields, sources, base_url)
 
+        relative = _relative_url_columns(prepared, len(fields)) if base_url else []
+
         def batches() -> Iterator[pa.RecordBatch]:
             remaining = prepared.maxrec
             try:
                 for batch in itertools.chain([first] if first is not None else [], reader):
                     if cancel is not None and cancel.is_set():
                         raise QueryCancelled("query was aborted")
+                    if relative:
+                        batch = _absolute_urls(batch, relative, base_url.rstrip("/") + "/")
                     if batch.num_rows > remaining:
                         if remaining:
                             result.rows += remaining
@@ -392,6 +397,33 @@ class TapEngine:
             extra_resources=descriptors,
         )
         return result
+
+
+SERVICE_RELATIVE_URLS = {("ivoa.obscore", "access_url"), ("ivoa.obscore", "preview")}
+"""Columns stored as paths relative to the service root (the database does not know the
+service's public URL): results carry them absolute, prefixed with the request's base URL
+(or the configured public URL), so they work behind a proxy and after a move."""
+
+
+def _relative_url_columns(prepared: PreparedQuery, n_fields: int) -> list[int]:
+    outs = list(prepared.translation.columns)
+    if len(outs) != n_fields:
+        return []
+    return [
+        i
+        for i, out in enumerate(outs)
+        if out.source is not None
+        and (out.source[0].lower(), out.source[1].lower()) in SERVICE_RELATIVE_URLS
+    ]
+
+
+def _absolute_urls(batch: pa.RecordBatch, columns: list[int], prefix: str) -> pa.RecordBatch:
+    arrays = list(batch.columns)
+    for i in columns:
+        col = arrays[i]
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            arrays[i] = pc.binary_join_element_wise(pa.scalar(prefix, col.type), col, "")
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
 @dataclass

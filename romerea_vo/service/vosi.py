@@ -87,6 +87,15 @@ def _capability(root: ET.Element, standard_id: str, url: str, xsi_type: str | No
     return cap, iface
 
 
+OBSCORE_MODEL = ("ObsCore 1.1", "ivo://ivoa.net/std/ObsCore#core-1.1")
+
+
+def data_models(tables: Sequence) -> list[tuple[str, str]]:
+    """The TAPRegExt data models besides TAP_SCHEMA that ``tables`` (TableSchema) implement."""
+    names = {t.qualified_name.lower() for t in tables}
+    return [OBSCORE_MODEL] if "ivoa.obscore" in names else []
+
+
 def capabilities_xml(
     base_url: str,
     *,
@@ -95,15 +104,19 @@ def capabilities_xml(
     udfs: Sequence[tuple[str, str]] = (),
     extra: Sequence[tuple[str, str]] = (),
     remote_uploads: bool = True,
+    data_models: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """The VOSI capabilities of the TAP service at ``base_url`` (TAP 1.1, TAPRegExt 1.0).
 
-    ``extra``: further (standardID, access URL) capabilities, e.g. DataLink or SCS.
+    ``extra``: further (standardID, access URL) capabilities, e.g. DataLink or SCS;
+    ``data_models``: (name, ivo-id) of data models besides TAP_SCHEMA (ObsCore).
     """
     root = _declare(ET.Element(f"{{{NS['vosi']}}}capabilities"), "vr", "vs", "tr")
     tap, iface = _capability(root, "ivo://ivoa.net/std/TAP", base_url, "tr:TableAccess")
     iface.set("version", "1.1")
     _sub(tap, "dataModel", "TAP_SCHEMA 1.1", **{"ivo-id": "ivo://ivoa.net/std/TAP#TAP_SCHEMA-1.1"})
+    for name, ivo_id in data_models:
+        _sub(tap, "dataModel", name, **{"ivo-id": ivo_id})
     lang = _sub(tap, "language")
     _sub(lang, "name", "ADQL")
     _sub(lang, "version", "2.0", **{"ivo-id": "ivo://ivoa.net/std/ADQL#v2.0"})
@@ -189,9 +202,8 @@ def _table_element(parent: ET.Element, table: TableSchema, detail: bool, nrows: 
             _sub(c, "ucd", col.ucd)
         if col.utype:
             _sub(c, "utype", col.utype)
-        if col.xtype:
-            _sub(c, "xtype", col.xtype)
-        dtype = _sub(c, "dataType", col.datatype, arraysize=col.arraysize)
+        # VODataService 1.1 (what validators hold) has no xtype element: extendedType
+        dtype = _sub(c, "dataType", col.datatype, arraysize=col.arraysize, extendedType=col.xtype)
         dtype.set(XSI_TYPE, "vs:VOTableType")
         for flag, on in (("indexed", col.indexed), ("principal", col.principal)):
             if on:

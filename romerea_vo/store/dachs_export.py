@@ -21,6 +21,11 @@ Choices:
   ``rome.stamps`` has ``x_min``/``x_max`` in DaCHS; the FITS files keep the ROME names.
 * The RD is self-contained for ``dachs imp``; registry publication (``<publish>``) is left
   to the operator.
+* ``ivoa.obscore`` becomes the table ``obscore`` of the RD's schema with DaCHS's
+  ``//obscore#publishObscoreLike`` mixin, so ``dachs imp`` also adds its rows (one per
+  star and band) to the site's ``ivoa.obscore``. Its access_url and preview are paths
+  relative to the romerea-vo service, so the mixin (made only with ``--service-url``)
+  prefixes that URL; without it the table is exported but not declared to ObsCore.
 """
 
 from __future__ import annotations
@@ -160,7 +165,36 @@ def _meta(parent: ET.Element, name: str, text: str) -> None:
     ET.SubElement(parent, "meta", name=name).text = text
 
 
-def _table_element(table: TableSchema, index: str, tables: set[str]) -> ET.Element:
+OBSCORE_MIXIN = "//obscore#publishObscoreLike"
+"""The DaCHS mixin that adds a table with ObsCore-named columns to DaCHS's ivoa.obscore."""
+
+OBSCORE_ABSENT = (
+    "dataproduct_subtype", "obs_title", "obs_creator_did", "target_class", "s_pixel_scale",
+    "em_ucd",
+)  # fmt: skip
+"""ObsCore columns the mixin reads by default that ivoa.obscore here does not have."""
+
+
+def _obscore_mixin(service_url: str) -> ET.Element:
+    """``//obscore#publishObscoreLike`` for the exported ivoa.obscore rows: their
+    access_url and preview are paths relative to the romerea-vo service, made absolute
+    with its URL (DataLink and the plots stay with that service)."""
+    base = service_url.rstrip("/").replace("'", "''") + "/"
+    attrs = {name: "NULL" for name in OBSCORE_ABSENT}
+    attrs["access_url"] = f"'{base}' || access_url"
+    attrs["preview"] = f"'{base}' || preview"
+    el = ET.Element("mixin", attrs)
+    el.text = OBSCORE_MIXIN
+    return el
+
+
+def _is_obscore(table: TableSchema) -> bool:
+    return table.qualified_name.lower() == "ivoa.obscore"
+
+
+def _table_element(
+    table: TableSchema, index: str, tables: set[str], service_url: str | None = None
+) -> ET.Element:
     attrs = {"id": table.name, "onDisk": "True", "adql": "True"}
     if table.primary_key:
         attrs["primary"] = _rd_column_list(table.primary_key)
@@ -169,6 +203,8 @@ def _table_element(table: TableSchema, index: str, tables: set[str]) -> ET.Eleme
         attrs["mixin"] = INDEX_MIXINS[index]
     el = ET.Element("table", attrs)
     _meta(el, "description", table.description)
+    if _is_obscore(table) and service_url:
+        el.append(_obscore_mixin(service_url))
     for col in table.columns:
         c = {"name": _rd_column_name(col.name), "type": dachs_type(col)}
         if col.unit:
@@ -287,7 +323,7 @@ def resource_descriptor(
         f"which the romerea-vo DataLink and lightcurve service{where} accepts as ID.",
     )
     for table in tables:
-        root.append(_table_element(table, index, names))
+        root.append(_table_element(table, index, names, service_url))
     for table in tables:
         root.append(_data_element(table))
     if cone_service:

@@ -25,6 +25,7 @@ from .tap_schema import tap_schema_tables
 INTERNAL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {CATALOG}.romerea;
 CREATE SCHEMA IF NOT EXISTS {CATALOG}.rome;
+CREATE SCHEMA IF NOT EXISTS {CATALOG}.ivoa;
 CREATE SCHEMA IF NOT EXISTS {CATALOG}.tap_schema;
 CREATE TABLE IF NOT EXISTS {CATALOG}.romerea.settings (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS {CATALOG}.romerea.fields (
@@ -91,7 +92,7 @@ def _replace_rows(con, table_name: str, rows, field: str | None) -> None:
     if field is None:
         con.execute(f"DELETE FROM {target}")
     else:
-        con.execute(f"DELETE FROM {target} WHERE field = ?", [field])
+        con.execute(f"DELETE FROM {target} WHERE {quote_ident(table.field_column)} = ?", [field])
     order = ", ".join(quote_ident(c) for c in table.order)
     con.register("romerea_ingest_rows", rows)
     try:

@@ -55,6 +55,7 @@ INTERNAL_DDL = """
 CREATE EXTENSION IF NOT EXISTS pg_sphere;
 CREATE SCHEMA IF NOT EXISTS romerea;
 CREATE SCHEMA IF NOT EXISTS rome;
+CREATE SCHEMA IF NOT EXISTS ivoa;
 CREATE SCHEMA IF NOT EXISTS tap_schema;
 CREATE TABLE IF NOT EXISTS romerea.settings (key text PRIMARY KEY, value text);
 CREATE TABLE IF NOT EXISTS romerea.fields (
@@ -149,24 +150,40 @@ def create_table_sql(table: TableSchema) -> list[str]:
     return out
 
 
-def has_position(table: TableSchema) -> bool:
+POSITION_COLUMNS = (("ra", "dec"), ("s_ra", "s_dec"))
+"""Column pairs that get a pgSphere index: the ROME tables' and ObsCore's."""
+
+
+def position_columns(table: TableSchema) -> tuple[str, str] | None:
+    """The (RA, Dec) columns of a positional table, else None."""
+    if table.schema is None or table.schema == "tap_schema":
+        return None
     names = set(table.column_names)
-    return {"ra", "dec"} <= names and table.schema is not None and table.schema != "tap_schema"
+    return next((pair for pair in POSITION_COLUMNS if set(pair) <= names), None)
 
 
-POSITION_EXPRESSION = 'spoint(radians("ra"), radians("dec"))'
-"""What the GiST index covers; the pgSphere ADQL target writes exactly this for the
-position columns so that PostgreSQL can use the index."""
+def has_position(table: TableSchema) -> bool:
+    return position_columns(table) is not None
+
+
+def position_expression(ra: str = "ra", dec: str = "dec") -> str:
+    """What the GiST index covers; the pgSphere ADQL target writes exactly this for the
+    position columns so that PostgreSQL can use the index."""
+    return f"spoint(radians({quote_ident(ra)}), radians({quote_ident(dec)}))"
+
+
+POSITION_EXPRESSION = position_expression()
 
 
 def index_sql(table: TableSchema) -> list[str]:
     """Indexes of a table: pgSphere on its position, b-trees on its indexed columns."""
     out = []
     base = f"{table.schema.lower()}_{table.name}"
-    if has_position(table):
+    pos = position_columns(table)
+    if pos is not None:
         out.append(
             f"CREATE INDEX IF NOT EXISTS {quote_ident(base + '_pos')} ON {storage_name(table)} "
-            f"USING gist ({POSITION_EXPRESSION})"
+            f"USING gist ({position_expression(*pos)})"
         )
     leading = table.primary_key[0] if table.primary_key else None
     if table.primary_key:
@@ -176,7 +193,7 @@ def index_sql(table: TableSchema) -> list[str]:
             f"ON {storage_name(table)} ({key})"
         )
     for col in table.columns:
-        if col.indexed and col.name != leading and col.name not in ("ra", "dec"):
+        if col.indexed and col.name != leading and col.name not in (pos or ()):
             out.append(
                 f"CREATE INDEX IF NOT EXISTS {quote_ident(base + '_' + col.name)} "
                 f"ON {storage_name(table)} ({quote_ident(stored_column(col.name))})"
@@ -209,9 +226,10 @@ def _replace_rows(cur, table: TableSchema, rows: pa.Table, field: str | None) ->
     if field is None:
         cur.execute(f"DELETE FROM {target}")
     else:
-        cur.execute(f"DELETE FROM {target} WHERE field = %s", [field])
-    if has_position(table):
-        rows = spatially_ordered(rows)
+        cur.execute(f"DELETE FROM {target} WHERE {quote_ident(table.field_column)} = %s", [field])
+    pos = position_columns(table)
+    if pos is not None:
+        rows = spatially_ordered(rows, *pos)
     elif table.order:
         rows = rows.sort_by([(c, "ascending") for c in table.order])
     copy_arrow(cur, target, rows, [stored_column(n) for n in rows.column_names])
@@ -221,7 +239,7 @@ STORAGE_ZONE_DEG = 1 / 60
 """Height of the declination zones rows are stored in (see `spatially_ordered`)."""
 
 
-def spatially_ordered(rows: pa.Table) -> pa.Table:
+def spatially_ordered(rows: pa.Table, ra_column: str = "ra", dec_column: str = "dec") -> pa.Table:
     """Rows in storage order for a positional table: by 1' declination zone, then RA.
 
     A cone then reads a few contiguous runs of heap pages instead of one page per star
@@ -229,8 +247,8 @@ def spatially_ordered(rows: pa.Table) -> pa.Table:
     lay on ~800 pages of ``rome.field_index``; zoned, on ~130). It is the order CLUSTER
     on the GiST index would give, without rewriting every field's rows on each ingest.
     """
-    dec = rows.column("dec").to_numpy(zero_copy_only=False)
-    ra = rows.column("ra").to_numpy(zero_copy_only=False)
+    dec = rows.column(dec_column).to_numpy(zero_copy_only=False)
+    ra = rows.column(ra_column).to_numpy(zero_copy_only=False)
     with np.errstate(invalid="ignore"):
         zone = np.floor((dec + 90.0) / STORAGE_ZONE_DEG)
     # lexsort puts NaN (NULL) last: no RA at the end of its zone, no Dec after every zone

@@ -27,7 +27,7 @@ _COLUMN_KEYS = {
 }  # fmt: skip
 _TABLE_KEYS = {
     "name", "schema", "description", "utype", "primary_key", "foreign_keys", "order",
-    "columns_from", "virtual",
+    "columns_from", "virtual", "field_column",
 }  # fmt: skip
 
 
@@ -76,6 +76,8 @@ class TableSchema:
     order: tuple[str, ...] = ()
     virtual: bool = False
     """Not stored in the database: its rows are made per query (rome.photometry)."""
+    field_column: str = "field"
+    """The column naming the ROME field a row belongs to (ingest replaces a field's rows)."""
 
     @property
     def qualified_name(self) -> str:
@@ -194,6 +196,7 @@ def table_schema_from_document(doc: dict, origin: str = "table definition") -> T
         foreign_keys=fks,
         order=tuple(table.get("order", ())),
         virtual=bool(table.get("virtual", False)),
+        field_column=table.get("field_column", "field"),
     )
 
 
@@ -218,6 +221,8 @@ def table_schema_document(table: TableSchema) -> dict:
         ]
     if table.virtual:
         head["virtual"] = True
+    if table.field_column != "field":
+        head["field_column"] = table.field_column
     columns = []
     for col in table.columns:
         raw: dict = {"name": col.name, "datatype": col.datatype, "description": col.description}
@@ -233,9 +238,10 @@ def table_schema_document(table: TableSchema) -> dict:
 
 ROME_TABLES = (
     "field_index", "stars", "datasets", "images", "stamps", "dataset_stars", "lightcurve_stats",
-    "microlensing_candidates", "photometry",
+    "microlensing_candidates", "photometry", "obscore",
 )  # fmt: skip
-"""The published ``rome`` tables (file stems in votable_schemas/), in TAP_SCHEMA order."""
+"""The published tables made by ``romerea-vo ingest`` (file stems in votable_schemas/), in
+TAP_SCHEMA order: the ``rome`` schema and ObsCore's ``ivoa.obscore``."""
 
 TAP_SCHEMA_TABLES = tuple(
     f"tap_schema.{n}" for n in ("schemas", "tables", "columns", "keys", "key_columns")
@@ -247,6 +253,8 @@ SCHEMA_DESCRIPTIONS = {
     "datasets, images, per-star lightcurve statistics and every photometric point "
     "(rome.photometry, read from the HDF5 cubes for the stars a query names). Each star's "
     "did leads to its lightcurves (the lightcurve service and DataLink).",
+    "ivoa": "IVOA data models: ivoa.obscore (ObsCore 1.1) lists every ROME/REA lightcurve "
+    "(one row per star and band) for ObsTAP queries across the VO.",
     "TAP_SCHEMA": "Metadata of the tables and columns this service publishes (TAP 1.1).",
 }
 
