@@ -31,6 +31,7 @@ import numpy as np
 from ..client import ServiceClient, ServiceError
 from ..errors import InvalidRequestError, RomeReaError, StarNotFoundError
 from ..ids import make_did, parse_did
+from ..lightcurve_documents import LightcurveDocuments, parse_request
 from ..products import open_field
 from ..products.reader import Field
 from ..votable.formats import VOTABLE_MEDIA
@@ -214,11 +215,9 @@ class LocalSource(StarSource):
         """``catalog``: a :class:`~romerea_vo.store.database.Database` or anything with
         its ``fields``/``authority``/``field(name)``/``close()``; prefer the
         :meth:`from_db` and :meth:`from_field_dirs` constructors."""
-        from ..service.lightcurve_service import LightcurveService
-
         self.catalog = catalog
         self.service_url = service_url.rstrip("/") if service_url else None
-        self._lightcurves = LightcurveService(catalog)
+        self._lightcurves = LightcurveDocuments(catalog)
         self._bounds: dict[str, tuple[float, float, float, float] | None] = {}
 
     @classmethod
@@ -331,8 +330,6 @@ class LocalSource(StarSource):
     def lightcurve_votable(
         self, stars: Sequence[StarId], *, quality: str = "good", fmt: str = "votable"
     ) -> bytes:
-        from ..service.lightcurve_service import parse_request
-
         dids = [s.did for s in stars]
         if not dids:
             raise InvalidRequestError("no stars to send lightcurves of")
