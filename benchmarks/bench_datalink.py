@@ -144,28 +144,30 @@ def local_service(n_stars: int, images: int, workdir: Path) -> tuple[subprocess.
             time.sleep(0.1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_main(run_func, description: str, repeats: int, prefix: str) -> None:
+    """The command line every endpoint benchmark shares: ``--url`` of a running service,
+    or ``--local N_STARS`` to synthesise, serve and measure a field of its own."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", help="service root URL (the one /tap and /datalink hang off)")
     parser.add_argument("--local", type=int, metavar="N_STARS", help="synthesise and serve")
     parser.add_argument("--images", type=int, default=24, help="images of the local field")
     parser.add_argument("--workdir", type=Path, help="keep the local field/database here")
-    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=repeats)
     args = parser.parse_args()
     if not args.url and not args.local:
         parser.error("give --url or --local")
     if args.url:
-        run(args.url.rstrip("/"), args.repeats)
+        run_func(args.url.rstrip("/"), args.repeats)
         return
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="romerea-dlbench-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
     proc, url = local_service(args.local, args.images, workdir)
     try:
-        run(url, args.repeats)
+        run_func(url, args.repeats)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__.splitlines()[0], 500, "romerea-dlbench-")

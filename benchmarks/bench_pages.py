@@ -14,13 +14,10 @@ End to end over HTTP with urllib (see ``bench_datalink.py``). Nothing is asserte
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
 import numpy as np
-from bench_datalink import Connection, local_service, report, stars, timed
+from bench_datalink import Connection, bench_main, report, stars, timed
 
 
 def run(root: str, repeats: int, seed: int = 2) -> None:
@@ -72,28 +69,5 @@ def run(root: str, repeats: int, seed: int = 2) -> None:
     print(f"search page / SCS:   {search / scs:6.2f}x")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="service root URL")
-    parser.add_argument("--local", type=int, metavar="N_STARS", help="synthesise and serve")
-    parser.add_argument("--images", type=int, default=24, help="images of the local field")
-    parser.add_argument("--workdir", type=Path, help="keep the local field/database here")
-    parser.add_argument("--repeats", type=int, default=200)
-    args = parser.parse_args()
-    if not args.url and not args.local:
-        parser.error("give --url or --local")
-    if args.url:
-        run(args.url.rstrip("/"), args.repeats)
-        return
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="romerea-pagebench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc, url = local_service(args.local, args.images, workdir)
-    try:
-        run(url, args.repeats)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__.splitlines()[0], 200, "romerea-pagebench-")

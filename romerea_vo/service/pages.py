@@ -37,6 +37,7 @@ from ..store.database import Database
 from ..store.session import QueryFailed
 from ..votable.schema import ColumnSchema, TableSchema, load_table_schema
 from .datalink import BAND_LABELS, DataLinkService
+from .params import parse_number
 from .scs import ConeSearchService
 from .tap import TapLimits, parse_maxrec
 
@@ -116,7 +117,7 @@ def _angle(raw: str, name: str, low: float, high: float, *, hours: bool) -> floa
     Dec in degrees: ``-29:52:20`` or ``-29d52m20s``)."""
     text = (raw or "").strip()
     if not text or _is_float(text):
-        return _number(text, name, low, high, "decimal degrees")
+        return parse_number(text, name, low, high, "decimal degrees")
     try:
         value = float(Angle(text, unit=u.hourangle if hours else u.deg).deg)
     except (ValueError, u.UnitsError) as exc:  # astropy says what is wrong (range, syntax)
@@ -138,18 +139,6 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _number(raw: str | None, name: str, low: float, high: float, unit: str) -> float:
-    if raw is None or not raw.strip():
-        raise InvalidRequestError(f"{name} is missing: give it in {unit}")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{name} = {raw!r} is not a number ({unit})") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} = {raw} is out of range: {low:g} to {high:g} {unit}")
-    return value
 
 
 class StarPages:
@@ -416,7 +405,7 @@ class StarPages:
         try:
             ra = _angle(ra_raw, "RA", 0.0, 360.0, hours=True)
             dec = _angle(dec_raw, "DEC", -90.0, 90.0, hours=False)
-            radius = _number(radius_raw, "RADIUS", 0.0, 600.0, "arcmin")
+            radius = parse_number(radius_raw, "RADIUS", 0.0, 600.0, "arcmin")
             maxrec = min(parse_maxrec(q, self.limits), PAGE_MAXREC)
             table, _, overflow = await run_in_threadpool(
                 self.scs.search, ra, dec, radius / 60.0, 2, maxrec

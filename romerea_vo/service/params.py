@@ -9,6 +9,7 @@ passed; the TAP ``UPLOAD`` parameter is parsed and checked by `parse_upload_para
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "DaliParams",
     "format_bytes",
     "is_adql_identifier",
+    "parse_number",
     "parse_upload_param",
     "read_dali_params",
 ]
@@ -455,3 +457,19 @@ def parse_upload_param(
                 )
             pairs.append((name, uri))
     return pairs
+
+
+def parse_number(
+    raw: str | None, name: str, low: float, high: float, unit: str = "decimal degrees"
+) -> float:
+    """Parameter ``name`` as a finite number within [low, high]; InvalidRequestError says
+    what is missing or wrong."""
+    if raw is None or not raw.strip():
+        raise InvalidRequestError(f"{name} is missing: give it in {unit}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name} = {raw!r} is not a number ({unit})") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequestError(f"{name} = {raw} is out of range: {low:g} to {high:g} {unit}")
+    return value

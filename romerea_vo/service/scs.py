@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,7 +33,7 @@ from ..votable.formats import resolve_format, write_result
 from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
 from .datalink import attach_descriptor
-from .params import read_dali_params
+from .params import parse_number, read_dali_params
 from .responses import dali_error
 from .tap import TapLimits, parse_maxrec
 
@@ -62,19 +61,6 @@ DISTANCE = FieldSpec(
 def _scs_error(message: str, status: int = 400) -> Response:
     # SCS 1.03 has clients look for INFO name="Error" as well as the DALI QUERY_STATUS
     return dali_error(message, status, infos=[Info("Error", message)])
-
-
-def _number(params, name: str, low: float, high: float) -> float:
-    raw = params.get(name)
-    if raw is None or not raw.strip():
-        raise InvalidRequestError(f"missing parameter {name} (decimal degrees)")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{name}={raw!r} is not a number (decimal degrees)") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequestError(f"{name}={raw} is out of range: {low:g} <= {name} <= {high:g}")
-    return value
 
 
 class ConeSearchService:
@@ -141,9 +127,9 @@ class ConeSearchService:
         """``GET|POST /scs``."""
         try:
             params = await read_dali_params(request, None, max_upload_bytes=0)
-            ra = _number(params, "RA", 0.0, 360.0)
-            dec = _number(params, "DEC", -90.0, 90.0)
-            sr = _number(params, "SR", 0.0, 180.0)
+            ra = parse_number(params.get("RA"), "RA", 0.0, 360.0)
+            dec = parse_number(params.get("DEC"), "DEC", -90.0, 90.0)
+            sr = parse_number(params.get("SR"), "SR", 0.0, 180.0)
             raw_verb = (params.get("VERB") or "2").strip()
             if raw_verb not in ("1", "2", "3"):
                 raise InvalidRequestError(f"VERB={raw_verb!r} is not supported; use 1, 2 or 3")
