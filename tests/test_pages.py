@@ -300,14 +300,14 @@ def test_cone_form_bad_input_is_a_readable_page(tap_server, tmp_path):
     "params, needle",
     [
         ({}, "RA is missing"),
-        ({"RA": "10", "DEC": "95"}, "DEC = 95 is out of range"),
+        ({"RA": "10", "DEC": "95"}, "DEC=95 is out of range"),
         (
             {"RA": "25:00:00", "DEC": "0"},
             "RA = '25:00:00' is not a valid angle (An invalid value for 'hours'",
         ),
         ({"RA": "10", "DEC": "12x"}, "DEC = '12x' is not a valid angle"),
-        ({"RA": "10", "DEC": "-29", "RADIUS": "nan"}, "RADIUS = nan is out of range"),
-        ({"RA": "10", "DEC": "-29", "RADIUS": "-1"}, "RADIUS = -1 is out of range"),
+        ({"RA": "10", "DEC": "-29", "RADIUS": "nan"}, "RADIUS=nan is out of range"),
+        ({"RA": "10", "DEC": "-29", "RADIUS": "-1"}, "RADIUS=-1 is out of range"),
         ({"RA": "10", "DEC": "-29", "MAXREC": "x"}, "MAXREC must be"),
         ({"RA": '"><script>alert(1)</script>', "DEC": "0"}, "is not a valid angle"),
     ],

@@ -469,7 +469,7 @@ def parse_number(
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequestError(f"{name} = {raw!r} is not a number ({unit})") from None
+        raise InvalidRequestError(f"{name}={raw!r} is not a number ({unit})") from None
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} = {raw} is out of range: {low:g} to {high:g} {unit}")
+        raise InvalidRequestError(f"{name}={raw} is out of range: {low:g} to {high:g} {unit}")
     return value
