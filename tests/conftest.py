@@ -411,3 +411,20 @@ def topcat(tmp_path_factory):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         hub.stop()
+
+
+@pytest.fixture(scope="session")
+def uws_jobs_db(pg_cluster) -> str:
+    """A database of the session's PostgreSQL cluster for the PostgreSQL job store."""
+    return pg_cluster.create_database("romerea_uws_tests")
+
+
+@pytest.fixture
+def empty_uws_jobs_db(uws_jobs_db) -> str:
+    """`uws_jobs_db` with no jobs and no workers left by an earlier test."""
+    import psycopg
+
+    with psycopg.connect(uws_jobs_db, autocommit=True) as con:
+        if con.execute("SELECT to_regclass('romerea_uws.jobs')").fetchone()[0]:
+            con.execute("TRUNCATE romerea_uws.jobs, romerea_uws.workers")
+    return uws_jobs_db

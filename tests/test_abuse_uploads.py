@@ -398,7 +398,7 @@ def make_store(request, tmp_path):
         else:
             import psycopg
 
-            from romerea_vo.service.uws_pg import PostgresJobStore
+            from romerea_vo.service.uws.pg_store import PostgresJobStore
 
             conninfo = request.getfixturevalue("abuse_jobs_db")
             with psycopg.connect(conninfo, autocommit=True) as con:
@@ -503,7 +503,7 @@ def test_existing_job_schema_gets_the_client_column(request, tmp_path):
     """A job database made before per-client quotas is brought up to date on start."""
     import psycopg
 
-    from romerea_vo.service.uws_pg import PostgresJobStore
+    from romerea_vo.service.uws.pg_store import PostgresJobStore
 
     from .test_uws import Calls, make_runner
 

@@ -27,7 +27,7 @@ from starlette.routing import Mount
 
 from romerea_vo.errors import InvalidRequestError
 from romerea_vo.service.params import read_dali_params
-from romerea_vo.service.uws import CancelToken, Job, JobStore, uws_routes
+from romerea_vo.service.uws import CancelToken, Job, JobStore, JobStoreBase, uws_routes
 from romerea_vo.votable.writer import error_votable
 
 from .test_params import read_response, running_server, stream_until_answer
@@ -119,11 +119,36 @@ def calls() -> Calls:
     return Calls()
 
 
-@pytest.fixture
-def service(tmp_path, calls) -> Iterator[tuple[str, JobStore]]:
-    with uws_service(
-        tmp_path / "jobs", calls=calls, max_execution_duration=60, max_wait=10
-    ) as served:
+@contextlib.contextmanager
+def pg_uws_service(jobs_db: str, root: Path, calls: Calls, **kwargs):
+    """A PostgresJobStore and a server publishing it at /tap/async; yields (url, store)."""
+    from romerea_vo.service.uws.pg_store import PostgresJobStore
+
+    store = PostgresJobStore(jobs_db, root, make_runner(calls), **kwargs)
+
+    async def read_params(request, directory):
+        return await read_dali_params(request, directory, max_upload_bytes=UPLOAD_LIMIT)
+
+    app = Starlette(routes=uws_routes(store, read_params=read_params, prefix="/tap/async"))
+    try:
+        with running_server(app) as url:
+            yield f"{url}/tap/async", store
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["file", "postgresql"])
+def service(request, tmp_path, calls) -> Iterator[tuple[str, JobStoreBase]]:
+    """The UWS binding over each job store: every test that uses it runs on both (the
+    PostgreSQL one skips, saying why, where PostgreSQL cannot run)."""
+    settings = dict(max_execution_duration=60, max_wait=10)
+    if request.param == "file":
+        with uws_service(tmp_path / "jobs", calls=calls, **settings) as served:
+            yield served
+        return
+    pytest.importorskip("psycopg_pool", reason="psycopg_pool not installed (the postgres extra)")
+    jobs_db = request.getfixturevalue("empty_uws_jobs_db")
+    with pg_uws_service(jobs_db, tmp_path / "jobs", calls, **settings) as served:
         yield served
 
 

@@ -1,96 +1,32 @@
-"""The UWS tests of test_uws.py, run again with the jobs in PostgreSQL (`PostgresJobStore`).
-
-The same REST binding, runner and assertions: a store is a store. The session's
-PostgreSQL cluster holds one database for this module, emptied before each test; the
-tests skip, saying why, when PostgreSQL cannot run here.
+"""What only the PostgreSQL job store (`PostgresJobStore`) does: several stores sharing
+jobs, liveness, notifications, restarts. Every test of test_uws.py that uses its
+``service`` fixture runs on this store too (the fixture is parametrised over both).
+The tests skip, saying why, when PostgreSQL cannot run here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from starlette.applications import Starlette
 
 pytest.importorskip("psycopg_pool", reason="psycopg_pool not installed (the postgres extra)")
 
-from romerea_vo.service.params import read_dali_params
-from romerea_vo.service.uws import JobLimitError, uws_routes
-from romerea_vo.service.uws_pg import WORKER_STOPPED, PostgresJobStore
+from romerea_vo.service.uws import JobLimitError
+from romerea_vo.service.uws.pg_store import WORKER_STOPPED, PostgresJobStore
 
-from .test_params import running_server
-from .test_uws import (  # noqa: F401 (collected here again, with this module's `service`)
-    UPLOAD_LIMIT,
-    Calls,
-    client,
-    make_runner,
-    test_abort_long_job_interrupts_it,
-    test_create_run_wait_results_delete,
-    test_documents_validate_against_taplint_uws_schema,
-    test_execution_duration_and_destruction_settings,
-    test_execution_duration_exceeded,
-    test_job_document_follows_uws_schema,
-    test_job_list_filters,
-    test_malformed_upload_param_refused,
-    test_oversized_upload_refused_before_read,
-    test_phase_run_at_creation_and_blocking_wait,
-    test_pyvo_async_job_lifecycle,
-    test_runner_error_becomes_job_error,
-    test_taplint_style_sequences,
-    test_unknown_job_and_bad_requests,
-    test_uploads_saved_listed_and_used,
-    test_wait_returns_when_other_client_acts,
-    uws_schema,
-)
+from .test_uws import Calls, make_runner
 
 
 @pytest.fixture(scope="module")
-def jobs_db(pg_cluster) -> str:
-    return pg_cluster.create_database("romerea_uws_tests")
+def jobs_db(uws_jobs_db) -> str:
+    return uws_jobs_db
 
 
 @pytest.fixture
-def empty_jobs_db(jobs_db) -> str:
-    import psycopg
-
-    with psycopg.connect(jobs_db, autocommit=True) as con:
-        if con.execute("SELECT to_regclass('romerea_uws.jobs')").fetchone()[0]:
-            con.execute("TRUNCATE romerea_uws.jobs, romerea_uws.workers")
-    return jobs_db
-
-
-@contextlib.contextmanager
-def pg_uws_service(
-    jobs_db: str, root: Path, calls: Calls, **kwargs
-) -> Iterator[tuple[str, PostgresJobStore]]:
-    store = PostgresJobStore(jobs_db, root, make_runner(calls), **kwargs)
-
-    async def read_params(request, directory):
-        return await read_dali_params(request, directory, max_upload_bytes=UPLOAD_LIMIT)
-
-    app = Starlette(routes=uws_routes(store, read_params=read_params, prefix="/tap/async"))
-    try:
-        with running_server(app) as url:
-            yield f"{url}/tap/async", store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-@pytest.fixture
-def service(empty_jobs_db, tmp_path, calls) -> Iterator[tuple[str, PostgresJobStore]]:
-    with pg_uws_service(
-        empty_jobs_db, tmp_path / "jobs", calls, max_execution_duration=60, max_wait=10
-    ) as served:
-        yield served
+def empty_jobs_db(empty_uws_jobs_db) -> str:
+    return empty_uws_jobs_db
 
 
 def test_two_stores_share_jobs_and_sweep_once(empty_jobs_db, tmp_path):

@@ -426,7 +426,7 @@ def test_several_workers_need_a_shared_job_store(tap_db, tmp_path):
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql (postgresql-client) not installed")
 def test_setup_sql_gives_a_service_role_that_reads_only(pg_cluster, tmp_path):
-    from romerea_vo.service.uws_pg import PostgresJobStore
+    from romerea_vo.service.uws.pg_store import PostgresJobStore
 
     setup = Path(__file__).resolve().parents[1] / "services" / "postgres" / "setup.sql"
     db, owner, service = "romerea_setup", "rv_test_owner", "rv_test_service"

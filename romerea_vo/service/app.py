@@ -121,7 +121,7 @@ class TapService:
                 raise InvalidRequestError(
                     "a PostgreSQL job store needs a work directory shared by all workers"
                 )
-            from .uws_pg import PostgresJobStore  # psycopg: the optional postgres extra
+            from .uws.pg_store import PostgresJobStore  # psycopg: the optional postgres extra
 
             try:
                 self.jobs = PostgresJobStore(

@@ -87,7 +87,7 @@ def check_config(config: ServiceConfig, workers: int) -> None:
         )
     if config.jobs_db:
         try:
-            from .uws_pg import ensure_schema
+            from .uws.pg_store import ensure_schema
         except ImportError as exc:
             raise InvalidRequestError(
                 f"--jobs-db needs psycopg and psycopg_pool ({exc}): "

@@ -61,23 +61,22 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from romerea_vo.errors import InvalidRequestError, RomeReaError
-
-from .uws import (
-    _STAGING,
-    _STAGING_MAX_AGE,
+from ...errors import InvalidRequestError, RomeReaError
+from .models import (
+    STAGING,
+    STAGING_MAX_AGE,
     CancelToken,
     Job,
     JobLimitError,
     JobNotFoundError,
     JobRunner,
-    JobStoreBase,
     Result,
-    _job_parameters,
-    _message,
-    _now,
-    _unlink,
+    error_message,
+    job_parameters,
+    now_utc,
+    unlink_quietly,
 )
+from .store import JobStoreBase
 
 __all__ = [
     "SCHEMA",
@@ -485,7 +484,7 @@ class PostgresJobStore(JobStoreBase):
         self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
     ) -> Job:
         """Set parameters (and add uploads) of a PENDING job; UPLOAD tables are merged."""
-        params = _job_parameters(parameters)
+        params = job_parameters(parameters)
         files = dict(files or {})
 
         def check(job: Job) -> str | None:
@@ -511,8 +510,8 @@ class PostgresJobStore(JobStoreBase):
                 )
             moved = {}
         finally:
-            _unlink(moved.values())
-        _unlink(replaced)
+            unlink_quietly(moved.values())
+        unlink_quietly(replaced)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -600,7 +599,7 @@ class PostgresJobStore(JobStoreBase):
             )
             job = self._job(cur.fetchone())
             self._notify(cur, job_id, "ABORTED")
-        _unlink(r.path for r in self._job(row).results)
+        unlink_quietly(r.path for r in self._job(row).results)
         self._cancel_local(job_id, "aborted")
         return job
 
@@ -824,7 +823,7 @@ class PostgresJobStore(JobStoreBase):
             if token.is_set() and token.reason == SHUTDOWN:
                 final, message = "QUEUED", None  # a new run writes the results again
             elif error is not None and not token.is_set():
-                final, message = "ERROR", _message(error)
+                final, message = "ERROR", error_message(error)
             elif token.is_set():
                 final, message = "ABORTED", f"job {token.reason}"
             else:
@@ -837,7 +836,7 @@ class PostgresJobStore(JobStoreBase):
             except JobDatabaseError:
                 ours = False  # our heartbeat stops too: a live worker marks the job ERROR
             if not (ours and final == "COMPLETED"):
-                _unlink(r.path for r in job.results)
+                unlink_quietly(r.path for r in job.results)
             if not ours and not self._exists(job_id):
                 shutil.rmtree(job.directory, ignore_errors=True)  # deleted while running
         finally:
@@ -1021,8 +1020,8 @@ class PostgresJobStore(JobStoreBase):
         for job_id in expired:
             self._cancel_local(job_id, "deleted")
             shutil.rmtree(self.root / job_id, ignore_errors=True)
-        cutoff = time.time() - _STAGING_MAX_AGE
-        staging = self.root / _STAGING
+        cutoff = time.time() - STAGING_MAX_AGE
+        staging = self.root / STAGING
         if staging.is_dir():
             for path in staging.iterdir():
                 with contextlib.suppress(OSError):
@@ -1076,7 +1075,7 @@ class PostgresJobStore(JobStoreBase):
                 token.repeat()
         for job_id in left:
             with contextlib.suppress(JobDatabaseError):
-                job = Job(job_id, self.root / job_id, _now(), _now())
+                job = Job(job_id, self.root / job_id, now_utc(), now_utc())
                 self._finish_own(job, "ERROR", SHUTDOWN, "transient")
         with contextlib.suppress(JobDatabaseError), self._tx() as cur:
             self._notify(cur, self.worker_id, "STOP")  # ends the housekeeper's LISTEN wait
