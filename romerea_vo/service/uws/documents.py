@@ -19,7 +19,7 @@ from vo_models.uws import (
 )
 from vo_models.uws.models import NSMAP
 
-from .models import Job, iso_time
+from .models import ABORTED, ERROR, Job, iso_time
 
 # --- XML documents -------------------------------------------------------------------
 
@@ -83,7 +83,7 @@ def results_model(job: Job, job_url: str) -> Results:
 def job_xml(job: Job, job_url: str) -> bytes:
     """The UWS 1.1 job document (``version="1.1"``)."""
     error = None
-    if job.error_message and job.phase in ("ERROR", "ABORTED"):
+    if job.error_message and job.phase in (ERROR, ABORTED):
         error = ErrorSummary(
             message=_xml_text(job.error_message), type=job.error_type, has_detail=True
         )

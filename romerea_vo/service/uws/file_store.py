@@ -18,9 +18,20 @@ from pathlib import Path
 
 from ...errors import InvalidRequestError, RomeReaError
 from .models import (
+    ABORTED,
+    ARCHIVED,
+    COMPLETED,
+    ERROR,
+    EXECUTING,
+    FATAL,
+    HELD,
     JOB_FILE,
+    PENDING,
+    QUEUED,
     STAGING,
     STAGING_MAX_AGE,
+    SUSPENDED,
+    TRANSIENT,
     UPLOAD_DIR,
     CancelToken,
     Job,
@@ -114,8 +125,8 @@ class JobStore(JobStoreBase):
                 log.warning("ignoring %s: it holds job %s", directory, job.job_id)
                 continue
             self._jobs[job.job_id] = job
-            if job.phase in ("QUEUED", "EXECUTING"):
-                self._finish(job, "ERROR", "interrupted by a service restart", "transient")
+            if job.phase in (QUEUED, EXECUTING):
+                self._finish(job, ERROR, "interrupted by a service restart", TRANSIENT)
 
     def _save(self, job: Job) -> None:
         """Write job.json atomically (call with the lock held)."""
@@ -136,7 +147,7 @@ class JobStore(JobStoreBase):
                 loop.call_soon_threadsafe(event.set)
 
     def _finish(
-        self, job: Job, phase: str, message: str | None = None, error_type: str = "fatal"
+        self, job: Job, phase: str, message: str | None = None, error_type: str = FATAL
     ) -> None:
         """Move a job to a final phase (lock held), dropping results unless COMPLETED."""
         job.phase = phase
@@ -144,7 +155,7 @@ class JobStore(JobStoreBase):
         if message is not None:
             job.error_message = message
             job.error_type = error_type
-        if phase != "COMPLETED":
+        if phase != COMPLETED:
             unlink_quietly(r.path for r in job.results)
             job.results = []
         self._save(job)
@@ -228,7 +239,7 @@ class JobStore(JobStoreBase):
             jobs = [
                 job.copy()
                 for job in self._jobs.values()
-                if (job.phase in phases if phases else job.phase != "ARCHIVED")
+                if (job.phase in phases if phases else job.phase != ARCHIVED)
                 and (after is None or job.creation_time > after)
             ]
         jobs.sort(key=lambda j: j.creation_time)
@@ -240,15 +251,15 @@ class JobStore(JobStoreBase):
         """PHASE=RUN: queue a PENDING (or HELD) job; a no-op for a queued or running one."""
         with self._lock:
             job = self._job(job_id)
-            if job.phase in ("QUEUED", "EXECUTING"):
+            if job.phase in (QUEUED, EXECUTING):
                 return job.copy()
-            if job.phase not in ("PENDING", "HELD"):
+            if job.phase not in (PENDING, HELD):
                 raise InvalidRequestError(
                     f"job {job_id} is {job.phase} and cannot be run again; create a new job"
                 )
             if self._closed.is_set():
                 raise JobLimitError("the service is shutting down")
-            job.phase = "QUEUED"
+            job.phase = QUEUED
             self._save(job)
             self._notify()
             self._executor.submit(self._execute, job_id)
@@ -258,15 +269,15 @@ class JobStore(JobStoreBase):
         """PHASE=ABORT: a pending, queued or executing job becomes ABORTED."""
         with self._lock:
             job = self._job(job_id)
-            if job.phase == "ABORTED":
+            if job.phase == ABORTED:
                 return job.copy()
-            if job.phase not in ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED"):
+            if job.phase not in (PENDING, QUEUED, EXECUTING, HELD, SUSPENDED):
                 raise InvalidRequestError(
                     f"job {job_id} is {job.phase}: only a pending, queued or executing job "
                     "can be aborted"
                 )
             token = self._tokens.get(job_id)
-            self._finish(job, "ABORTED", "job aborted on request")
+            self._finish(job, ABORTED, "job aborted on request")
             snapshot = job.copy()
         if token is not None:
             token.cancel("aborted")
@@ -287,7 +298,7 @@ class JobStore(JobStoreBase):
         """Set the execution duration (clamped) of a PENDING or QUEUED job."""
         with self._lock:
             job = self._job(job_id)
-            if job.phase not in ("PENDING", "QUEUED", "HELD"):
+            if job.phase not in (PENDING, QUEUED, HELD):
                 raise InvalidRequestError(
                     f"job {job_id} is {job.phase}: the execution duration can only be "
                     "changed before the job runs"
@@ -352,11 +363,11 @@ class JobStore(JobStoreBase):
     def _execute(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.phase != "QUEUED" or self._closed.is_set():
+            if job is None or job.phase != QUEUED or self._closed.is_set():
                 return
             token = CancelToken()
             self._tokens[job_id] = token
-            job.phase = "EXECUTING"
+            job.phase = EXECUTING
             job.start_time = now_utc()
             duration = job.execution_duration
             self._save(job)
@@ -385,25 +396,25 @@ class JobStore(JobStoreBase):
                 shutil.rmtree(job.directory, ignore_errors=True)
                 self._notify()
                 return
-            if job.phase != "EXECUTING":  # aborted, timed out or shut down meanwhile
+            if job.phase != EXECUTING:  # aborted, timed out or shut down meanwhile
                 self._finish(job, job.phase)
             elif error is not None:
-                self._finish(job, "ERROR", error_message(error))
+                self._finish(job, ERROR, error_message(error))
             elif token.is_set():
-                self._finish(job, "ABORTED", f"job {token.reason}")
+                self._finish(job, ABORTED, f"job {token.reason}")
             else:
                 for result in job.results:
                     with contextlib.suppress(OSError):
                         result.size = result.path.stat().st_size
-                self._finish(job, "COMPLETED")
+                self._finish(job, COMPLETED)
 
     def _expire(self, job_id: str, token: CancelToken, duration: int) -> None:
         message = f"query exceeded the execution duration of {duration} s"
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.phase != "EXECUTING" or self._tokens.get(job_id) is not token:
+            if job is None or job.phase != EXECUTING or self._tokens.get(job_id) is not token:
                 return
-            self._finish(job, "ERROR", message)
+            self._finish(job, ERROR, message)
         token.cancel("exceeded its execution duration")
 
     # --- destruction and shutdown --------------------------------------------------
@@ -443,8 +454,8 @@ class JobStore(JobStoreBase):
         with self._lock:
             tokens = list(self._tokens.values())
             for job in self._jobs.values():
-                if job.phase in ("QUEUED", "EXECUTING"):
-                    self._finish(job, "ERROR", "interrupted by a service shutdown", "transient")
+                if job.phase in (QUEUED, EXECUTING):
+                    self._finish(job, ERROR, "interrupted by a service shutdown", TRANSIENT)
         for token in tokens:
             token.cancel("interrupted by a service shutdown")
         self._executor.shutdown(wait=False, cancel_futures=True)

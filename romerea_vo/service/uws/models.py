@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vo_models.uws.types import ErrorType, ExecutionPhase
+
 from ...errors import InvalidRequestError, RomeReaError
 from ..params import parse_upload_param
 from ..responses import XML_MEDIA
@@ -20,21 +22,21 @@ from ..responses import XML_MEDIA
 log = logging.getLogger("romerea_vo.service.uws")
 
 
-PHASES = (
-    "PENDING",
-    "QUEUED",
-    "EXECUTING",
-    "COMPLETED",
-    "ERROR",
-    "ABORTED",
-    "UNKNOWN",
-    "HELD",
-    "SUSPENDED",
-    "ARCHIVED",
-)
-ACTIVE_PHASES = frozenset({"PENDING", "QUEUED", "EXECUTING"})
+PENDING, QUEUED, EXECUTING = (ExecutionPhase.PENDING.value, ExecutionPhase.QUEUED.value,
+                               ExecutionPhase.EXECUTING.value)  # fmt: skip
+COMPLETED, ERROR, ABORTED = (ExecutionPhase.COMPLETED.value, ExecutionPhase.ERROR.value,
+                             ExecutionPhase.ABORTED.value)  # fmt: skip
+ARCHIVED, HELD, SUSPENDED, UNKNOWN = (ExecutionPhase.ARCHIVED.value, ExecutionPhase.HELD.value,
+                                      ExecutionPhase.SUSPENDED.value,
+                                      ExecutionPhase.UNKNOWN.value)  # fmt: skip
+"""UWS 1.1 phases, from vo-models' `ExecutionPhase` (plain strings: they go into job.json,
+PostgreSQL and XML as they are)."""
+PHASES = tuple(phase.value for phase in ExecutionPhase)
+TRANSIENT, FATAL = ErrorType.TRANSIENT.value, ErrorType.FATAL.value
+"""UWS error types, from vo-models' `ErrorType`."""
+ACTIVE_PHASES = frozenset({PENDING, QUEUED, EXECUTING})
 """Phases in which a blocking WAIT waits (UWS 1.1 §2.2.1.1)."""
-FINAL_PHASES = frozenset({"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"})
+FINAL_PHASES = frozenset({COMPLETED, ERROR, ABORTED, ARCHIVED})
 
 CONTROL_PARAMS = frozenset({"PHASE", "ACTION", "EXECUTIONDURATION", "DESTRUCTION", "WAIT"})
 """UWS control parameters: acted on, never stored as job parameters."""
@@ -112,7 +114,7 @@ class Job:
     directory: Path
     creation_time: datetime
     destruction: datetime
-    phase: str = "PENDING"
+    phase: str = PENDING
     run_id: str | None = None
     owner: str | None = None
     client: str | None = None
@@ -125,7 +127,7 @@ class Job:
     files: dict[str, Path] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
     error_message: str | None = None
-    error_type: str = "fatal"
+    error_type: str = FATAL
 
     def add_result(self, result_id: str, path: Path | str, media_type: str) -> Result:
         """Register a file the runner wrote in the job directory as a result.
@@ -214,7 +216,7 @@ class Job:
                 for r in data.get("results", [])
             ],
             error_message=data.get("error_message"),
-            error_type=data.get("error_type", "fatal"),
+            error_type=data.get("error_type", FATAL),
         )
 
 

@@ -63,8 +63,18 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import InvalidRequestError, RomeReaError
 from .models import (
+    ABORTED,
+    COMPLETED,
+    ERROR,
+    EXECUTING,
+    FATAL,
+    HELD,
+    PENDING,
+    QUEUED,
     STAGING,
     STAGING_MAX_AGE,
+    SUSPENDED,
+    TRANSIENT,
     CancelToken,
     Job,
     JobLimitError,
@@ -564,9 +574,9 @@ class PostgresJobStore(JobStoreBase):
             raise JobLimitError("the service is shutting down")
         with self._tx() as cur:
             row = self._row(cur, job_id, lock=True)
-            if row["phase"] in ("QUEUED", "EXECUTING"):
+            if row["phase"] in (QUEUED, EXECUTING):
                 return self._job(row)
-            if row["phase"] not in ("PENDING", "HELD"):
+            if row["phase"] not in (PENDING, HELD):
                 raise InvalidRequestError(
                     f"job {job_id} is {row['phase']} and cannot be run again; create a new job"
                 )
@@ -576,7 +586,7 @@ class PostgresJobStore(JobStoreBase):
                 (job_id,),
             )
             job = self._job(cur.fetchone())
-            self._notify(cur, job_id, "QUEUED")
+            self._notify(cur, job_id, QUEUED)
         self._dispatch.set()
         return job
 
@@ -584,9 +594,9 @@ class PostgresJobStore(JobStoreBase):
         """PHASE=ABORT: a pending, queued or executing job becomes ABORTED, wherever it runs."""
         with self._tx() as cur:
             row = self._row(cur, job_id, lock=True)
-            if row["phase"] == "ABORTED":
+            if row["phase"] == ABORTED:
                 return self._job(row)
-            if row["phase"] not in ("PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED"):
+            if row["phase"] not in (PENDING, QUEUED, EXECUTING, HELD, SUSPENDED):
                 raise InvalidRequestError(
                     f"job {job_id} is {row['phase']}: only a pending, queued or executing job "
                     "can be aborted"
@@ -598,7 +608,7 @@ class PostgresJobStore(JobStoreBase):
                 ("job aborted on request", job_id),
             )
             job = self._job(cur.fetchone())
-            self._notify(cur, job_id, "ABORTED")
+            self._notify(cur, job_id, ABORTED)
         unlink_quietly(r.path for r in self._job(row).results)
         self._cancel_local(job_id, "aborted")
         return job
@@ -620,7 +630,7 @@ class PostgresJobStore(JobStoreBase):
         seconds = self._clamp_duration(seconds)
         with self._tx() as cur:
             row = self._row(cur, job_id, lock=True)
-            if row["phase"] not in ("PENDING", "QUEUED", "HELD"):
+            if row["phase"] not in (PENDING, QUEUED, HELD):
                 raise InvalidRequestError(
                     f"job {job_id} is {row['phase']}: the execution duration can only be "
                     "changed before the job runs"
@@ -750,7 +760,7 @@ class PostgresJobStore(JobStoreBase):
             )
             row = cur.fetchone()
             if row is not None:
-                self._notify(cur, row["job_id"], "EXECUTING")
+                self._notify(cur, row["job_id"], EXECUTING)
         return row
 
     def _finish_own(
@@ -758,11 +768,11 @@ class PostgresJobStore(JobStoreBase):
         job: Job,
         phase: str,
         message: str | None = None,
-        error_type: str = "fatal",
+        error_type: str = FATAL,
     ) -> bool:
         """Move a job this worker executes to ``phase``; False if it is no longer ours."""
         with self._tx() as cur:
-            if phase == "QUEUED":
+            if phase == QUEUED:
                 cur.execute(
                     "UPDATE romerea_uws.jobs SET phase = 'QUEUED', start_time = NULL,"
                     " worker_id = NULL, worker_pid = NULL, worker_host = NULL, heartbeat = NULL"
@@ -779,8 +789,8 @@ class PostgresJobStore(JobStoreBase):
                     (
                         phase,
                         message,
-                        error_type if message is not None else "fatal",
-                        _results_json(job) if phase == "COMPLETED" else Jsonb([]),
+                        error_type if message is not None else FATAL,
+                        _results_json(job) if phase == COMPLETED else Jsonb([]),
                         job.job_id,
                         self.worker_id,
                     ),
@@ -821,13 +831,13 @@ class PostgresJobStore(JobStoreBase):
             with self._lock:
                 self._tokens.pop(job_id, None)
             if token.is_set() and token.reason == SHUTDOWN:
-                final, message = "QUEUED", None  # a new run writes the results again
+                final, message = QUEUED, None  # a new run writes the results again
             elif error is not None and not token.is_set():
-                final, message = "ERROR", error_message(error)
+                final, message = ERROR, error_message(error)
             elif token.is_set():
-                final, message = "ABORTED", f"job {token.reason}"
+                final, message = ABORTED, f"job {token.reason}"
             else:
-                final, message = "COMPLETED", None
+                final, message = COMPLETED, None
                 for result in job.results:
                     with contextlib.suppress(OSError):
                         result.size = result.path.stat().st_size
@@ -835,7 +845,7 @@ class PostgresJobStore(JobStoreBase):
                 ours = self._finish_own(job, final, message)
             except JobDatabaseError:
                 ours = False  # our heartbeat stops too: a live worker marks the job ERROR
-            if not (ours and final == "COMPLETED"):
+            if not (ours and final == COMPLETED):
                 unlink_quietly(r.path for r in job.results)
             if not ours and not self._exists(job_id):
                 shutil.rmtree(job.directory, ignore_errors=True)  # deleted while running
@@ -858,7 +868,7 @@ class PostgresJobStore(JobStoreBase):
     def _expire(self, job: Job, token: CancelToken, duration: int) -> None:
         message = f"query exceeded the execution duration of {duration} s"
         try:
-            ours = self._finish_own(job, "ERROR", message)
+            ours = self._finish_own(job, ERROR, message)
         except JobDatabaseError:
             ours = True  # stop the query all the same
         if ours:
@@ -929,10 +939,10 @@ class PostgresJobStore(JobStoreBase):
     def _on_notification(self, payload: str) -> None:
         job_id, _, phase = payload.partition(" ")
         self._wake(job_id)
-        if phase == "QUEUED":
+        if phase == QUEUED:
             self._dispatch.set()
-        elif phase != "EXECUTING":
-            self._cancel_local(job_id, {"ABORTED": "aborted", "DELETED": "deleted"}.get(
+        elif phase != EXECUTING:
+            self._cancel_local(job_id, {ABORTED: "aborted", "DELETED": "deleted"}.get(
                 phase, f"stopped: the job became {phase}"
             ))  # fmt: skip
 
@@ -958,7 +968,7 @@ class PostgresJobStore(JobStoreBase):
                 phase = self.phase(job_id)
             except JobNotFoundError:
                 phase = "DELETED"
-            if phase != "EXECUTING":
+            if phase != EXECUTING:
                 self._on_notification(f"{job_id} {phase}")
         with self._lock:
             stopping = [token for token in self._tokens.values() if token.is_set()]
@@ -996,7 +1006,7 @@ class PostgresJobStore(JobStoreBase):
             reaped = cur.fetchall()
             for row in reaped:
                 log.warning("job %s: worker %s stopped; job marked ERROR", *row.values())
-                self._notify(cur, row["job_id"], "ERROR")
+                self._notify(cur, row["job_id"], ERROR)
             cur.execute(
                 "DELETE FROM romerea_uws.workers WHERE worker_id <> %s"
                 " AND pg_try_advisory_xact_lock(%s, lock_key)",
@@ -1076,7 +1086,7 @@ class PostgresJobStore(JobStoreBase):
         for job_id in left:
             with contextlib.suppress(JobDatabaseError):
                 job = Job(job_id, self.root / job_id, now_utc(), now_utc())
-                self._finish_own(job, "ERROR", SHUTDOWN, "transient")
+                self._finish_own(job, ERROR, SHUTDOWN, TRANSIENT)
         with contextlib.suppress(JobDatabaseError), self._tx() as cur:
             self._notify(cur, self.worker_id, "STOP")  # ends the housekeeper's LISTEN wait
         self._dispatcher.join(timeout=self.poll_interval + 1)

@@ -16,7 +16,7 @@ from ...errors import InvalidRequestError, RomeReaError
 from ..params import DaliParams, read_dali_params
 from ..responses import dali_error, error_response, error_status
 from .documents import job_xml, jobs_xml, parameters_model, results_model, serialize
-from .models import CONTROL_PARAMS, PHASES, UWS_MEDIA, iso_time, parse_time
+from .models import ABORTED, CONTROL_PARAMS, ERROR, PHASES, UWS_MEDIA, iso_time, parse_time
 from .store import JobStoreBase
 
 # --- HTTP binding --------------------------------------------------------------------
@@ -262,7 +262,7 @@ class _Endpoints:
             job = await self.read(self.store.get, job_id)
         except RomeReaError as exc:
             return _client_error(exc)
-        if not job.error_message or job.phase not in ("ERROR", "ABORTED"):
+        if not job.error_message or job.phase not in (ERROR, ABORTED):
             return _text(f"job {job_id} is {job.phase} and has no error\n", 404)
         return dali_error(job.error_message, 200)
 

@@ -18,6 +18,8 @@ from ...errors import InvalidRequestError
 from ..params import parse_upload_param
 from .models import (
     ACTIVE_PHASES,
+    COMPLETED,
+    PENDING,
     STAGING,
     UPLOAD_DIR,
     ClientQuotaError,
@@ -130,7 +132,7 @@ class JobStoreBase(abc.ABC):
             for job in self._client_jobs(client):
                 if used < self.max_result_bytes:
                     break
-                if job.phase != "COMPLETED" or not job.results:
+                if job.phase != COMPLETED or not job.results:
                     continue
                 with contextlib.suppress(JobNotFoundError):
                     self.delete(job.job_id)
@@ -308,7 +310,7 @@ class JobStoreBase(abc.ABC):
     ) -> str | None:
         """Refuse new parameters unless the job is PENDING and its uploads stay well formed;
         returns the merged UPLOAD value."""
-        if job.phase != "PENDING":
+        if job.phase != PENDING:
             raise InvalidRequestError(
                 f"job {job.job_id} is {job.phase}: parameters can only be changed while PENDING"
             )
