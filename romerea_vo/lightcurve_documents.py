@@ -60,7 +60,7 @@ from .products import layout
 from .products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
 from .products.lookup import StarRef
 from .products.reader import Field
-from .store.database import Database
+from .store.contract import CatalogDatabase
 from .store.session import QueryFailed
 from .variability.pspl import band_model_mag
 from .votable.formats import ResultFormat, resolve_format, write_result
@@ -340,7 +340,7 @@ class LightcurveDocuments:
     """Lightcurve documents of an ingested database's stars (no HTTP: the service's
     ``/lightcurve`` endpoint, the SAMP bridge and the CLI build them here)."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: CatalogDatabase):
         self.db = db
         self.authority = db.authority
         self._lock = threading.Lock()

@@ -53,7 +53,7 @@ from starlette.responses import Response
 from ..errors import InvalidRequestError
 from ..ids import make_did, parse_any_did
 from ..products import layout
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..store.session import QueryFailed
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import load_table_schema
@@ -257,7 +257,7 @@ class _Fault(Exception):
     """A per-ID DataLink error: ``message`` starts with the fault name."""
 
 
-def _load_field(db: Database, name: str) -> _FieldStars:
+def _load_field(db: CatalogDatabase, name: str) -> _FieldStars:
     field_index = db.physical_name(load_table_schema("field_index"))
     stats_table = db.physical_name(load_table_schema("lightcurve_stats"))
     with db.session() as session:
@@ -310,7 +310,7 @@ class DataLinkService:
 
     def __init__(
         self,
-        db: Database,
+        db: CatalogDatabase,
         *,
         max_ids: int = MAX_IDS,
         estimate_size: Callable[[str, int], int | None] | None = None,

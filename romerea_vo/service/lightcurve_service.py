@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..errors import InvalidRequestError, RomeReaError
 from ..lightcurve_documents import LightcurveDocuments, parse_request
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..xmatch.core import MAX_RADIUS_ARCSEC
 from .params import DaliParams, parse_upload_param, read_dali_params
 from .responses import error_response
@@ -34,7 +34,10 @@ class LightcurveService(LightcurveDocuments):
     """The ``/lightcurve`` endpoint over an ingested database's fields."""
 
     def __init__(
-        self, db: Database, upload_dir: Path | None = None, max_upload_bytes: int = 100 * 2**20
+        self,
+        db: CatalogDatabase,
+        upload_dir: Path | None = None,
+        max_upload_bytes: int = 100 * 2**20,
     ):
         """``upload_dir``: where bulk uploads are spooled (None: bulk requests refused)."""
         super().__init__(db)

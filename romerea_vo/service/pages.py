@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import InvalidRequestError
 from ..ids import parse_did
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..store.session import QueryFailed
 from ..votable.schema import ColumnSchema, TableSchema, load_table_schema
 from .datalink import BAND_LABELS, DataLinkService
@@ -146,7 +146,7 @@ class StarPages:
 
     def __init__(
         self,
-        db: Database,
+        db: CatalogDatabase,
         scs: ConeSearchService,
         datalink: DataLinkService,
         limits: TapLimits,

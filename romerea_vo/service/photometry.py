@@ -18,7 +18,7 @@ from sqlglot import exp
 from ..adql.parser import parse
 from ..errors import InvalidRequestError, StarNotFoundError
 from ..lightcurves import lightcurves
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..store.ddl import ARROW_TYPES
 from ..votable.schema import TableSchema
 
@@ -168,7 +168,7 @@ def requested_stars(
     return {f: sorted(v) for f, v in wanted.items()}
 
 
-def _sample(db: Database, n_rows: int) -> list:
+def _sample(db: CatalogDatabase, n_rows: int) -> list:
     """The first stars of the first field(s), enough for ``n_rows`` points."""
     parts, have = [], 0
     for name in db.fields:
@@ -185,7 +185,9 @@ def _sample(db: Database, n_rows: int) -> list:
     return parts
 
 
-def photometry_rows(db: Database, stars: dict[str, list[int]], schema: TableSchema) -> pa.Table:
+def photometry_rows(
+    db: CatalogDatabase, stars: dict[str, list[int]], schema: TableSchema
+) -> pa.Table:
     """The points of ``stars`` (every quality level) as an Arrow table shaped by ``schema``.
 
     Unknown fields or field_ids simply contribute no rows, as a WHERE clause would."""

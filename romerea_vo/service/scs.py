@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidRequestError
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..store.session import QueryFailed
 from ..votable.formats import resolve_format, write_result
 from ..votable.schema import load_table_schema
@@ -66,7 +66,7 @@ def _scs_error(message: str, status: int = 400) -> Response:
 class ConeSearchService:
     """The ``/scs`` endpoint over an ingested database's field index."""
 
-    def __init__(self, db: Database, limits: TapLimits | None = None):
+    def __init__(self, db: CatalogDatabase, limits: TapLimits | None = None):
         self.db = db
         self.limits = limits or TapLimits()
         schema = load_table_schema("field_index")

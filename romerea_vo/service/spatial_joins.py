@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..adql.model import SpatialJoin, SpatialJoinSide
-from ..store.session import DuckDBSession
+from ..store.contract import CatalogSession
 from ..xmatch import SkyIndex, zone_height
 
 #: A query's positional joins may not produce more pairs than this.
@@ -47,7 +47,7 @@ class SpatialJoinRunner:
 
     def register(
         self,
-        session: DuckDBSession,
+        session: CatalogSession,
         joins: Iterable[SpatialJoin],
         per_query: set[str],
     ) -> None:
@@ -95,7 +95,7 @@ class SpatialJoinRunner:
                 _, old = self._cache.popitem(last=False)
                 total -= old.nbytes
 
-    def _positions(self, session: DuckDBSession, side: SpatialJoinSide, cache: bool) -> _Positions:
+    def _positions(self, session: CatalogSession, side: SpatialJoinSide, cache: bool) -> _Positions:
         key = ("positions", side.physical, side.row_key, side.ra, side.dec)
         if cache and (found := self._cached(key)) is not None:
             return found

@@ -21,7 +21,7 @@ from sqlglot import exp
 from .. import __version__
 from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
 from ..errors import InvalidRequestError, RomeReaError
-from ..store.database import Database
+from ..store.contract import CatalogDatabase
 from ..store.ddl import ARROW_TYPES
 from ..store.session import DuckDBSession, QueryFailed, QueryInterrupted
 from ..votable.formats import ResultFormat, resolve_format, write_result
@@ -124,7 +124,7 @@ class PreparedQuery:
 class TapEngine:
     """Everything a TAP request needs from the database, with the configured limits."""
 
-    def __init__(self, db: Database, limits: TapLimits | None = None):
+    def __init__(self, db: CatalogDatabase, limits: TapLimits | None = None):
         self.db = db
         self.limits = limits or TapLimits()
         self.tables = db.tables  # ROME (if present), external catalogues, TAP_SCHEMA
