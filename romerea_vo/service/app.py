@@ -105,7 +105,7 @@ class TapService:
         self.public_url: str | None = config.public_url
         """Root URL of the service: the configured one, else as the last request named it.
         Async jobs (which have no request) use it for their DataLink service descriptors."""
-        store_args = dict(
+        self.store_args = dict(
             max_workers=config.max_workers,
             default_execution_duration=limits.default_execution_duration,
             max_execution_duration=limits.hard_execution_duration,
@@ -114,6 +114,8 @@ class TapService:
             max_jobs_per_client=limits.jobs_per_client,
             max_result_bytes=limits.results_quota_bytes,
         )
+        """How this service's job stores are set up (from the limits)."""
+        store_args = self.store_args
         self.jobs: JobStoreBase
         if config.jobs_db:  # last: a shared store may start queued jobs at once
             if self._own_work_dir:
@@ -505,17 +507,10 @@ def create_app(config: ServiceConfig) -> Starlette:
     if service.db.has_rome:  # a database of external catalogues only has no ROME stars
         lightcurves = service.lightcurves
         if not config.jobs_db:  # bulk jobs live in this process: one worker only
-            limits = config.limits
             lightcurve_jobs = JobStore(
                 service.work_dir / "lightcurve_jobs",
                 lightcurves.run_job,
-                max_workers=1,
-                default_execution_duration=limits.default_execution_duration,
-                max_execution_duration=limits.hard_execution_duration,
-                default_destruction=dt.timedelta(seconds=limits.default_retention),
-                max_destruction=dt.timedelta(seconds=limits.hard_retention),
-                max_jobs_per_client=limits.jobs_per_client,
-                max_result_bytes=limits.results_quota_bytes,
+                **{**service.store_args, "max_workers": 1},
             )
             routes += uws_routes(
                 lightcurve_jobs, read_params=service.read_params, prefix="/lightcurve/async"
