@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,17 @@ DEFAULT_TIMEOUT = 120.0
 CONNECT_RETRIES = 2
 """Retries of a connection that could not be made (the request never left: safe for any
 method); a request that reached the service is never repeated."""
+
+
+class _DropRetryWarnings(logging.Filter):
+    """urllib3 logs a WARNING for every connection retry; a client that cannot connect
+    reports that once, in its own words (`failure_reason`), so the retries stay quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Retrying")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_DropRetryWarnings())
 
 
 class ServiceError(RomeReaError):
