@@ -648,8 +648,22 @@ _LIMIT_FLAGS = {
     "results_quota_bytes": "results_quota",
     "job_result_bytes": "job_result_limit",
     "upload_columns": "upload_columns",
+    "query_slots": "query_slots",
+    "query_queue": "query_queue",
+    "client_slots": "client_slots",
+    "duckdb_memory_limit": "memory_limit",
 }
 """[limits] keys and the ``serve`` flags that override them."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -910,6 +924,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 = any)")
+    p.add_argument("--query-slots", type=_positive_int, metavar="N",
+                   help="heavy sync queries (joins, uploads) run at once (default 2)")  # fmt: skip
+    p.add_argument("--query-queue", type=_positive_int, metavar="N",
+                   help="heavy sync queries queued before a 503 (default 16)")  # fmt: skip
+    p.add_argument("--client-slots", type=_positive_int, metavar="N",
+                   help="heavy sync queries per client address (default 4)")  # fmt: skip
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="DuckDB memory_limit, e.g. 2GB (default 1GB)")  # fmt: skip
     _limit_args(p)
     p.set_defaults(func=cmd_serve)
 

@@ -128,6 +128,9 @@ def _test_limits():
         hard_maxrec=50_000,
         upload_bytes=20 * 2**20,
         remote_upload_private_hosts=True,
+        # every test client comes from 127.0.0.1: admission is tested in test_abuse_load
+        client_slots=1000,
+        query_queue=1000,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import html
 import logging
 import shutil
@@ -13,14 +14,15 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, RomeReaError
 from ..store import open_database
 from ..store.catalog_tables import position_columns
 from ..store.database import DatabaseError
@@ -29,31 +31,33 @@ from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
 from . import vosi
+from .admission import Admission, limit_malloc_arenas
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
 from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
-from .responses import XML_MEDIA, error_response
+from .responses import XML_MEDIA, dali_error, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
 from .tap import QueryCancelled, TapEngine
-from .uws import JobStore, JobStoreBase, uws_routes
+from .uws import CancelToken, JobStore, JobStoreBase, uws_routes
 
 log = logging.getLogger("romerea_vo.service")
 
 
 class _StreamingWithCleanup(StreamingResponse):
-    """A streamed result whose database session is released however the response ends.
+    """A streamed result whose database session and admission slot are released however
+    the response ends.
 
     Starlette runs a response's background task only after a complete send; a client
     that disconnects mid-stream would leave the session (a pooled PostgreSQL connection,
     a DuckDB cursor) open, and enough of those starve the service.
     """
 
-    def __init__(self, content, cleanup, *, interrupt, media_type: str):
+    def __init__(self, content, release, *, interrupt, media_type: str):
         super().__init__(content, media_type=media_type)
-        self._cleanup = cleanup
+        self._release = release
         self._interrupt = interrupt
 
     async def __call__(self, scope, receive, send) -> None:
@@ -66,7 +70,83 @@ class _StreamingWithCleanup(StreamingResponse):
                 if not finished:  # stop the query still producing rows
                     with contextlib.suppress(Exception):
                         self._interrupt()
-                await run_in_threadpool(self._cleanup)
+                await self._release()
+
+
+CLIENT_GONE = "the client went away; the query was stopped"
+
+
+class RequestToken(CancelToken):
+    """A sync request's cancellation: the client went away, or its deadline passed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message: str | None = None
+
+        self._interrupts: list = []
+
+    def on_cancel(self, callback):
+        """As CancelToken's; the callback is also repeated by :meth:`interrupt_again`."""
+        self._interrupts.append(callback)
+        return super().on_cancel(callback)
+
+    def cancel(self, reason: str = "cancelled", *, message: str | None = None) -> None:
+        """Set the token once, with ``message`` as the error the query ends with."""
+        if self.message is None and not self.is_set():
+            self.message = message
+        super().cancel(reason)
+
+    def interrupt_again(self) -> None:
+        """Run the callbacks again (an interrupt before a statement starts is lost)."""
+        for callback in list(self._interrupts):
+            with contextlib.suppress(Exception):
+                callback()
+
+
+async def _iterate_in(limiter, chunks):
+    """``chunks`` (a blocking iterator) read in threads of ``limiter``."""
+    done = object()
+    while True:
+        chunk = await anyio.to_thread.run_sync(next, chunks, done, limiter=limiter)
+        if chunk is done:
+            return
+        yield chunk
+
+
+async def _until_disconnect(request: Request, token: RequestToken, work) -> None:
+    """Run ``work()`` while watching the connection: when the client disconnects, cancel
+    ``token`` (its callbacks interrupt the engine) and interrupt again until ``work``
+    returns, as an interrupt that lands just before a statement starts is lost.
+    Exceptions of ``work`` propagate unchanged."""
+    done = anyio.Event()
+    outcome: list[BaseException] = []
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                break
+        token.cancel(message=CLIENT_GONE)
+        while not done.is_set():
+            with anyio.move_on_after(0.25):
+                await done.wait()
+            if not done.is_set():
+                token.interrupt_again()
+
+    async def run() -> None:
+        try:
+            await work()
+        except BaseException as exc:  # handed to the caller below, unwrapped
+            outcome.append(exc)
+        finally:
+            done.set()
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(run)
+    if outcome:
+        raise outcome[0]
 
 
 class TapService:
@@ -74,7 +154,13 @@ class TapService:
 
     def __init__(self, config: ServiceConfig):
         self.config = config
-        self.db = open_database(config.db_path)
+        limits = config.limits
+        self.db = open_database(
+            config.db_path,
+            threads=limits.duckdb_threads or None,
+            memory_limit=limits.duckdb_memory_limit or None,
+            work_mem=limits.pg_work_mem or None,
+        )
         if not self.db.metadata_is_current():
             self.db.close()
             raise DatabaseError(
@@ -85,12 +171,20 @@ class TapService:
         self.engine = TapEngine(self.db, config.limits)
         self.stopping = threading.Event()
         """Set when the server begins to stop: uploads still being read give up."""
+        self.admission = Admission(
+            heavy_slots=limits.query_slots,
+            heavy_queue=limits.query_queue,
+            light_slots=limits.light_slots,
+            light_queue=limits.light_queue,
+            per_client=limits.client_slots,
+            retry_after=limits.retry_after,
+        )
+        """Sync queries' slots and queues (lightcurves, DataLink, VOSI stay outside)."""
         self.started = dt.datetime.now(dt.UTC)
         self._own_work_dir = config.work_dir is None
         self.work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="romerea-vo-"))
         self.upload_dir = self.work_dir / "uploads"
         self.upload_dir.mkdir(parents=True, exist_ok=True)
-        limits = config.limits
         self.nrows = self._table_rows()
         self.example_star: ExampleStar | None = self._find_example_star()
         """The star the examples, the landing page and ``romerea-vo demo`` name (None
@@ -163,41 +257,93 @@ class TapService:
     # --- sync -------------------------------------------------------------------------
 
     async def sync(self, request: Request) -> Response:
+        """``/tap/sync``: admitted to its lane (503 beyond the queue), interrupted when the
+        client goes away or the execution duration, counted from here, runs out."""
         scratch = Path(tempfile.mkdtemp(dir=self.upload_dir))
-        session = result = None
+        session = result = timer = None
+        token = RequestToken()
+        slot = contextlib.AsyncExitStack()
+        lane_threads = None
 
         def cleanup() -> None:
+            if timer is not None:
+                timer.cancel()
             if result is not None:
                 result.close()
             if session is not None:
                 session.close()
             shutil.rmtree(scratch, ignore_errors=True)
 
+        async def release() -> None:
+            await run_in_threadpool(cleanup)
+            await slot.aclose()
+
+        async def work() -> None:
+            nonlocal session, result
+            nonlocal lane_threads
+            lane = self.admission.lane(self.engine.is_heavy(params))
+            lane_threads = lane.threads
+            client = request.client.host if request.client else "unknown"
+            await slot.enter_async_context(
+                lane.admit(client, self.admission.retry_after, cancelled=token.is_set)
+            )
+            if token.is_set():
+                raise QueryCancelled(token.message or "query was aborted")
+            session = await anyio.to_thread.run_sync(self.db.session, limiter=lane.threads)
+            token.on_cancel(session.interrupt)
+            prepared = await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.engine.prepare,
+                    params,
+                    session,
+                    scratch,
+                    deadline=deadline,
+                    cancelled=lambda: token.is_set() or self.stopping.is_set(),
+                ),
+                limiter=lane.threads,
+            )
+            # the engine's timer (and PostgreSQL's statement_timeout) is a backstop one
+            # second later: the request's deadline timer, started on arrival, says why
+            remaining = max(deadline - time.monotonic(), 0.0) + 1.0
+            result = await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.engine.execute,
+                    prepared,
+                    session,
+                    timeout=remaining,
+                    cancel=token,
+                    base_url=str(request.base_url).rstrip("/"),
+                ),
+                limiter=lane.threads,
+            )
+
         try:
             params = await self.read_params(request, scratch)
-            session = await run_in_threadpool(self.db.session)
-            prepared = await run_in_threadpool(
-                self.engine.prepare,
-                params,
-                session,
-                scratch,
-                deadline=time.monotonic() + self.config.limits.sync_execution_duration,
-                cancelled=self.stopping.is_set,
+            duration = self.config.limits.sync_execution_duration
+            deadline = time.monotonic() + duration
+            timer = threading.Timer(
+                duration,
+                token.cancel,
+                kwargs={
+                    "message": f"query exceeded the execution duration of {duration:g} s "
+                    "and was stopped"
+                },
             )
-            result = await run_in_threadpool(
-                self.engine.execute,
-                prepared,
-                session,
-                timeout=self.config.limits.sync_execution_duration,
-                base_url=str(request.base_url).rstrip("/"),
-            )
+            timer.daemon = True
+            timer.start()
+            await _until_disconnect(request, token, work)
         except Exception as exc:  # a bug too: reported as a DALI error, the service goes on
-            cleanup()
-            return error_response(exc)
+            await release()
+            if token.message and isinstance(exc, RomeReaError):  # says why it was stopped
+                return dali_error(token.message, QueryCancelled.http_status)
+            return error_response(exc)  # Overloaded: 503 with Retry-After
+        if token.is_set() or result is None:  # the client went away while we prepared
+            await release()
+            return dali_error(token.message or "query was aborted", QueryCancelled.http_status)
         return _StreamingWithCleanup(
-            iterate_in_threadpool(result.chunks),
-            cleanup,
-            interrupt=session.interrupt,
+            _iterate_in(lane_threads, result.chunks),
+            release,
+            interrupt=lambda: token.cancel(message=CLIENT_GONE),
             media_type=result.media_type,
         )
 
@@ -491,6 +637,7 @@ tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
 
 def create_app(config: ServiceConfig) -> Starlette:
     """The Starlette application for ``config`` (the database must exist)."""
+    limit_malloc_arenas()
     service = TapService(config)
     routes = [
         Route("/", service.landing),

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 
 from ..adql.model import SpatialJoin, SpatialJoinSide
 from ..store.contract import CatalogSession
-from ..xmatch import SkyIndex, zone_height
+from ..xmatch import MatchCancelled, SkyIndex, zone_height
 
 #: A query's positional joins may not produce more pairs than this.
 MAX_PAIRS = 20_000_000
@@ -50,11 +50,19 @@ class SpatialJoinRunner:
         session: CatalogSession,
         joins: Iterable[SpatialJoin],
         per_query: set[str],
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         """Register every join's pairs on ``session``; ``per_query`` names the physical
-        tables that exist only for this query (uploads), which are not cached."""
+        tables that exist only for this query (uploads), which are not cached.
+
+        Raises TooManyPairs (more than ``max_pairs``, refused before the pairs are
+        made when an estimate predicts it) and MatchCancelled once ``cancelled()`` is true.
+        """
         counts = []
         for join in joins:
+            if cancelled is not None and cancelled():
+                raise MatchCancelled("the positional match was cancelled")
             left = self._positions(session, join.left, join.left.physical not in per_query)
             right = self._positions(session, join.right, join.right.physical not in per_query)
             radius_arcsec = join.radius_deg * 3600.0
@@ -73,6 +81,7 @@ class SpatialJoinRunner:
                 radius_arcsec,
                 strict=join.strict,
                 max_pairs=self.max_pairs,
+                cancelled=cancelled,
             )
             probe_keys, indexed_keys = probe.keys[found.left], indexed.keys[found.right]
             l_keys, r_keys = (indexed_keys, probe_keys) if swap else (probe_keys, indexed_keys)

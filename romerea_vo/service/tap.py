@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from .. import __version__
 from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
+from ..adql.parser import parse as parse_adql
 from ..errors import InvalidRequestError, RomeReaError
 from ..store.contract import CatalogDatabase
 from ..store.ddl import ARROW_TYPES
@@ -27,6 +28,7 @@ from ..store.session import DuckDBSession, QueryFailed, QueryInterrupted
 from ..votable.formats import ResultFormat, resolve_format, write_result
 from ..votable.schema import TableSchema
 from ..votable.writer import FieldSpec, Info
+from ..xmatch import MatchCancelled
 from .datalink import attach_descriptor
 from .params import DaliParams, parse_upload_param
 from .photometry import photometry_query, photometry_rows, requested_stars
@@ -37,6 +39,14 @@ LANGS = {"ADQL", "ADQL-2.0", "ADQL-2.1"}
 
 Session = DuckDBSession  # or a romerea_vo.store.postgres.PgSession: the same calls
 BATCH_ROWS = 65536
+#: Bytes of one result batch, about: wide results (SELECT * over joins) come in fewer rows
+#: per batch, so that a streamed result holds tens of MB, not hundreds.
+BATCH_BYTES = 8 * 2**20
+
+
+def batch_rows(n_columns: int) -> int:
+    """Rows per result batch for ``n_columns`` columns (8 bytes a cell, about)."""
+    return max(1024, min(BATCH_ROWS, BATCH_BYTES // (8 * max(1, n_columns))))
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,23 @@ class TapLimits:
     results_quota_bytes: int = 20 * 2**30
     """All async results held (0: no limit); beyond it a client's new job first evicts
     its own oldest COMPLETED jobs, else is refused (503, Retry-After)."""
+    query_slots: int = 2
+    """Heavy sync queries (joins, uploads, photometry) executing at once per process."""
+    query_queue: int = 16
+    """Heavy sync queries waiting for a slot; beyond them a 503 with Retry-After."""
+    light_slots: int = 4
+    """Light sync queries (one table, no upload) executing at once: their own capacity."""
+    light_queue: int = 32
+    client_slots: int = 4
+    """Heavy sync queries one client address may have running or queued."""
+    retry_after: int = 10
+    """Seconds a refused client is told to wait (``Retry-After``)."""
+    duckdb_memory_limit: str = "1GB"
+    """DuckDB's ``memory_limit`` for the service's database ("": DuckDB's 80 % of RAM)."""
+    duckdb_threads: int = 0
+    """DuckDB's ``threads`` (0: one per core)."""
+    pg_work_mem: str = "64MB"
+    """PostgreSQL ``work_mem`` of each service session ("": the server's)."""
 
 
 def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
@@ -153,6 +180,19 @@ class TapEngine:
             raise InvalidRequestError("QUERY is missing or empty")
         fmt_value = params.get("RESPONSEFORMAT") or params.get("FORMAT")
         return query, parse_maxrec(params, self.limits), resolve_format(fmt_value)
+
+    def is_heavy(self, params: DaliParams) -> bool:
+        """Whether the query may cost more than a scan of one table: it reads several
+        tables (joins, subqueries), uploads or rome.photometry. Unparseable queries are
+        light: they fail at once."""
+        if params.getall("UPLOAD"):
+            return True
+        try:
+            tree = parse_adql(params.get("QUERY") or "")
+        except Exception:  # any refusal comes, precisely worded, from prepare
+            return False
+        tables = [t.name.lower() for t in tree.find_all(exp.Table)]
+        return len(tables) != 1 or tables[0] == "photometry"
 
     # --- uploads ----------------------------------------------------------------------
 
@@ -246,6 +286,11 @@ class TapEngine:
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> PreparedQuery:
+        """Read the uploads, translate the query and compute its positional joins.
+
+        Reading uploads stops with InvalidRequestError at ``deadline`` (`time.monotonic`);
+        when ``cancelled()`` turns true (checked while reading uploads, between steps and
+        inside the positional joins) QueryCancelled is raised."""
         query, maxrec, fmt = self.check_query_params(params)
         catalog, uploads = self.register_uploads(
             params, session, scratch, deadline=deadline, cancelled=cancelled
@@ -256,7 +301,14 @@ class TapEngine:
         translation = translate(query, catalog, target=session.target, spatial_join_core=True)
         if translation.spatial_joins:
             per_query = {t.physical for t in catalog.tables if t.name.lower() in uploads}
-            self.spatial_joins.register(session, translation.spatial_joins, per_query)
+            if cancelled is not None and cancelled():
+                raise QueryCancelled("query was aborted")
+            try:
+                self.spatial_joins.register(
+                    session, translation.spatial_joins, per_query, cancelled=cancelled
+                )
+            except MatchCancelled:
+                raise QueryCancelled("query was aborted") from None
         return PreparedQuery(query, translation.sql, translation, maxrec, fmt, uploads)
 
     def _fields(self, prepared: PreparedQuery, schema: pa.Schema) -> list[FieldSpec]:
@@ -309,7 +361,7 @@ class TapEngine:
         and are recorded in ``QueryResult.error``. With ``base_url`` (the service root), a
         VOTable result holding publisher DIDs gets a DataLink service descriptor."""
         if cancel is not None and cancel.is_set():
-            raise QueryCancelled("query was aborted")
+            raise QueryCancelled(_cancel_message(None, None, cancel))
         expired = threading.Event()
         timer = None
         if timeout:
@@ -322,14 +374,15 @@ class TapEngine:
             timer.daemon = True
             timer.start()
         try:
-            schema, reader = session.arrow(prepared.sql, batch_rows=BATCH_ROWS)
+            rows = batch_rows(len(prepared.translation.columns))
+            schema, reader = session.arrow(prepared.sql, batch_rows=rows)
             # The first batch runs the query far enough for most runtime errors to show
             # here, where they can still become a proper DALI error response.
             first = next(reader, None)
         except QueryInterrupted:
             if timer:
                 timer.cancel()
-            raise QueryCancelled(_cancel_message(expired, timeout)) from None
+            raise QueryCancelled(_cancel_message(expired, timeout, cancel)) from None
         except QueryFailed as exc:
             if timer:
                 timer.cancel()
@@ -349,7 +402,7 @@ class TapEngine:
             try:
                 for batch in itertools.chain([first] if first is not None else [], reader):
                     if cancel is not None and cancel.is_set():
-                        raise QueryCancelled("query was aborted")
+                        raise QueryCancelled(_cancel_message(expired, timeout, cancel))
                     if relative:
                         batch = _absolute_urls(batch, relative, base_url.rstrip("/") + "/")
                     if batch.num_rows > remaining:
@@ -368,7 +421,7 @@ class TapEngine:
                 if isinstance(exc, QueryCancelled):
                     result.error = str(exc)
                 elif expired.is_set() or isinstance(exc, QueryInterrupted):
-                    result.error = _cancel_message(expired, timeout)
+                    result.error = _cancel_message(expired, timeout, cancel)
                 else:
                     result.error = f"query failed: {exc}"
             finally:
@@ -445,10 +498,14 @@ class QueryResult:
             self.timer.cancel()
 
 
-def _cancel_message(expired: threading.Event, timeout: float | None) -> str:
-    if expired.is_set() and timeout:
+def _cancel_message(
+    expired: threading.Event | None, timeout: float | None, cancel: object = None
+) -> str:
+    if expired is not None and expired.is_set() and timeout:
         return f"query exceeded the execution duration of {timeout:g} s and was stopped"
-    return "query was aborted"
+    # a sync request's token says why (client gone, execution duration); UWS's do not
+    message = getattr(cancel, "message", None)
+    return message or "query was aborted"
 
 
 def _has_more(reader: Iterator[pa.RecordBatch]) -> bool:

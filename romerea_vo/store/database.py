@@ -81,14 +81,31 @@ class DatabaseError(RomeReaError):
 class Database:
     """An ingested database opened read-only; :meth:`cursor` gives per-request cursors."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ):
+        """Raises DatabaseError (no such file, not a romerea-vo database, a bad limit)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise DatabaseError(
                 f"{self.path}: no such database; create it with `romerea-vo ingest FIELD_DIR "
                 f"--db {self.path}`"
             )
-        self._con = duckdb.connect(config={"threads": threads} if threads else {})
+        config: dict[str, object] = {}
+        if threads:
+            config["threads"] = threads
+        if memory_limit:
+            # beyond it DuckDB spills what it can and fails the query otherwise, rather
+            # than the process growing until the machine swaps
+            config["memory_limit"] = memory_limit
+        try:
+            self._con = duckdb.connect(config=config)
+        except duckdb.Error as exc:
+            raise DatabaseError(f"cannot open DuckDB with {config}: {exc}") from None
         try:
             self._con.execute(attach_sql(str(self.path), read_only=True))
         except duckdb.Error as exc:

@@ -631,8 +631,11 @@ class PostgresDatabase:
 
     target = "pgsphere"
 
-    def __init__(self, url: str, *, pool_size: int = 8):
+    def __init__(self, url: str, *, pool_size: int = 8, work_mem: str | None = None):
+        """``work_mem``: each session's sort/hash memory (e.g. ``"64MB"``). Raises
+        PostgresError when the database is not a romerea-vo one."""
         self.url = url
+        self.work_mem = work_mem
         self.path = redact(url)
         psycopg = _psycopg()
         con = connect(url, autocommit=True)
@@ -677,6 +680,8 @@ class PostgresDatabase:
                 # (4, spinning disks) the planner ANDs a 1' cone's bitmap with the b-tree
                 # of a whole field (400,000 rows) to save heap fetches, 10x slower.
                 con.execute("SET random_page_cost = 1.1")
+                if self.work_mem:  # per sort/hash node: bounds a runaway join's memory
+                    con.execute("SELECT set_config('work_mem', %s, false)", [self.work_mem])
                 return con  # in autocommit mode: each session begins its transaction
             except BaseException:
                 self._slots.release()

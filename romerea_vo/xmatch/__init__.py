@@ -3,6 +3,7 @@
 from .core import (
     MAX_RADIUS_ARCSEC,
     MODES,
+    MatchCancelled,
     MatchResult,
     SkyIndex,
     TooManyPairs,
@@ -14,6 +15,7 @@ from .core import (
 __all__ = [
     "MAX_RADIUS_ARCSEC",
     "MODES",
+    "MatchCancelled",
     "MatchResult",
     "SkyIndex",
     "TooManyPairs",

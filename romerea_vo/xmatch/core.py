@@ -13,6 +13,7 @@ first catalogue, so memory stays bounded whatever the catalogue sizes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from romerea_vo.errors import InvalidRequestError
 __all__ = [
     "MAX_RADIUS_ARCSEC",
     "MODES",
+    "MatchCancelled",
     "MatchResult",
     "SkyIndex",
     "TooManyPairs",
@@ -44,10 +46,21 @@ _PAD_DEG = 1e-6
 _CHUNK_ROWS = 65536
 #: Candidate pairs handled at once (a single row may exceed it).
 _MAX_CANDIDATES = 4_000_000
+#: Rows of the first catalogue sampled to estimate the pairs before matching.
+_SAMPLE_ROWS = 4096
+#: Share of a candidate window (3 zones x 2 half-widths, about 6 r^2) inside the circle.
+_CIRCLE_SHARE = np.pi / 6.0
+#: A match is refused up front when the estimate exceeds ``max_pairs`` by this factor
+#: (the estimate is a sample; the exact count still stops at ``max_pairs``).
+_ESTIMATE_MARGIN = 2.0
 
 
 class TooManyPairs(InvalidRequestError):
     """A match would produce more pairs than the caller allows."""
+
+
+class MatchCancelled(InvalidRequestError):
+    """The caller's ``cancelled`` check said stop (a client gone, a deadline passed)."""
 
 
 @dataclass
@@ -197,12 +210,16 @@ class SkyIndex:
         mode: str = "all",
         strict: bool = False,
         max_pairs: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> MatchResult:
         """Match ``(ra, dec)`` (the first catalogue) against the index (the second).
 
         Same modes and output as :func:`crossmatch`; ``strict`` keeps only separations
         strictly below the radius (ADQL ``DISTANCE(...) < r``); more than ``max_pairs``
-        pairs raise :class:`TooManyPairs` (memory stays bounded until then).
+        pairs raise :class:`TooManyPairs`, before matching when a sample of the rows
+        predicts them well beyond it, else as soon as they are found (memory stays bounded
+        until then). ``cancelled`` is asked between blocks; when it answers True the match
+        stops with :class:`MatchCancelled`.
         """
         radius = _check_radius(radius_arcsec)
         if mode not in MODES:
@@ -215,6 +232,15 @@ class SkyIndex:
         if idx1.size == 0 or self.key.size == 0:
             return MatchResult.empty()
         r_rad = np.radians(r_deg)
+
+        if max_pairs is not None:
+            estimate = self.estimate_pairs(ra1[idx1], dec1[idx1], r_deg)
+            if estimate > _ESTIMATE_MARGIN * max_pairs:
+                raise TooManyPairs(
+                    f"the positional match would yield more than {max_pairs:,} pairs (about "
+                    f"{estimate:,.0f}, estimated before matching); use a smaller radius or "
+                    "fewer rows"
+                )
 
         # Visit catalogue 1 in the same (zone, ra) order: cache-friendly look-ups.
         z1 = np.floor((dec1[idx1] + 90.0) / self.height)
@@ -232,6 +258,8 @@ class SkyIndex:
             cum = np.cumsum(per_row)
             b0 = 0
             while b0 < rows1.size:
+                if cancelled is not None and cancelled():
+                    raise MatchCancelled("the positional match was cancelled")
                 base = cum[b0 - 1] if b0 else 0
                 b1 = int(np.searchsorted(cum, base + _MAX_CANDIDATES, side="right"))
                 b1 = max(b1, b0 + 1)
@@ -269,6 +297,19 @@ class SkyIndex:
 
         order = _pair_order(left, right, sep) if mode == "all" else np.argsort(left, kind="stable")
         return MatchResult(left[order], right[order], np.degrees(sep[order]) * 3600.0)
+
+    def estimate_pairs(self, ra, dec, r_deg: float) -> float:
+        """Pairs within ``r_deg`` expected for valid positions ``(ra, dec)``, from the
+        candidate windows of an evenly spaced sample of at most ``_SAMPLE_ROWS`` rows
+        (no pairs are expanded)."""
+        n = ra.size
+        if n == 0 or self.key.size == 0:
+            return 0.0
+        step = max(1, n // _SAMPLE_ROWS)
+        _, counts = _candidate_ranges(ra[::step], dec[::step], self.key, r_deg, self.height)
+        per_row = counts.sum(axis=1)
+        share = _CIRCLE_SHARE * min(1.0, r_deg / self.height)
+        return float(per_row.mean()) * n * share
 
 
 def crossmatch(ra1, dec1, ra2, dec2, radius_arcsec: float, *, mode: str = "all") -> MatchResult:
