@@ -11,13 +11,36 @@ import re
 
 from .errors import InvalidRequestError
 
-__all__ = ["BANDS", "DEFAULT_AUTHORITY", "did_prefix", "make_did", "parse_any_did", "parse_did"]
+__all__ = [
+    "BANDS",
+    "DEFAULT_AUTHORITY",
+    "MAX_FIELD_ID",
+    "did_prefix",
+    "make_did",
+    "parse_any_did",
+    "parse_did",
+    "parse_field_id",
+]
 
 DEFAULT_AUTHORITY = "ivo://romerea-vo.local/rome"
 """The IVOA authority of DIDs minted by an ingest that names none."""
 
 _FIELD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 BANDS = ("gp", "rp", "ip")
+MAX_FIELD_ID = 2**63 - 1
+"""The largest field_id a DID can name (the column is a 64-bit integer)."""
+# ASCII digits, no leading zero: str.isdigit() also takes "²" and "١٠٠", which int()
+# then refuses or reads as 100, and a DID has one spelling.
+_FIELD_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def parse_field_id(text: str) -> int | None:
+    """The field_id ``text`` spells canonically (ASCII digits, no sign or leading zero,
+    1 to `MAX_FIELD_ID`), else None."""
+    if not _FIELD_ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_FIELD_ID else None
 
 
 def did_prefix(authority: str, field: str | None = None) -> str:
@@ -31,6 +54,11 @@ def make_did(authority: str, field: str, field_id: int) -> str:
     return f"{did_prefix(authority, field)}{int(field_id)}"
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """``text`` quoted for an error message, cut at ``limit`` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def parse_did(did: str, authority: str) -> tuple[str, int]:
     """``(field, field_id)`` of a DID minted by this service; InvalidRequestError says why
     a string is not one (wrong authority, no ``?``, bad field name or id)."""
@@ -39,18 +67,20 @@ def parse_did(did: str, authority: str) -> tuple[str, int]:
     if not text.startswith(prefix):
         if "?" in text and text.startswith("ivo://"):
             raise InvalidRequestError(
-                f"{did!r} is not a DID of this service (expected {authority}?<field>/<field_id>)"
+                f"{_shown(did)} is not a DID of this service "
+                f"(expected {authority}?<field>/<field_id>)"
             )
         raise InvalidRequestError(
-            f"malformed ID {did!r}: expected a publisher DID {authority}?<field>/<field_id>"
+            f"malformed ID {_shown(did)}: expected a publisher DID {authority}?<field>/<field_id>"
         )
     field, sep, ident = text[len(prefix) :].rpartition("/")
-    if not sep or not _FIELD.match(field) or not ident.isdigit() or int(ident) < 1:
+    field_id = parse_field_id(ident) if sep and _FIELD.match(field) else None
+    if field_id is None:
         raise InvalidRequestError(
-            f"malformed ID {did!r}: expected {authority}?<field>/<field_id> with a "
-            "positive integer field_id"
+            f"malformed ID {_shown(did)}: expected {authority}?<field>/<field_id> with a "
+            "field_id of ASCII digits (1 to 2^63-1, no leading zero)"
         )
-    return field, int(ident)
+    return field, field_id
 
 
 def parse_any_did(did: str, authority: str) -> tuple[str, int, str | None]:
@@ -62,7 +92,7 @@ def parse_any_did(did: str, authority: str) -> tuple[str, int, str | None]:
     if sep and last and not last.isdigit() and head.startswith(authority + "?"):
         if last not in BANDS:
             raise InvalidRequestError(
-                f"malformed ID {did!r}: {last!r} is not a ROME band (gp, rp or ip)"
+                f"malformed ID {_shown(did)}: {_shown(last)} is not a ROME band (gp, rp or ip)"
             )
         field, field_id = parse_did(head, authority)
         return field, field_id, last

@@ -102,7 +102,7 @@ class LiveServer:
         self.thread.start()
         import time
 
-        deadline = time.time() + 20
+        deadline = time.time() + 120  # generous: CI machines may be busy
         while not self.server.started:
             if time.time() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")

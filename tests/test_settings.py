@@ -23,11 +23,14 @@ from astropy.io.votable import parse_single_table
 
 from romerea_vo.service.settings import (
     ConfigError,
+    ServerSettings,
     ServiceConfig,
     Settings,
     read_settings,
+    settings_from_dict,
     settings_toml,
 )
+from romerea_vo.service.tap import TapLimits
 
 SAMPLE = Path(__file__).resolve().parents[1] / "services" / "service.toml"
 SLOW = (
@@ -242,3 +245,15 @@ def test_configured_metadata_on_landing_page(configured_service):
     page = httpx.get(url + "/", timeout=120).text
     assert "<h1>Configured ROME service</h1>" in page
     assert 'href="mailto:ops@example.org">Rome Operator</a>' in page
+
+
+def test_settings_already_read_check_again_with_overrides():
+    """``serve`` checks the file's values merged with its flags again: array settings come
+    back as tuples then (this once refused every [limits] flag)."""
+    limits = dataclasses.asdict(TapLimits(remote_upload_allowed_hosts=("a:1",)))
+    limits["query_slots"] = 3
+    service = {**dataclasses.asdict(ServerSettings(allowed_hosts=("vo.example.org",)))}
+    checked = settings_from_dict({"limits": limits, "service": service}, source="command line")
+    assert checked.limits.query_slots == 3
+    assert checked.limits.remote_upload_allowed_hosts == ("a:1",)
+    assert checked.service.allowed_hosts == ("vo.example.org",)

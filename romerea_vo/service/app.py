@@ -17,6 +17,8 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -37,10 +39,11 @@ from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_exam
 from .lightcurve_service import LightcurveService
 from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
-from .responses import XML_MEDIA, dali_error, error_response
+from .responses import XML_MEDIA, CatchAllErrors, dali_error, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
 from .tap import QueryCancelled, TapEngine
+from .urls import service_root
 from .uws import CancelToken, JobStore, JobStoreBase, uws_routes
 
 log = logging.getLogger("romerea_vo.service")
@@ -190,15 +193,21 @@ class TapService:
         """The star the examples, the landing page and ``romerea-vo demo`` name (None
         without ROME stars)."""
         self.lightcurves = LightcurveService(self.db, self.upload_dir, limits.upload_bytes)
-        self.datalink = DataLinkService(self.db, estimate_size=self.lightcurves.estimated_size)
-        self.scs = ConeSearchService(self.db, limits)
+        self.datalink = DataLinkService(
+            self.db, estimate_size=self.lightcurves.estimated_size, public_url=config.public_url
+        )
+        self.scs = ConeSearchService(self.db, limits, public_url=config.public_url)
         self.pages = StarPages(
             self.db, self.scs, self.datalink, limits, title=config.title,
             public_url=config.public_url,
         )  # fmt: skip
         self.public_url: str | None = config.public_url
-        """Root URL of the service: the configured one, else as the last request named it.
-        Async jobs (which have no request) use it for their DataLink service descriptors."""
+        """Root URL of the service when configured. Without it each response links to the
+        root its request named, and an async job to the root of the request that created
+        it (`Job.base_url`), never to another request's: a Host header cannot redirect
+        other clients' links."""
+        self.fallback_url: str | None = None
+        """Root URL for jobs that recorded none (a worker's listening address)."""
         self.store_args = dict(
             max_workers=config.max_workers,
             default_execution_duration=limits.default_execution_duration,
@@ -247,9 +256,11 @@ class TapService:
 
     # --- params -----------------------------------------------------------------------
 
+    def root(self, request: Request) -> str:
+        """The service's root URL for links in the response to ``request``."""
+        return service_root(request, self.public_url)
+
     async def read_params(self, request: Request, directory: Path) -> DaliParams:
-        if not self.config.public_url:
-            self.public_url = str(request.base_url).rstrip("/")
         return await read_dali_params(
             request, directory, max_upload_bytes=self.config.limits.upload_bytes
         )
@@ -312,7 +323,7 @@ class TapService:
                     session,
                     timeout=remaining,
                     cancel=token,
-                    base_url=str(request.base_url).rstrip("/"),
+                    base_url=self.root(request),
                 ),
                 limiter=lane.threads,
             )
@@ -367,7 +378,11 @@ class TapService:
             # cancel=token: an ABORT that came while the query was being prepared (before
             # the interrupt could reach the engine) still stops it.
             result = self.engine.execute(
-                prepared, session, timeout=None, cancel=token, base_url=self.public_url
+                prepared,
+                session,
+                timeout=None,
+                cancel=token,
+                base_url=self.public_url or job.base_url or self.fallback_url,
             )
             ext = prepared.fmt.extension
             path = job.directory / f"result.{ext}"
@@ -394,7 +409,7 @@ class TapService:
     # --- VOSI -------------------------------------------------------------------------
 
     def base_url(self, request: Request) -> str:
-        return str(request.base_url).rstrip("/") + "/tap"
+        return self.root(request) + "/tap"
 
     async def capabilities(self, request: Request) -> Response:
         limits = self.config.limits
@@ -416,8 +431,8 @@ class TapService:
             remote_uploads=limits.remote_uploads,
             data_models=vosi.data_models(self.engine.tables),
             extra=[
-                (LINKS_STANDARD_ID, str(request.base_url).rstrip("/") + "/datalink/links"),
-                (SCS_STANDARD_ID, str(request.base_url).rstrip("/") + "/scs"),
+                (LINKS_STANDARD_ID, self.root(request) + "/datalink/links"),
+                (SCS_STANDARD_ID, self.root(request) + "/scs"),
             ]
             if self.db.has_rome
             else [],  # DataLink and cone search serve ROME stars only
@@ -591,7 +606,7 @@ A star's page from its DID: <code>{html.escape(root)}/star?ID=&lt;did&gt;</code>
 """
 
     async def landing(self, request: Request) -> Response:
-        root = str(request.base_url).rstrip("/")
+        root = self.root(request)
         tap = root + "/tap"
         counts = self._candidate_counts()
         fields = "".join(
@@ -679,6 +694,9 @@ def create_app(config: ServiceConfig) -> Starlette:
             lightcurve_jobs.close()
         service.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(CatchAllErrors)]
+    if config.allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.service = service
     return app

@@ -60,6 +60,7 @@ from ..votable.schema import load_table_schema
 from ..votable.writer import FieldSpec, Info
 from .params import read_dali_params
 from .responses import VOTABLE_MEDIA, error_response
+from .urls import service_root
 
 __all__ = [
     "DATALINK_MEDIA",
@@ -314,10 +315,13 @@ class DataLinkService:
         *,
         max_ids: int = MAX_IDS,
         estimate_size: Callable[[str, int], int | None] | None = None,
+        public_url: str | None = None,
     ):
         """``estimate_size(did, n_points)``: the approximate size of a star's lightcurve
-        document (the lightcurve service's model), for ``content_length``."""
+        document (the lightcurve service's model), for ``content_length``; ``public_url``:
+        the service's root URL for links (else each request's)."""
         self.db = db
+        self.public_url = public_url
         self.max_ids = max_ids
         self.estimate_size = estimate_size
         self._fields: dict[str, _FieldStars] = {}
@@ -502,7 +506,7 @@ class DataLinkService:
             fmt, media = links_format(params.get("RESPONSEFORMAT"))
         except InvalidRequestError as exc:
             return error_response(exc, fault_prefix=True)
-        base = str(request.base_url).rstrip("/")
+        base = service_root(request, self.public_url)
         if all(self._cached(i) for i in ids):
             table = self.links(ids, base)
         else:

@@ -20,7 +20,6 @@ here), never a traceback. Everything reflected from the request is escaped.
 from __future__ import annotations
 
 import html
-import logging
 import math
 from urllib.parse import quote, urlencode
 
@@ -32,18 +31,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import InvalidRequestError
-from ..ids import parse_did
+from ..ids import parse_did, parse_field_id
 from ..store.contract import CatalogDatabase
 from ..store.session import QueryFailed
 from ..votable.schema import ColumnSchema, TableSchema, load_table_schema
 from .datalink import BAND_LABELS, DataLinkService
 from .params import parse_number
+from .responses import log_bug
 from .scs import ConeSearchService
 from .tap import TapLimits, parse_maxrec
+from .urls import service_root
 
 __all__ = ["PAGE_MAXREC", "StarPages", "search_form_html", "star_page_path"]
 
-log = logging.getLogger("romerea_vo.service")
 
 PAGE_MAXREC = 1000
 """Most rows one search page shows (MAXREC may ask for fewer); more go to SCS or TAP."""
@@ -166,7 +166,7 @@ class StarPages:
         }
 
     def root(self, request: Request) -> str:
-        return (self.public_url or str(request.base_url)).rstrip("/")
+        return service_root(request, self.public_url)
 
     # ----- data
 
@@ -363,9 +363,10 @@ class StarPages:
         root = self.root(request)
         field = request.path_params["field"]
         raw_id = request.path_params["field_id"]
-        if not raw_id.isdigit() or int(raw_id) < 1:
-            return self._error(root, f"{raw_id!r} is not a star number (field_id >= 1)", 404)
-        field_id = int(raw_id)
+        field_id = parse_field_id(raw_id)
+        if field_id is None:
+            shown = raw_id if len(raw_id) <= 40 else f"{raw_id[:40]}..."
+            return self._error(root, f"{shown!r} is not a star number (field_id >= 1)", 404)
         try:
             data = await run_in_threadpool(self.star_data, field, field_id)
             if data is None:
@@ -378,7 +379,7 @@ class StarPages:
                 return self._error(root, what, 404)
             body = await run_in_threadpool(self.render_star, root, data)
         except Exception as exc:  # a bug or an unreadable database: say so, keep serving
-            log.exception("star page failed")
+            log_bug(exc)
             return self._error(root, f"internal error: {type(exc).__name__}: {exc}", 500)
         return page(f"{field} star {field_id}: {self.title}", body)
 
@@ -417,7 +418,7 @@ class StarPages:
             )
             return page(f"Cone search: {self.title}", body, 400)
         except Exception as exc:
-            log.exception("search page failed")
+            log_bug(exc)
             return self._error(root, f"internal error: {type(exc).__name__}: {exc}", 500)
         rows = []
         for r in table.to_pylist():

@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from ..adql.parser import parse
 from ..errors import InvalidRequestError, StarNotFoundError
+from ..ids import parse_field_id
 from ..lightcurves import lightcurves
 from ..store.contract import CatalogDatabase
 from ..store.ddl import ARROW_TYPES
@@ -69,7 +70,7 @@ def _literals(node: exp.Expression, kind: type) -> list | None:
             return None
         if kind is str and v.is_string:
             out.append(v.this)
-        elif kind is int and not v.is_string and v.this.isdigit():
+        elif kind is int and not v.is_string and parse_field_id(v.this) is not None:
             out.append(int(v.this))
         else:
             return None

@@ -4,12 +4,14 @@ mapping from exceptions to HTTP responses.
 Each exception class carries its HTTP status and DALI fault (``http_status``,
 ``dali_fault`` on `romerea_vo.errors.RomeReaError` and its subclasses), so an endpoint
 catches once and hands the exception to `error_response` instead of keeping a ladder of
-``except`` clauses of its own.
+``except`` clauses of its own. `CatchAllErrors` answers for any exception an endpoint
+let through.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 
 from starlette.responses import Response
@@ -21,6 +23,7 @@ from ..votable.writer import Info, error_votable
 __all__ = [
     "VOTABLE_MEDIA",
     "XML_MEDIA",
+    "CatchAllErrors",
     "dali_error",
     "error_response",
     "error_status",
@@ -62,8 +65,48 @@ def error_response(
             message = f"{exc.dali_fault}: {message}"
         retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return dali_error(message, exc.http_status, infos=infos, headers=retry)
-    log.exception("request failed")
+    log_bug(exc)
     message = f"internal error: {type(exc).__name__}: {exc}"
     if fault_prefix:
         message = f"{RomeReaError.dali_fault}: {message}"
     return dali_error(message, 500, infos=infos)
+
+
+def log_bug(exc: BaseException) -> None:
+    """One log line for an exception that is a bug: what and where it was raised (the
+    whole traceback at DEBUG level)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    log.error("request failed: %s: %s%s", type(exc).__name__, exc, where)
+    log.debug("request failed", exc_info=exc)
+
+
+class CatchAllErrors:
+    """ASGI middleware: an exception that no endpoint turned into a response becomes a
+    DALI error document (500 for a bug, with no traceback in the body) and one log line,
+    instead of Starlette's plain-text 500 and a traceback. A response already under way
+    cannot be changed: the exception is logged and the connection ends incomplete, so
+    that the client sees a failure rather than a truncated document."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as exc:
+            if started:
+                log_bug(exc)
+                return
+            await error_response(exc)(scope, receive, send)

@@ -36,6 +36,7 @@ from .datalink import attach_descriptor
 from .params import parse_number, read_dali_params
 from .responses import dali_error
 from .tap import TapLimits, parse_maxrec
+from .urls import service_root
 
 __all__ = ["SCS_STANDARD_ID", "VERB_COLUMNS", "ConeSearchService"]
 
@@ -66,8 +67,12 @@ def _scs_error(message: str, status: int = 400) -> Response:
 class ConeSearchService:
     """The ``/scs`` endpoint over an ingested database's field index."""
 
-    def __init__(self, db: CatalogDatabase, limits: TapLimits | None = None):
+    def __init__(
+        self, db: CatalogDatabase, limits: TapLimits | None = None, public_url: str | None = None
+    ):
+        """``public_url``: the service's root URL for links (else each request's)."""
         self.db = db
+        self.public_url = public_url
         self.limits = limits or TapLimits()
         schema = load_table_schema("field_index")
         self.columns = schema.by_name
@@ -143,7 +148,7 @@ class ConeSearchService:
             )
         except InvalidRequestError as exc:
             return _scs_error(str(exc))
-        base = str(request.base_url).rstrip("/")
+        base = service_root(request, self.public_url)
         sources = [("rome.field_index", f.name) for f in fields]
         fields, descriptors = attach_descriptor(fields, sources, base)
         infos = [

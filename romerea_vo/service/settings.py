@@ -85,6 +85,9 @@ class ServerSettings:
     public_url: str = ""
     """The URL clients reach the service at (behind a reverse proxy); empty: each
     request's own URL."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host header values answered (``*.example.org`` patterns allowed); others get a
+    400. Empty: any."""
     log_level: str = "warning"
 
 
@@ -113,6 +116,8 @@ class ServiceConfig:
     public_url: str | None = None
     """Root URL the service is published at (e.g. behind a reverse proxy); when unset,
     each request's own URL is used."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host header values the service answers (empty: any)."""
 
     @property
     def title(self) -> str:
@@ -133,6 +138,7 @@ class ServiceConfig:
             metadata=settings.metadata,
             jobs_db=server.jobs_db or None,
             public_url=server.public_url.rstrip("/") or None,
+            allowed_hosts=server.allowed_hosts,
         )
 
     def to_settings(self) -> Settings:
@@ -144,6 +150,7 @@ class ServiceConfig:
                 work_dir=str(self.work_dir or ""),
                 jobs_db=self.jobs_db or "",
                 public_url=self.public_url or "",
+                allowed_hosts=self.allowed_hosts,
             ),
             metadata=self.metadata,
             limits=self.limits,
@@ -201,7 +208,8 @@ def _section(cls: type, name: str, table: dict[str, Any], source: str) -> Any:
 
 def _typed(value: Any, hint: Any, where: str, source: str) -> Any:
     if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a TOML array of strings
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        # (a tuple: the value of a setting already read, checked again with overrides)
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{source}: {where} must be an array of strings, not {value!r}")
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)

@@ -122,7 +122,7 @@ def _declared_items(arraysize: str | None) -> int:
     for part in arraysize.split("x"):
         digits = part.strip().rstrip("*").strip()
         if digits:
-            if not digits.isdigit() or len(digits) > 12:
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 12:
                 raise InvalidRequestError(f"arraysize {arraysize!r} is not valid")
             n *= int(digits)
     return n

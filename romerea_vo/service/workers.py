@@ -61,10 +61,8 @@ def app_from_env() -> Starlette:
     config, listen_url = config_from_env()
     app = create_app(config)
     service = app.state.service
-    if service.public_url is None:
-        # until a request names the service's URL: a job this worker runs before it has
-        # answered any request still gets DataLink descriptors
-        service.public_url = listen_url
+    # jobs that recorded no root URL (made by an older version) still get descriptors
+    service.fallback_url = listen_url
     return app
 
 

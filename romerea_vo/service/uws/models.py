@@ -119,6 +119,9 @@ class Job:
     owner: str | None = None
     client: str | None = None
     """The address that created the job (per-client quotas; not shown in UWS documents)."""
+    base_url: str | None = None
+    """The service's root URL as the request that created the job named it: what its
+    results link to (not shown in UWS documents)."""
     start_time: datetime | None = None
     end_time: datetime | None = None
     execution_duration: int = 0
@@ -173,6 +176,7 @@ class Job:
             "run_id": self.run_id,
             "owner": self.owner,
             "client": self.client,
+            "base_url": self.base_url,
             "creation_time": self.creation_time.isoformat(),
             "start_time": self.start_time.isoformat() if self.start_time else None,
             "end_time": self.end_time.isoformat() if self.end_time else None,
@@ -205,6 +209,7 @@ class Job:
             run_id=data.get("run_id"),
             owner=data.get("owner"),
             client=data.get("client"),
+            base_url=data.get("base_url"),
             start_time=when("start_time"),
             end_time=when("end_time"),
             execution_duration=int(data.get("execution_duration", 0)),

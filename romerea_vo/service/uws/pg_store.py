@@ -115,6 +115,7 @@ _DDL = [
         run_id text,
         owner text,
         client text,
+        base_url text,
         creation_time timestamptz NOT NULL,
         start_time timestamptz,
         end_time timestamptz,
@@ -157,6 +158,13 @@ _ADD_CLIENT = """DO $$ BEGIN
                    AND table_name = 'jobs' AND column_name = 'client') THEN
         ALTER TABLE romerea_uws.jobs ADD COLUMN client text;
         CREATE INDEX jobs_client ON romerea_uws.jobs (client, creation_time);
+    END IF;
+END $$"""
+
+_ADD_BASE_URL = """DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'romerea_uws'
+                   AND table_name = 'jobs' AND column_name = 'base_url') THEN
+        ALTER TABLE romerea_uws.jobs ADD COLUMN base_url text;
     END IF;
 END $$"""
 
@@ -226,6 +234,7 @@ def ensure_schema(conninfo: str) -> None:
             ).fetchone()
             if row is not None and row[0] == SCHEMA_VERSION:
                 conn.execute(_ADD_CLIENT)  # schemas made before per-client quotas
+                conn.execute(_ADD_BASE_URL)  # ... and before jobs recorded their root URL
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as exc:
             raise JobDatabaseError(
@@ -418,6 +427,7 @@ class PostgresJobStore(JobStoreBase):
             run_id=row["run_id"],
             owner=row["owner"],
             client=row.get("client"),
+            base_url=row.get("base_url"),
             start_time=row["start_time"],
             end_time=row["end_time"],
             execution_duration=row["execution_duration"],
@@ -451,14 +461,15 @@ class PostgresJobStore(JobStoreBase):
     def _add(self, job: Job) -> Job:
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, client,"
+                "INSERT INTO romerea_uws.jobs (job_id, phase, run_id, owner, client, base_url,"
                 " creation_time, execution_duration, destruction, parameters, files)"
-                " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s, %s)",
+                " VALUES (%s, 'PENDING', %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     job.job_id,
                     job.run_id,
                     job.owner,
                     job.client,
+                    job.base_url,
                     job.creation_time,
                     job.execution_duration,
                     job.destruction,

@@ -131,6 +131,7 @@ class _Endpoints:
                     _flatten(params),
                     params.files,
                     client=request.client.host if request.client else None,
+                    base_url=str(request.base_url).rstrip("/"),
                     execution_duration=seconds,
                     destruction=when,
                 )

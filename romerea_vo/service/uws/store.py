@@ -56,13 +56,15 @@ class JobStoreBase(abc.ABC):
         *,
         owner: str | None = None,
         client: str | None = None,
+        base_url: str | None = None,
         execution_duration: int | None = None,
         destruction: datetime | None = None,
     ) -> Job:
         """Create a PENDING job; ``files`` (multipart parts) are moved into its directory.
 
         ``UPLOAD`` is checked against the files; ``RUNID`` sets the run id; the
-        execution duration and destruction time are clamped as by their setters.
+        execution duration and destruction time are clamped as by their setters;
+        ``base_url`` is the service root the creating request named (`Job.base_url`).
         Raises JobLimitError when the store is full (jobs, or result bytes even after
         evicting ``client``'s oldest COMPLETED jobs), ClientQuotaError when ``client``
         holds ``max_jobs_per_client`` jobs.
@@ -107,6 +109,7 @@ class JobStoreBase(abc.ABC):
                 run_id=params.get("RUNID"),
                 owner=owner,
                 client=client,
+                base_url=base_url,
                 parameters=params,
                 files=moved,
             )
