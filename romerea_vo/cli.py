@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -532,11 +533,37 @@ def _serve(
 ) -> int:
     """Serve ``config`` until Ctrl-C; ``next_steps`` (demo) prints the SAMP command and
     an example star, ``samp`` runs the SAMP bridge in this process too."""
-    import uvicorn
-
     from .service.app import create_app
     from .service.settings import configure_logging
-    from .service.workers import GRACEFUL_SHUTDOWN, check_config, listening_socket, serve_workers
+    from .service.workers import check_config, listening_socket
+
+    configure_logging(log_level)
+    check_config(config, workers)
+    # the port first: a start that fails there leaves no work directory behind
+    sock = listening_socket(host, port, reuse_port=workers > 1)
+    try:
+        # several workers each build the app in their own process (serve_workers)
+        app = create_app(config) if workers == 1 else None
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return _run_server(
+            app, config, sock, host, workers=workers, log_level=log_level,
+            next_steps=next_steps, samp=samp, quiet=quiet,
+        )  # fmt: skip
+    finally:
+        if app is not None:  # a no-op after a normal stop, which closed it already
+            app.state.service.close()
+
+
+def _run_server(
+    app, config: ServiceConfig, sock, host: str, *, workers: int, log_level: str,
+    next_steps: bool, samp: bool, quiet: bool,
+) -> int:  # fmt: skip
+    import uvicorn
+
+    from .service.workers import GRACEFUL_SHUTDOWN, serve_workers
 
     class _StoppingServer(uvicorn.Server):
         """Tells the service it is stopping as soon as a signal comes, so that requests
@@ -546,11 +573,6 @@ def _serve(
             self.service.stopping.set()
             super().handle_exit(sig, frame)
 
-    configure_logging(log_level)
-    check_config(config, workers)
-    # several workers each build the app in their own process (serve_workers)
-    app = create_app(config) if workers == 1 else None
-    sock = listening_socket(host, port, reuse_port=workers > 1)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}"
@@ -654,6 +676,16 @@ _LIMIT_FLAGS = {
     "duckdb_memory_limit": "memory_limit",
 }
 """[limits] keys and the ``serve`` flags that override them."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -832,7 +864,7 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
 
 def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0 = any)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default %(default)s; 0 = any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1015,9 +1047,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_with_a_value(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` and its sub-commands that take one value."""
+    found: set[str] = set()
+    for action in parser._actions:  # argparse has no public way to walk its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options_with_a_value(sub)
+        elif action.option_strings and action.nargs is None:
+            found.update(s for s in action.option_strings if s.startswith("--"))
+    return found
+
+
+def _attach_negative_values(argv: Sequence[str], options: set[str]) -> list[str]:
+    """``--radius -1arcsec`` as ``--radius=-1arcsec``: argparse takes a value that begins
+    with ``-`` and is not a plain number for an option, and would answer "expected one
+    argument" instead of what is wrong with the value."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        following = items[i + 1] if i + 1 < len(items) else ""
+        if item in options and re.match(r"-[0-9.]", following):
+            out.append(f"{item}={following}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(_attach_negative_values(argv, _options_with_a_value(parser)))
     if getattr(args, "ra", None) is not None and args.dec is None:
         parser.error("--ra needs --dec")
     try:
@@ -1027,6 +1091,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except FileExistsError as exc:
         print(f"romerea-vo: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output that cannot be written, a file that cannot be read
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"romerea-vo: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("romerea-vo: interrupted", file=sys.stderr)

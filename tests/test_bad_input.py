@@ -192,3 +192,54 @@ def test_files_are_opened_read_only(synthetic_field):
         flags = fcntl.fcntl(cube._fd, fcntl.F_GETFL)
         assert flags & os.O_ACCMODE == os.O_RDONLY
         assert field._hdul.fileinfo(0)["filemode"] == "readonly"
+
+
+def test_cli_outputs_that_cannot_be_written_are_one_line_errors(synthetic_field, tmp_path):
+    """Issue 16 item 8 (as root, permissions do not refuse anything: a missing directory
+    and a path under a file stand for an unwritable one)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in (tmp_path / "missing" / "lc.vot", blocker / "lc.vot"):
+        assert_clean_cli_error(
+            run_cli("lightcurve", str(synthetic_field), "--field-id", "1", "-o", str(out)),
+            str(out.parent.name),
+        )
+    assert_clean_cli_error(
+        run_cli("synth", "--stars", "20", "--images", "3", "--quiet", str(blocker / "field")),
+        "Not a directory",
+    )
+    listing = tmp_path / "mine.csv"
+    listing.write_text("id,ra,dec\n1,268.0,-29.9\n")
+    assert_clean_cli_error(
+        run_cli("xmatch", str(listing), str(synthetic_field), "-o", str(blocker / "m.vot")),
+    )
+
+
+def test_cli_negative_values_reach_the_check_that_refuses_them(synthetic_field):
+    for radius in (["--radius", "-1arcsec"], ["--radius=-1arcsec"]):
+        result = run_cli(
+            "lightcurve", str(synthetic_field), "--ra", "268", "--dec", "-29.9", *radius
+        )
+        assert_clean_cli_error(result, "radius must be a positive angle")
+
+
+def test_serve_refuses_a_bad_port_and_leaves_no_work_directory(synthetic_field, tmp_path):
+    import socket
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
+    bad = subprocess.run(
+        [sys.executable, "-m", "romerea_vo.cli", "serve", str(synthetic_field), "--port", "80000"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert_clean_cli_error(bad, "port must be 0-65535")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run(
+            [sys.executable, "-m", "romerea_vo.cli", "serve", str(synthetic_field), "--quiet",
+             "--port", port],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+    assert_clean_cli_error(busy, "cannot listen on 127.0.0.1:" + port)
+    assert not list(tmp_path.glob("romerea-vo-*")), list(tmp_path.iterdir())

@@ -184,6 +184,7 @@ class TapService:
         )
         """Sync queries' slots and queues (lightcurves, DataLink, VOSI stay outside)."""
         self.started = dt.datetime.now(dt.UTC)
+        self._closed = False
         self._own_work_dir = config.work_dir is None
         self.work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="romerea-vo-"))
         self.upload_dir = self.work_dir / "uploads"
@@ -249,6 +250,11 @@ class TapService:
         return out
 
     def close(self) -> None:
+        """Stop the job store, close the database, remove a temporary work directory;
+        again: nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.jobs.close()
         self.db.close()
         if self._own_work_dir:

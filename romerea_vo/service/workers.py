@@ -114,9 +114,10 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port beyond 65535
         sock.close()
-        raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequestError(f"cannot listen on {host}:{port}: {reason}") from None
     sock.listen(2048)  # connections made before the server runs queue meanwhile
     return sock
 
