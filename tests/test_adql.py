@@ -162,6 +162,12 @@ REJECTED = [
     ("SELECT ra FROM rome.stars UNION SELECT ra FROM rea.stars LIMIT 3", "LIMIT is not ADQL"),
     ("SELECT MAX(MIN(ra)) FROM rome.stars", "aggregate functions cannot be nested"),
     ("SELECT ra FROM rome.stars GROUP BY", "GROUP BY"),
+    (  # issue 16: matched nothing, silently
+        "SELECT ra FROM rome.stars WHERE 1 = CONTAINS(POINT(ra, dec), CIRCLE(1, 1000, 0.1))",
+        "CIRCLE: a declination must be -90 to 90, not 1000",
+    ),
+    ("SELECT POINT(1, -(91)) FROM rome.stars", "a declination must be -90 to 90, not -91"),
+    ("SELECT POLYGON(1, 2, 3, 4, 5, 95) FROM rome.stars", "POLYGON: a declination must be"),
 ]
 
 

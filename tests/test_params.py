@@ -264,6 +264,24 @@ def test_field_too_long_refused(echo):
     assert "parameter 'QUERY' exceeds the 4 KiB limit" in response.json()["error"]
 
 
+def test_urlencoded_field_too_long_refused(echo):
+    """Issue 16 item 9: the per-field limit held for multipart bodies only."""
+    url, _ = echo
+    response = httpx.post(f"{url}/echo", data={"QUERY": "é" * 2500}, timeout=120)
+    assert response.status_code == 400
+    assert "parameter 'QUERY' exceeds the 4 KiB limit" in response.json()["error"]
+
+
+def test_a_thousand_ids_and_other_parameters_fit(echo):
+    """Issue 16 item 9: 1,000 IDs (what /lightcurve and DataLink take) plus a few more."""
+    url, _ = echo
+    # short values: the echo server allows 32 KiB of urlencoded body
+    data = {"ID": [str(i) for i in range(1, 1001)], "RESPONSEFORMAT": "csv"}
+    got = httpx.post(f"{url}/echo", data=data, timeout=120)
+    assert got.status_code == 200, got.text
+    assert len(got.json()["values"]["ID"]) == 1000
+
+
 def test_declared_two_gigabytes_refused_before_reading(echo):
     url, root = echo
     before = files_under(root)

@@ -1417,6 +1417,13 @@ class Analyzer:
         def coord(a):
             return self.coordinate(a, scope, ctx, name)
 
+        def dec(a):
+            # a literal latitude beyond the poles matches nothing: say so, not 0 rows
+            value = _literal_number(a)
+            if self.semantic and value is not None and abs(value) > 90:
+                raise self.error(a, f"{name}: a declination must be -90 to 90, not {value:g}")
+            return coord(a)
+
         def is_point(a) -> bool:
             v = self.value(a, scope, ctx)
             if not self.semantic and v.type.kind == "unknown":
@@ -1427,13 +1434,13 @@ class Analyzer:
         if name == "POINT":
             if n != 2:
                 raise self.error(node, f"usage: {usage}")
-            geom = Point(coord(rest[0]), coord(rest[1]), frame)
+            geom = Point(coord(rest[0]), dec(rest[1]), frame)
         elif name == "CIRCLE":
             if n == 2:
                 center = self.point_arg(rest[0], scope, ctx, name)
                 radius = coord(rest[1])
             elif n == 3:
-                center = Point(coord(rest[0]), coord(rest[1]), frame)
+                center = Point(coord(rest[0]), dec(rest[1]), frame)
                 radius = coord(rest[2])
             else:
                 raise self.error(node, f"usage: {usage}")
@@ -1443,7 +1450,7 @@ class Analyzer:
                 center = self.point_arg(rest[0], scope, ctx, name)
                 width, height = coord(rest[1]), coord(rest[2])
             elif n == 4:
-                center = Point(coord(rest[0]), coord(rest[1]), frame)
+                center = Point(coord(rest[0]), dec(rest[1]), frame)
                 width, height = coord(rest[2]), coord(rest[3])
             else:
                 raise self.error(node, f"usage: {usage}")
@@ -1460,9 +1467,7 @@ class Analyzer:
                         f"a POLYGON needs pairs of coordinates for at least 3 vertices "
                         f"({n} coordinate{'s' if n != 1 else ''} given); usage: {usage}",
                     )
-                vertices = [
-                    Point(coord(rest[i]), coord(rest[i + 1]), frame) for i in range(0, n, 2)
-                ]
+                vertices = [Point(coord(rest[i]), dec(rest[i + 1]), frame) for i in range(0, n, 2)]
             geom = Polygon(vertices)
         return self.geometry_value(geom, name.lower())
 
@@ -1716,3 +1721,18 @@ def _describe(key: str) -> str:
 
 
 __all__ = ["Analyzer", "Output", "QueryOut", "SyntaxOnly"]
+
+
+def _literal_number(node: exp.Expression) -> float | None:
+    """The value of a numeric literal (signed, in parentheses), else None."""
+    sign = 1.0
+    while isinstance(node, exp.Paren | exp.Neg):
+        if isinstance(node, exp.Neg):
+            sign = -sign
+        node = node.this
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return sign * float(node.this)
+        except ValueError:
+            return None
+    return None

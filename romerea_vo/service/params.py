@@ -41,7 +41,8 @@ DEFAULT_MAX_FIELD_BYTES = 1024 * 1024
 _FORM_SLACK_BYTES = 1024 * 1024
 """Room left for ordinary fields and multipart framing when no total limit is given."""
 
-_MAX_PARTS = 1000
+_MAX_PARTS = 1100
+"""Fields of one request: the 1,000 IDs /lightcurve and DataLink take, and the others."""
 
 _FORM_FIELDS_FACTOR = 8
 """An urlencoded body (fields only, held in memory) may be this many field limits."""
@@ -181,6 +182,10 @@ async def read_dali_params(
         except ValueError as exc:
             raise InvalidRequestError(f"malformed form body: {exc}") from None
         for name, value in pairs:
+            if len(value.encode()) > max_field_bytes:  # as for multipart fields
+                raise InvalidRequestError(
+                    f"parameter {name[:40]!r} exceeds the {format_bytes(max_field_bytes)} limit"
+                )
             params.add(name, value)
     else:
         raise InvalidRequestError(

@@ -17,6 +17,7 @@ engine refused or failed the statement), whatever the engine.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 
@@ -30,8 +31,23 @@ class QueryInterrupted(RomeReaError):
     """The statement was cancelled (interrupt, or a timeout)."""
 
 
+# DuckDB's advice on its own settings and SQL ("Use TRY(...)", "Use \"SET ... TO x\"")
+# means nothing to an ADQL user, who can change neither.
+_ENGINE_ADVICE = re.compile(r"\s*Use (?:TRY\(|\"SET )[^\n]*?(?:\.(?=\s|$)|$)")
+
+
 class QueryFailed(RomeReaError):
-    """The engine refused or failed the statement; the message is the engine's."""
+    """The engine refused or failed the statement; the message is the engine's, without
+    its advice on engine settings."""
+
+    def __init__(self, message: str) -> None:
+        message = _ENGINE_ADVICE.sub("", message)
+        if "expression depth" in message:
+            message += (
+                " (the query is nested too deeply for the engine: a very long expression "
+                "or a POLYGON of hundreds of vertices; simplify or split it)"
+            )
+        super().__init__(message)
 
 
 class DuckDBSession:
