@@ -246,3 +246,49 @@ def test_prepare_of_a_spatial_join_stops_on_cancel(tap_db, tmp_path):
             engine.prepare(params, session, tmp_path, cancelled=token.is_set)
     finally:
         db.close()
+
+
+RUNAWAY = {  # ~10^15 rows: no machine finishes these
+    "duckdb": "SELECT COUNT(*) FROM range(100000000) AS a, range(10000000) AS b",
+    "postgresql": "SELECT COUNT(*) FROM generate_series(1, 100000000) AS a, "
+    "generate_series(1, 10000000) AS b",
+}
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgresql"])
+def test_an_interrupt_before_the_statement_starts_is_repeated(request, backend):
+    """An async job cancelled (execution duration, DELETE) just before its statement
+    started left a runaway join running for ever: the engines forget an interrupt that
+    comes before a statement. The job's interrupt is repeated until the runner returns."""
+    import threading
+
+    from romerea_vo.store.session import QueryInterrupted
+
+    target = request.getfixturevalue("tap_db" if backend == "duckdb" else "pg_tap_db")
+    db = open_database(target)
+    session = db.session()
+    token, returned = CancelToken(), threading.Event()
+    token.interrupt_until(session.interrupt, returned)
+    token.cancel("exceeded its execution duration")  # before the statement starts
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session.fetchall(RUNAWAY[backend])
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            returned.set()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(WAIT)
+    stuck = runner.is_alive()
+    returned.set()
+    if stuck:  # stop it by hand so that the suite goes on, then fail
+        session.interrupt()
+        runner.join(WAIT)
+    session.close()
+    db.close()
+    assert not stuck, "the statement ran on after its job was cancelled"
+    assert outcome and isinstance(outcome[0], QueryInterrupted), outcome

@@ -373,7 +373,8 @@ class TapService:
             files=dict(job.files),
         )
         session = self.db.session()
-        token.on_cancel(session.interrupt)
+        returned = threading.Event()
+        token.interrupt_until(session.interrupt, returned)
         try:
             prepared = self.engine.prepare(
                 params,
@@ -410,6 +411,7 @@ class TapService:
                 raise QueryCancelled(result.error)
             job.add_result("result", path, result.media_type)
         finally:
+            returned.set()
             session.close()  # no timer to stop first: async jobs run with timeout=None
 
     # --- VOSI -------------------------------------------------------------------------

@@ -280,6 +280,25 @@ class CancelToken:
         for callback in callbacks:
             self._call(callback)
 
+    def interrupt_until(
+        self, interrupt: Callable[[], object], done: threading.Event, every: float = 0.25
+    ) -> None:
+        """On cancellation, call ``interrupt`` at once and then every ``every`` seconds
+        until ``done`` is set. An engine's interrupt that lands just before a statement
+        starts is lost, and the statement then runs to its end (for a runaway join:
+        for ever), so it is repeated for as long as the runner has not returned."""
+
+        def repeat() -> None:
+            self._call(interrupt)
+            while not done.wait(every):
+                self._call(interrupt)
+
+        def start() -> None:
+            if not done.is_set():
+                threading.Thread(target=repeat, name="job-interrupt", daemon=True).start()
+
+        self.on_cancel(start)
+
 
 JobRunner = Callable[[Job, CancelToken], None]
 """Executes a job in a worker thread.
