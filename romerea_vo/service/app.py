@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
+from astropy.time import Time
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -34,6 +35,7 @@ from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
 from . import vosi
 from .admission import Admission, limit_malloc_arenas
+from .coverage_service import CoverageService
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
@@ -198,6 +200,7 @@ class TapService:
             self.db, estimate_size=self.lightcurves.estimated_size, public_url=config.public_url
         )
         self.scs = ConeSearchService(self.db, limits, public_url=config.public_url)
+        self.coverage = CoverageService(self.db, public_url=config.public_url)
         self.pages = StarPages(
             self.db, self.scs, self.datalink, limits, title=config.title,
             public_url=config.public_url,
@@ -613,10 +616,40 @@ A star's page from its DID: <code>{html.escape(root)}/star?ID=&lt;did&gt;</code>
 {search_form_html(root)}
 """
 
+    def _coverage_html(self, root: str) -> str:
+        """The landing page's coverage: the footprints' plot and the numbers (blocking:
+        the coverage is computed on first use)."""
+        if not self.db.has_rome:
+            return ""
+        summary = self.coverage.coverage().summary()
+        links = {k: html.escape(v) for k, v in self.coverage.links(root).items()}
+
+        def mjd(value: float | None) -> str:
+            if value is None:
+                return "?"
+            return f"MJD {value:.2f} ({Time(value, format='mjd').to_value('iso', 'date')})"
+
+        span = f"{mjd(summary['t_min_mjd'])} to {mjd(summary['t_max_mjd'])}"
+        bands = ""
+        if summary["em_min_m"] is not None:
+            bands = (
+                f"; {summary['em_min_m'] * 1e9:.0f}–{summary['em_max_m'] * 1e9:.0f} nm "
+                "(SDSS g′, r′, i′)"
+            )
+        return f"""<h2>Coverage</h2>
+<p>{summary["area_deg2"]:.2f} deg² in {len(summary["fields"])} field(s); {span}{bands}.
+MOC 2.0: <a href="{links["moc_fits"]}">FITS</a>, <a href="{links["moc_json"]}">JSON</a>,
+<a href="{links["moc_ascii"]}">ASCII</a>; fields × exposures as a space–time MOC:
+<a href="{links["stmoc_fits"]}">FITS</a>; everything as <a href="{links["summary"]}">JSON</a>.
+</p>
+<p><img src="{links["plot"]}" alt="The fields' footprints on the sky" width="440"></p>
+"""
+
     async def landing(self, request: Request) -> Response:
         root = self.root(request)
         tap = root + "/tap"
         counts = self._candidate_counts()
+        coverage = await run_in_threadpool(self._coverage_html, root)
         fields = "".join(
             f"<tr><td>{html.escape(f.name)}</td><td>{f.n_stars:,}</td><td>{f.n_images:,}</td>"
             f"<td>{html.escape(f.era)}</td><td>{counts.get(f.name, 0):,}</td></tr>"
@@ -645,7 +678,7 @@ Service-Provided</i>)</li>
 <pre>import pyvo
 tap = pyvo.dal.TAPService("{html.escape(tap)}")
 tap.search("SELECT TOP 10 * FROM {html.escape(first_table)}").to_table()</pre>
-{self._rome_html(root)}{self._search_html(root)}<h2>Fields</h2>
+{self._rome_html(root)}{self._search_html(root)}{coverage}<h2>Fields</h2>
 <table><tr><th>field</th><th>stars</th><th>images</th><th>format era</th>
 <th>microlensing candidates</th></tr>
 {fields}</table>
@@ -672,6 +705,9 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/tables/{name}", service.table),
         Route("/tap/examples", service.examples),
         *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
+        Route("/coverage", service.coverage.summary),
+        Route("/coverage/{name}", service.coverage.document),
+        Route("/coverage/{field}/{name}", service.coverage.document),
     ]
     lightcurve_jobs: JobStore | None = None
     if service.db.has_rome:  # a database of external catalogues only has no ROME stars
