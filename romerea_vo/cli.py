@@ -764,6 +764,42 @@ def cmd_export_dachs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_record(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from lxml import etree
+
+    from .service.app import TapService
+    from .service.settings import ServiceConfig, Settings, read_settings
+
+    settings = read_settings(args.config) if args.config else Settings()
+    if args.db:
+        settings.service.db = args.db
+    if args.public_url:
+        settings.service.public_url = args.public_url
+    if args.authority:
+        settings.metadata = dc.replace(settings.metadata, authority=args.authority)
+    config = ServiceConfig.from_settings(settings)
+    if not config.public_url:
+        raise InvalidRequestError(
+            "a registry record names the URLs clients reach the service at: give "
+            "--public-url URL (or [service] public_url in --config)"
+        )
+    service = TapService(config)
+    try:
+        record = service.registry_records(config.public_url, doi=args.doi)[0]
+    finally:
+        service.close()
+    document = etree.tostring(record.resource, xml_declaration=True, encoding="UTF-8",
+                              pretty_print=True)  # fmt: skip
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists (give --overwrite to replace it)")
+    output.write_bytes(document)
+    print(f"{record.identifier}: VOResource record written to {output}")
+    return 0
+
+
 def cmd_export_lightcurves(args: argparse.Namespace) -> int:
     from .export_lightcurves import export_lightcurves
 
@@ -1007,6 +1043,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-star", action="store_true", help="one table per star for selections")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.set_defaults(func=cmd_samp)
+
+    p = sub.add_parser(
+        "registry-record",
+        help="write the service's VOResource record (vs:CatalogService) for a registry",
+    )
+    p.add_argument("--db", help="database file or postgresql:// URL (or [service] db)")
+    p.add_argument("--config", metavar="FILE", help="the service's configuration (metadata, "
+                   "public URL, limits named in the record)")  # fmt: skip
+    p.add_argument("--public-url", metavar="URL", help="the URL clients reach the service at")
+    p.add_argument("--authority", metavar="IVOID", help="IVOA authority of the record's "
+                   "identifier, ivo://host[/path] (default: the DIDs')")  # fmt: skip
+    p.add_argument("--doi", help="a DOI of the data, recorded as an altIdentifier")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="record.xml")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    p.set_defaults(func=cmd_registry_record)
 
     p = sub.add_parser("export-dachs", help="write a DaCHS resource descriptor and data files")
     p.add_argument("outdir", metavar="OUTDIR", help="directory for q.rd and data/*.fits")

@@ -33,14 +33,16 @@ from ..store.ddl import quote_ident
 from ..store.session import QueryFailed
 from ..votable.formats import RESULT_FORMATS
 from ..votable.schema import adql_column_name
-from . import vosi
+from . import registry, vosi
 from .admission import Admission, limit_malloc_arenas
 from .coverage_service import CoverageService
 from .datalink import LINKS_STANDARD_ID, DataLinkService
 from .examples import ExampleStar, catalogue_examples, examples_xhtml, rome_examples
 from .lightcurve_service import LightcurveService
+from .oai import OaiPmh, OaiRecord
 from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
+from .registry import RegistryIdentity
 from .responses import XML_MEDIA, CatchAllErrors, dali_error, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
@@ -201,6 +203,12 @@ class TapService:
         )
         self.scs = ConeSearchService(self.db, limits, public_url=config.public_url)
         self.coverage = CoverageService(self.db, public_url=config.public_url)
+        self.oai = OaiPmh(
+            self.registry_records,
+            repository_name=f"{config.title} publishing registry",
+            admin_email=config.metadata.contact_email or "operator@invalid",
+            root_url=self.root,
+        )
         self.pages = StarPages(
             self.db, self.scs, self.datalink, limits, title=config.title,
             public_url=config.public_url,
@@ -419,13 +427,15 @@ class TapService:
 
     # --- VOSI -------------------------------------------------------------------------
 
-    def base_url(self, request: Request) -> str:
-        return self.root(request) + "/tap"
-
     async def capabilities(self, request: Request) -> Response:
+        body = self.capabilities_document(self.root(request))
+        return Response(body, media_type=XML_MEDIA)
+
+    def capabilities_document(self, root: str) -> bytes:
+        """The VOSI capabilities of the service at ``root`` (also in its registry record)."""
         limits = self.config.limits
-        body = vosi.capabilities_xml(
-            self.base_url(request),
+        return vosi.capabilities_xml(
+            root + "/tap",
             output_formats=[
                 vosi.OutputFormatInfo(f.media_type, f.aliases, f.ivo_id)
                 for f in RESULT_FORMATS.values()
@@ -442,13 +452,39 @@ class TapService:
             remote_uploads=limits.remote_uploads,
             data_models=vosi.data_models(self.engine.tables),
             extra=[
-                (LINKS_STANDARD_ID, self.root(request) + "/datalink/links"),
-                (SCS_STANDARD_ID, self.root(request) + "/scs"),
+                (LINKS_STANDARD_ID, root + "/datalink/links"),
+                (SCS_STANDARD_ID, root + "/scs"),
             ]
             if self.db.has_rome
             else [],  # DataLink and cone search serve ROME stars only
         )
-        return Response(body, media_type=XML_MEDIA)
+
+    def registry_records(self, root: str, *, doi: str | None = None) -> list[OaiRecord]:
+        """The service's ``vs:CatalogService`` record and its authority's and registry's
+        records, for ``/oai`` and ``romerea-vo registry-record`` (blocking)."""
+        meta = self.config.metadata
+        identity = (
+            RegistryIdentity.from_did_authority(meta.authority)
+            if meta.authority
+            else RegistryIdentity.from_did_authority(self.db.authority)
+        )
+        coverage = self.coverage.coverage() if self.db.has_rome else None
+        service = registry.resource_record(
+            metadata=meta,
+            identity=identity,
+            root_url=root,
+            capabilities=self.capabilities_document(root),
+            tableset=vosi.tables_xml(self.engine.tables, nrows=self.nrows),
+            coverage=coverage,
+            updated=self.started,
+            doi=doi,
+        )
+        common = dict(metadata=meta, identity=identity, root_url=root, updated=self.started)
+        return [
+            OaiRecord(identity.service_id, self.started, service),
+            OaiRecord(identity.authority, self.started, registry.authority_record(**common)),
+            OaiRecord(identity.registry_id, self.started, registry.registry_record(**common)),
+        ]
 
     async def availability(self, request: Request) -> Response:
         note = f"romerea-vo {__version__} serving {len(self.db.fields)} field(s)"
@@ -706,6 +742,7 @@ def create_app(config: ServiceConfig) -> Starlette:
         Route("/tap/examples", service.examples),
         *uws_routes(service.jobs, read_params=service.read_params, prefix="/tap/async"),
         Route("/coverage", service.coverage.summary),
+        Route("/oai", service.oai.endpoint, methods=["GET", "POST"]),
         Route("/coverage/{name}", service.coverage.document),
         Route("/coverage/{field}/{name}", service.coverage.document),
     ]
