@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from served import serve, synthetic_db
 
 ENDLESS = (
     "SELECT COUNT(*) FROM rome.field_index AS a, rome.field_index AS b, "
@@ -335,39 +336,6 @@ def slow_headers(base: str, n: int, hold: float) -> collections.Counter:
 # --- the run ---------------------------------------------------------------------------
 
 
-def prepare(workdir: Path, n_stars: int, n_images: int) -> Path:
-    from romerea_vo.products.synthetic import synthesize_field
-    from romerea_vo.store import ingest_fields
-
-    field_dir = workdir / f"abuse-{n_stars}x{n_images}" / "ROME-FIELD-01"
-    db = field_dir.parent / "rome.duckdb"
-    if not (field_dir / "ROME-FIELD-01_field_crossmatch.fits").exists():
-        print(f"synthesising {n_stars} stars x {n_images} images ...", flush=True)
-        synthesize_field(field_dir, field="ROME-FIELD-01", n_stars=n_stars, n_images=n_images)
-    if not db.exists():
-        list(ingest_fields(db, [field_dir]))
-    return db
-
-
-def serve(db: Path, work: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "romerea_vo.cli", "serve", "--db", str(db), "--port", "0"]
-    cmd += ["--work-dir", str(work)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = re.search(r"TAP service: (http://\S+)/tap", line)
-        if m:
-            output: list[str] = []
-            threading.Thread(target=output.extend, args=(proc.stdout,), daemon=True).start()
-            proc.log = output  # type: ignore[attr-defined]
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError("service did not start")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stars", type=int, default=20_000)
@@ -385,9 +353,12 @@ def main() -> int:
     args = ap.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    db = prepare(args.workdir, args.stars, args.images)
+    db = synthetic_db(
+        args.workdir / f"abuse-{args.stars}x{args.images}",
+        [("ROME-FIELD-01", args.stars, args.images)],
+    )
     work = Path(tempfile.mkdtemp(prefix="abuse-work-", dir=args.workdir))
-    proc, base = serve(db, work)
+    proc, base = serve(db, "--work-dir", str(work), timeout=120)
     try:
         r = httpx.post(
             base + "/tap/sync",

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -38,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import served
 from bench_tap import Client, _sync, _time, _votable
+from served import stop
 
 from romerea_vo.products.synthetic import NOMINAL_FIELD_CENTRES
 
@@ -91,33 +91,12 @@ def ingest_postgres(url: str, dirs: list[Path]) -> None:
 
 
 def serve(db: str, workers: int, jobs_db: str | None, work: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "romerea_vo.cli", "serve", "--db", db, "--port", "0"]
-    cmd += ["--work-dir", str(work)]
+    args = ["--work-dir", str(work)]
     if workers > 1:
-        cmd += ["--workers", str(workers)]
+        args += ["--workers", str(workers)]
         if jobs_db:
-            cmd += ["--jobs-db", jobs_db]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        m = re.search(r"TAP service: (http://\S+)/tap", line)
-        if m:
-            # keep reading: a service that logs into a full pipe would stall in write()
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError(f"service did not start: {' '.join(cmd)}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+            args += ["--jobs-db", jobs_db]
+    return served.serve(db, *args)
 
 
 def latency(base: str, n_fields: int, repeats: int) -> dict[str, float]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench_lightcurve_service import Client as KeepAliveClient
 from bench_tap import Client, _time
+from served import serve, synthetic_db
 
 BULK_COLUMNS = "hjd,filter,normalized_mag,normalized_mag_err,qc_flag"
 FIELDS = (("ROME-FIELD-01", 10_000, 2214), ("ROME-FIELD-02", 100_000, 300))
@@ -62,40 +63,6 @@ s = export_lightcurves([sys.argv[1]], sys.argv[2])
 print(json.dumps({"s": time.perf_counter() - t0, "points": s.points, "stars": s.stars,
                   "rss_mib": PEAK / 1024}))
 """
-
-
-def prepare(workdir: Path) -> Path:
-    """The two synthetic fields ingested into ``workdir/rome.duckdb`` (kept if present)."""
-    from romerea_vo.products.synthetic import synthesize_field
-    from romerea_vo.store import ingest_fields
-
-    db = workdir / "rome.duckdb"
-    dirs = []
-    for name, n_stars, n_images in FIELDS:
-        d = workdir / name
-        if not (d / f"{name}_field_crossmatch.fits").exists():
-            print(f"synthesising {name}: {n_stars} stars x {n_images} images ...", flush=True)
-            synthesize_field(d, field=name, n_stars=n_stars, n_images=n_images, seed=3)
-        dirs.append(d)
-    if not db.exists():
-        list(ingest_fields(db, dirs))
-    return db
-
-
-def serve(db: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "romerea_vo.cli", "serve", "--db", str(db), "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("TAP service: "):
-            base = line.split()[2].removesuffix("/tap")
-            for _ in range(600):  # the socket is bound before uvicorn listens
-                try:
-                    KeepAliveClient(base).get("/tap/availability", [])
-                    return proc, base
-                except OSError:
-                    time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the service did not start")
 
 
 def median_time(fn, repeats: int) -> float:
@@ -230,7 +197,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["top", "bulk", "export"])
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    db = prepare(args.workdir)
+    db = synthetic_db(args.workdir, FIELDS, seed=3)
     proc, base = serve(db)
     try:
         if "top" not in args.skip:

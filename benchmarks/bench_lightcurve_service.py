@@ -21,12 +21,13 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
+
+from served import serve, synthetic_db
 
 TARGET_MEDIAN_MS = 10.0
 TARGET_RPS = 100.0
@@ -124,33 +125,10 @@ def measure_throughput(base: str, dids: list[str], threads: int, seconds: float)
 
 def serve_local(workdir: Path, n_stars: int, n_images: int) -> tuple[subprocess.Popen, str]:
     """Synthesise (once) and ingest a field in ``workdir``, serve it; (process, base URL)."""
-    from romerea_vo.products.synthetic import synthesize_field
-    from romerea_vo.store import ingest_fields
-
-    field_dir = workdir / f"bench-{n_stars}x{n_images}" / "ROME-FIELD-01"
-    db = field_dir.parent / "rome.duckdb"
-    if not (field_dir / "ROME-FIELD-01_field_crossmatch.fits").exists():
-        print(f"synthesising {n_stars} stars x {n_images} images in {field_dir} ...", flush=True)
-        synthesize_field(field_dir, field="ROME-FIELD-01", n_stars=n_stars, n_images=n_images)
-    if not db.exists():
-        list(ingest_fields(db, [field_dir]))
-    cmd = [sys.executable, "-m", "romerea_vo.cli", "serve", "--db", str(db), "--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    for line in proc.stdout:
-        if line.startswith("TAP service: "):
-            base = line.split()[2].removesuffix("/tap")
-            while time.time() < deadline:  # the socket is bound before uvicorn listens
-                try:
-                    Client(base).get("/tap/availability", [])
-                    return proc, base
-                except OSError:
-                    time.sleep(0.1)
-            break
-        if time.time() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("the service did not start")
+    db = synthetic_db(
+        workdir / f"bench-{n_stars}x{n_images}", [("ROME-FIELD-01", n_stars, n_images)]
+    )
+    return serve(db, timeout=60)
 
 
 def main() -> None:
