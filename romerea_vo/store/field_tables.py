@@ -292,7 +292,7 @@ def obscore_table(field: Field, tables: dict[str, pa.Table], authority: str) -> 
     ra = index.column("ra").to_numpy(zero_copy_only=False)[rows]
     dec = index.column("dec").to_numpy(zero_copy_only=False)[rows]
     id_text = pa.array(sid, pa.int64()).cast(pa.string())
-    star = f"{authority}?{field.name}/"  # the star DIDs of ids.make_did
+    star = did_prefix(authority, field.name)  # the star DIDs of ids.make_did
     quoted = quote(star, safe="")  # the field_id digits need no quoting
     fov = 2 * seeing / 3600.0
     no_fov = ~np.isfinite(fov)
