@@ -1522,7 +1522,7 @@ class Analyzer:
 
     def scale_value(self, v: Value, factor: float) -> Value:
         if v.is_const:
-            return self.number(float(v.const) * factor)
+            return self.number(v.number * factor)
         return Value(
             exp.Mul(this=exp.Paren(this=v.sql), expression=self.number(factor).sql),
             FLOAT,
@@ -1531,7 +1531,7 @@ class Analyzer:
 
     def add_values(self, a: Value, b: Value, sign: int) -> Value:
         if a.is_const and b.is_const:
-            return self.number(float(a.const) + sign * float(b.const))
+            return self.number(a.number + sign * b.number)
         op = exp.Add if sign > 0 else exp.Sub
         return Value(
             op(this=exp.Paren(this=a.sql), expression=exp.Paren(this=b.sql)),

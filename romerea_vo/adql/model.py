@@ -105,6 +105,13 @@ class Value:
     def is_const(self) -> bool:
         return self.const is not None and not isinstance(self.const, str)
 
+    @property
+    def number(self) -> float:
+        """The numeric literal's value (only where `is_const` holds)."""
+        if self.const is None or isinstance(self.const, str):
+            raise TypeError(f"not a numeric constant: {self.const!r}")
+        return float(self.const)
+
 
 # --- geometry -------------------------------------------------------------------------
 # Constructors keep their coordinates as Values in the system they were written in; the

@@ -120,7 +120,7 @@ class _Poly:
     def list_sql(self) -> str:
         if self.flat is not None:
             return self.flat
-        coords = []
+        coords: list[float] = []
         for v in self.vectors or []:
             coords.extend(sphere.radec(v))
         return "[" + ", ".join(_num(c) for c in coords) + "]"
@@ -198,7 +198,7 @@ class DuckDBBackend(Backend):
     def constant(self, value: Value) -> float | None:
         """The value of a constant numeric expression, computed as DuckDB would."""
         if value.is_const:
-            return float(value.const)
+            return value.number
         tree = spatial_join.radius_tree_of(value)
         if tree is None:
             return None
@@ -210,7 +210,7 @@ class DuckDBBackend(Backend):
 
     def text(self, v: Value) -> str:
         if v.is_const:
-            return _num(float(v.const))
+            return _num(v.number)
         return self.sql(v.sql)
 
     # --- scalars ----------------------------------------------------------------------
@@ -303,15 +303,15 @@ class DuckDBBackend(Backend):
     def point(self, p: Point) -> _P:
         """The point in ICRS."""
         if p.ra.is_const and p.dec.is_const:
-            ra, dec = float(p.ra.const), float(p.dec.const)
+            ra, dec = p.ra.number, p.dec.number
             if p.frame != ICRS:
                 ra, dec = sphere.radec(sphere.rotate(ROTATIONS[p.frame], sphere.unit(ra, dec)))
             return _P(_num(ra), _num(dec), (ra, dec))
-        ra, dec = self.text(p.ra), self.text(p.dec)
+        ra_sql, dec_sql = self.text(p.ra), self.text(p.dec)
         if p.frame == ICRS:
-            return _P(ra, dec, None, p.dec.column)
+            return _P(ra_sql, dec_sql, None, p.dec.column)
         m = ROTATIONS[p.frame]
-        v = _P(ra, dec).vec()
+        v = _P(ra_sql, dec_sql).vec()
         x, y, z = ([_num(m[i][j]) for j in range(3)] for i in range(3))
         rx, ry, rz = dot(x, v), dot(y, v), dot(z, v)
         return _P(
@@ -330,7 +330,7 @@ class DuckDBBackend(Backend):
         if isinstance(g, Circle):
             center = self.as_point(g.center)
             r = g.radius
-            return _C(center, self.text(r), float(r.const) if r.is_const else None)
+            return _C(center, self.text(r), r.number if r.is_const else None)
         text = self.sql(g.value.sql)  # type: ignore[union-attr]
         return _C(_P(f"({text})[1]", f"({text})[2]"), f"({text})[3]", None)
 
@@ -383,8 +383,8 @@ class DuckDBBackend(Backend):
             return Value(exp.Literal.string(ICRS), STRING, name="coordsys")
         if name == "AREA":
             return Value(
-                Raw(this=self.area(g[0])),
-                DOUBLE.with_unit(("u", "deg**2")),  # type: ignore[arg-type]
+                Raw(this=self.area(g[0])),  # type: ignore[arg-type]
+                DOUBLE.with_unit(("u", "deg**2")),
                 name="area",
             )
         if name == "CENTROID":
@@ -397,8 +397,8 @@ class DuckDBBackend(Backend):
             return value
         if name == "DISTANCE":
             return Value(
-                Raw(this=self.distance(g[0], g[1])),
-                DOUBLE.with_unit(("u", "deg")),  # type: ignore[arg-type]
+                Raw(this=self.distance(g[0], g[1])),  # type: ignore[arg-type]
+                DOUBLE.with_unit(("u", "deg")),
                 name="distance",
             )
         # CONTAINS / INTERSECTS as a value: 1, 0 or NULL.
@@ -442,10 +442,10 @@ class DuckDBBackend(Backend):
         v = self.var("v")
         sums = [f"list_sum(list_transform({v}, lambda adql_w: adql_w[{k}]))" for k in (1, 2, 3)]
         vec = self.vectors_sql(poly.flat)  # type: ignore[arg-type]
-        ra = _let(vec, v, f"(degrees(atan2({sums[1]}, {sums[0]})) + 360.0) % 360.0")
+        ra_sql = _let(vec, v, f"(degrees(atan2({sums[1]}, {sums[0]})) + 360.0) % 360.0")
         norm = f"sqrt({sums[0]} * {sums[0]} + {sums[1]} * {sums[1]} + {sums[2]} * {sums[2]})"
-        dec = _let(vec, v, f"degrees(asin({clamp(f'{sums[2]} / {norm}', '-1.0', '1.0')}))")
-        return _P(ra, dec)
+        dec_sql = _let(vec, v, f"degrees(asin({clamp(f'{sums[2]} / {norm}', '-1.0', '1.0')}))")
+        return _P(ra_sql, dec_sql)
 
     def distance(self, a: Geometry, b: Geometry) -> str:
         if shape_of(a) != "point":
@@ -494,7 +494,7 @@ class DuckDBBackend(Backend):
             return None
         p, q = self.as_point(a), self.as_point(b)
         r = self.text(radius)
-        rc = float(radius.const) if radius.is_const else None
+        rc = radius.number if radius.is_const else None
         sql = Raw(this=self.cone(p, q, r, rc, strict=op == "<"))
         if self.spatial_join_core:
             candidate = spatial_join.distance_candidate(a, b, op, radius)

@@ -141,7 +141,7 @@ class _Poly:
     def array_sql(self) -> str:
         if self.flat is not None:
             return self.flat
-        coords = []
+        coords: list[float] = []
         for v in self.vectors or []:
             coords.extend(sphere.radec(v))
         return "ARRAY[" + ", ".join(_num(c) for c in coords) + "]"
@@ -195,7 +195,7 @@ class PgSphereBackend(Backend):
 
     def text(self, v: Value) -> str:
         if v.is_const:
-            return _num(float(v.const))
+            return _num(v.number)
         return self.sql(v.sql)
 
     # --- scalars ----------------------------------------------------------------------
@@ -317,15 +317,15 @@ class PgSphereBackend(Backend):
     def point(self, p: Point) -> _P:
         """The point in ICRS."""
         if p.ra.is_const and p.dec.is_const:
-            ra, dec = float(p.ra.const), float(p.dec.const)
+            ra, dec = p.ra.number, p.dec.number
             if p.frame != ICRS:
                 ra, dec = sphere.radec(sphere.rotate(ROTATIONS[p.frame], sphere.unit(ra, dec)))
             return _P(_num(ra), _num(dec), (ra, dec))
-        ra, dec = self.text(p.ra), self.text(p.dec)
+        ra_sql, dec_sql = self.text(p.ra), self.text(p.dec)
         if p.frame == ICRS:
-            return _P(ra, dec, None, p.column_table())
+            return _P(ra_sql, dec_sql, None, p.column_table())
         m = ROTATIONS[p.frame]
-        v = _P(ra, dec).vec()
+        v = _P(ra_sql, dec_sql).vec()
         x, y, z = ([_num(m[i][j]) for j in range(3)] for i in range(3))
         rx, ry, rz = dot(x, v), dot(y, v), dot(z, v)
         return _P(
@@ -344,7 +344,7 @@ class PgSphereBackend(Backend):
         if isinstance(g, Circle):
             center = self.as_point(g.center)
             r = g.radius
-            return _C(center, self.text(r), float(r.const) if r.is_const else None)
+            return _C(center, self.text(r), r.number if r.is_const else None)
         text = self.sql(g.value.sql)  # type: ignore[union-attr]
         return _C(_P(f"({text})[1]", f"({text})[2]"), f"({text})[3]", None)
 
@@ -376,7 +376,7 @@ class PgSphereBackend(Backend):
     def spoly(self, poly: _Poly) -> str:
         if poly.vectors is not None:
             return _polygon_text(poly.vectors)
-        a, i = poly.flat, self.var("i")
+        a, i = poly.array_sql(), self.var("i")
         lon, lat = f"radians({a}[2 * {i} - 1])", f"radians({a}[2 * {i}])"
         build = (
             f"(SELECT spoly(spoint({lon}, {lat}) ORDER BY {i}) "
@@ -456,21 +456,21 @@ class PgSphereBackend(Backend):
             if c.radius_const is not None:
                 r = math.radians(min(abs(c.radius_const), 180.0))
                 return _num(2 * math.pi * (1 - math.cos(r)) * sphere.SR_TO_DEG2)
-            r = clamp(f"abs({c.radius})", "0.0::float8", "180.0::float8")
-            return f"(2 * pi() * (1 - cos(radians({r}))) * {_num(sphere.SR_TO_DEG2)})"
+            r_sql = clamp(f"abs({c.radius})", "0.0::float8", "180.0::float8")
+            return f"(2 * pi() * (1 - cos(radians({r_sql}))) * {_num(sphere.SR_TO_DEG2)})"
         poly = self.as_polygon(g)
         if poly.vectors is not None:
             return _num(sphere.area(poly.vectors) * sphere.SR_TO_DEG2)
         # The signed spherical excess of the fan from vertex 1, as sphere.signed_area;
         # the polygon is the smaller region.
-        a = poly.flat
+        a = poly.array_sql()
         rows, refs = self.vertex_rows(
             a, "2", f"array_length({a}, 1) / 2 - 1", {"f": "1", "b": "{i}", "c": "{i} + 1"}
         )
-        first, b, c = refs["f"], refs["b"], refs["c"]
+        first, second, third = refs["f"], refs["b"], refs["c"]
         term = (
-            f"2 * atan2({dot(first, cross(b, c))}, "
-            f"1 + {dot(first, b)} + {dot(b, c)} + {dot(c, first)})"
+            f"2 * atan2({dot(first, cross(second, third))}, "
+            f"1 + {dot(first, second)} + {dot(second, third)} + {dot(third, first)})"
         )
         s = f"sum({term})"
         smaller = f"abs({s} - {_num(_FOUR_PI)} * round({s} / {_num(_FOUR_PI)}))"
@@ -511,16 +511,16 @@ class PgSphereBackend(Backend):
         if poly.vectors is not None:
             ra, dec = sphere.radec(sphere.centroid(poly.vectors))
             return _P(_num(ra), _num(dec), (ra, dec))
-        a, i = poly.flat, self.var("i")
+        a, i = poly.array_sql(), self.var("i")
         x, y, z = (f"sum({c})" for c in self.vertex(a, i))
         rows = f"FROM generate_series(1, array_length({a}, 1) / 2) AS {i}"
         norm = f"sqrt({x} * {x} + {y} * {y} + {z} * {z})"
-        ra = f"(SELECT {_wrap360(f'degrees(atan2({y}, {x}))')} {rows})"
-        dec = (
+        ra_sql = f"(SELECT {_wrap360(f'degrees(atan2({y}, {x}))')} {rows})"
+        dec_sql = (
             f"(SELECT degrees(asin({clamp(f'{z} / {norm}', '(-1.0::float8)', '1.0::float8')}))"
             f" {rows})"
         )
-        return _P(_no_nulls(a, ra), _no_nulls(a, dec))
+        return _P(_no_nulls(a, ra_sql), _no_nulls(a, dec_sql))
 
     def distance(self, a: Geometry, b: Geometry) -> str:
         if shape_of(a) != "point":
@@ -561,9 +561,11 @@ class PgSphereBackend(Backend):
                 items.append(self.arc_distance(pc, a, b))
             # The items are NULL together (p is NULL) or not at all.
             return f"LEAST({', '.join(items)})"
-        f = poly.flat
-        n = f"(array_length({f}, 1) / 2)"
-        rows, refs = self.vertex_rows(f, "1", n, {"a": "{i}", "b": f"{{i}} % {n} + 1"}, {"p": pc})
+        f = poly.array_sql()
+        count = f"(array_length({f}, 1) / 2)"
+        rows, refs = self.vertex_rows(
+            f, "1", count, {"a": "{i}", "b": f"{{i}} % {count} + 1"}, {"p": pc}
+        )
         arc = self.arc_distance(refs["p"], refs["a"], refs["b"])
         return _no_nulls(f, f"(SELECT min({arc}) FROM {rows})")
 
@@ -589,7 +591,7 @@ class PgSphereBackend(Backend):
         if shape_of(a) != "point" or shape_of(b) != "point":
             return None
         p, q = self.as_point(a), self.as_point(b)
-        rc = float(radius.const) if radius.is_const else None
+        rc = radius.number if radius.is_const else None
         return Raw(this=self.cone(p, q, self.text(radius), rc, strict=op == "<"))
 
     def predicate(self, name: str, a: Geometry, b: Geometry) -> str:
