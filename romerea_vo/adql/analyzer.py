@@ -57,7 +57,9 @@ from .targets.base import Backend
 _SET_OPS = (exp.Union, exp.Except, exp.Intersect)
 _NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\Z")
 _COMPARISONS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
-_FLIP = {exp.LT: exp.GT, exp.LTE: exp.GTE, exp.GT: exp.LT, exp.GTE: exp.LTE}
+_FLIP: dict[type[exp.Expression], type[exp.Expression]] = {
+    exp.LT: exp.GT, exp.LTE: exp.GTE, exp.GT: exp.LT, exp.GTE: exp.LTE
+}
 _SELECT_ARGS = {
     "expressions",
     "distinct",
@@ -523,8 +525,9 @@ class Analyzer:
         ]
 
     def table(self, node: exp.Table) -> tuple[Relation, exp.Expression]:
-        parts_nodes = [node.args.get(k) for k in ("catalog", "db", "this")]
-        parts_nodes = [p for p in parts_nodes if p is not None]
+        parts_nodes = [
+            p for p in (node.args.get(k) for k in ("catalog", "db", "this")) if p is not None
+        ]
         for part in parts_nodes:
             if isinstance(part, exp.Dot):
                 raise self.error(
@@ -558,6 +561,7 @@ class Analyzer:
             for c in self.ctes:
                 if name_matches(parts[0][0], parts[0][1], c.name, c.quoted):
                     cte = c
+        exposed: tuple[tuple[str, bool], ...]
         if cte is not None:
             exposed = (
                 ((alias_ident.name, alias_ident.quoted),)
@@ -568,8 +572,10 @@ class Analyzer:
             relation = Relation(sql_alias, exposed, None, cte.name)
             relation.columns = self.derived_columns(relation, cte.outputs)
             relation.open = any(o.opaque for o in cte.outputs)
-            sql = exp.Table(this=_ident(cte.sql_name), alias=exp.TableAlias(this=_ident(sql_alias)))
-            return relation, sql
+            cte_sql = exp.Table(
+                this=_ident(cte.sql_name), alias=exp.TableAlias(this=_ident(sql_alias))
+            )
+            return relation, cte_sql
 
         if self.semantic:
             info = self.catalog.lookup(parts, line, col)
@@ -653,7 +659,7 @@ class Analyzer:
             ]
         else:
             names = []
-            for ident in using:
+            for ident in using or ():
                 if not isinstance(ident, exp.Identifier):
                     raise self.error(node, "USING takes a list of column names")
                 self.check_name(ident)
@@ -748,8 +754,9 @@ class Analyzer:
     def find_relation(self, node: exp.Column, scope: Scope) -> tuple[Relation | None, Scope]:
         """The relation a qualified column or ``t.*`` names; in grammar-only mode None when
         no relation of the query has that name."""
-        parts_nodes = [node.args.get(k) for k in ("catalog", "db", "table")]
-        parts_nodes = [p for p in parts_nodes if p is not None]
+        parts_nodes = [
+            p for p in (node.args.get(k) for k in ("catalog", "db", "table")) if p is not None
+        ]
         for p in parts_nodes:
             self.check_name(p)
         parts = [(p.name, p.quoted) for p in parts_nodes]
@@ -893,8 +900,8 @@ class Analyzer:
             for v, n in ((left, node.this), (right, node.expression)):
                 if v.type.kind == "geometry":
                     raise self.error(n, "LIKE compares strings, not geometries")
-            out = type(node)(this=left.sql, expression=right.sql)
-            return exp.Not(this=out) if node.args.get("negate") else out
+            like = type(node)(this=left.sql, expression=right.sql)
+            return exp.Not(this=like) if node.args.get("negate") else like
         if isinstance(node, exp.Is):
             self.check_args(node, {"this", "expression"}, "IS")
             if not isinstance(node.expression, exp.Null):
@@ -1019,6 +1026,7 @@ class Analyzer:
             inner = self.value(node.this, scope, ctx)
             self.numeric_arg(inner, node.this, "unary minus")
             if inner.is_const:
+                assert isinstance(inner.const, int | float)  # is_const: a number
                 return self.number(-inner.const)
             return Value(exp.Neg(this=inner.sql), inner.type.bare(), aggregate=inner.aggregate)
         if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
@@ -1075,7 +1083,10 @@ class Analyzer:
     def arithmetic(self, node: exp.Expression, scope: Scope, ctx: Ctx) -> Value:
         a = self.value(node.this, scope, ctx)
         b = self.value(node.expression, scope, ctx)
-        symbol = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"}[type(node)]
+        symbols: dict[type[exp.Expression], str] = {
+            exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"
+        }
+        symbol = symbols[type(node)]
         for v, n in ((a, node.this), (b, node.expression)):
             if v.type.kind == "geometry":
                 raise self.error(n, f"'{symbol}' cannot be applied to a geometry")
@@ -1262,7 +1273,7 @@ class Analyzer:
         elif name == "SQRT" and values[0].type.unit:
             unit = ("pow", values[0].type.unit, 0.5)
         elif name == "POWER" and values[0].type.unit and values[1].is_const:
-            unit = ("pow", values[0].type.unit, float(values[1].const))
+            unit = ("pow", values[0].type.unit, values[1].number)
         elif name == "DEGREES":
             unit = ("u", "deg")
         elif name == "RADIANS":
@@ -1575,6 +1586,7 @@ class Analyzer:
                 node, "DISTANCE takes 2 points or 4 coordinates (ra1, dec1, ra2, dec2)"
             )
         a, b = self.geometry_args(node, args, scope, ctx)
+        assert a.geom is not None and b.geom is not None  # geometry_args saw to it
         shapes = {shape_of(a.geom), shape_of(b.geom)}
         if self.semantic and ("point" not in shapes or shapes == {"polygon", "circle"}):
             raise self.error(
@@ -1594,7 +1606,7 @@ class Analyzer:
             if (
                 self.semantic
                 and name in ("COORD1", "COORD2")
-                and shape_of(values[0].geom) != "point"
+                and shape_of(values[0].geom) != "point"  # type: ignore[arg-type]  # set by geometry_args
             ):
                 raise self.error(node, f"{name} needs a POINT")
         out = self.backend.geometry_function(name, values)

@@ -119,8 +119,8 @@ class Catalog:
         if len(found) == 1:
             return found[0]
         if found:
-            names = ", ".join(sorted(t.name for t in found))
-            raise ADQLError(f"table name {shown} is ambiguous ({names}); qualify it", line, col)
+            listed = ", ".join(sorted(t.name for t in found))
+            raise ADQLError(f"table name {shown} is ambiguous ({listed}); qualify it", line, col)
         names = [t.name for t in self._tables]
         close = difflib.get_close_matches(shown, names, n=3, cutoff=0.6)
         if not close:

@@ -286,10 +286,11 @@ def parse(text: str) -> exp.Expression:
         raise _parse_error(text, tokens, exc) from None
     except (TokenError, RecursionError, ValueError, IndexError) as exc:
         raise ADQLError(f"cannot parse the query: {type(exc).__name__}") from None
-    trees = [t for t in trees if t is not None]
-    if len(trees) != 1:
+    # sqlglot types parse() results as its Expr base; queries are Expressions
+    statements = [t for t in trees if isinstance(t, exp.Expression)]
+    if len(statements) != 1:
         raise ADQLError("only one statement (a single query) is allowed")
-    return trees[0]
+    return statements[0]
 
 
 _FRIENDLY = [

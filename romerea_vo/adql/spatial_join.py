@@ -59,7 +59,10 @@ def _position(p: Geometry) -> _Position | None:
     if not isinstance(p, Point) or p.frame != ICRS:
         return None
     table = p.column_table()
-    return None if table is None else _Position(table, p.ra.sql, p.dec.sql)
+    ra, dec = p.ra.sql, p.dec.sql
+    if table is None or not isinstance(ra, exp.Column) or not isinstance(dec, exp.Column):
+        return None  # (column_table already saw to it that both are columns)
+    return _Position(table, ra, dec)
 
 
 def _pair(a: Geometry, b: Geometry, radius: Value, strict: bool) -> Candidate | None:

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -220,7 +221,7 @@ class TapService:
         other clients' links."""
         self.fallback_url: str | None = None
         """Root URL for jobs that recorded none (a worker's listening address)."""
-        self.store_args = dict(
+        self.store_args: dict[str, Any] = dict(
             max_workers=config.max_workers,
             default_execution_duration=limits.default_execution_duration,
             max_execution_duration=limits.hard_execution_duration,
@@ -479,7 +480,9 @@ class TapService:
             updated=self.started,
             doi=doi,
         )
-        common = dict(metadata=meta, identity=identity, root_url=root, updated=self.started)
+        common: dict[str, Any] = dict(
+            metadata=meta, identity=identity, root_url=root, updated=self.started
+        )
         return [
             OaiRecord(identity.service_id, self.started, service),
             OaiRecord(identity.authority, self.started, registry.authority_record(**common)),

@@ -12,6 +12,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from .. import __version__
-from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, translate
+from ..adql import ADQLError, Catalog, ColumnInfo, TableInfo, Translation, translate
 from ..adql.parser import parse as parse_adql
 from ..errors import InvalidRequestError, RomeReaError
 from ..store.contract import CatalogDatabase
@@ -47,6 +48,12 @@ BATCH_BYTES = 8 * 2**20
 def batch_rows(n_columns: int) -> int:
     """Rows per result batch for ``n_columns`` columns (8 bytes a cell, about)."""
     return max(1024, min(BATCH_ROWS, BATCH_BYTES // (8 * max(1, n_columns))))
+
+
+class Cancellation(Protocol):
+    """What tells a query to stop: a `threading.Event`, a UWS job's `CancelToken`."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def _table_info(table: TableSchema, db) -> TableInfo:
 class PreparedQuery:
     adql: str
     sql: str
-    translation: object
+    translation: Translation
     maxrec: int
     fmt: ResultFormat
     uploads: dict[str, dict[str, UploadColumn]] = field(default_factory=dict)
@@ -353,7 +360,7 @@ class TapEngine:
         session: Session,
         *,
         timeout: float | None,
-        cancel: threading.Event | None = None,
+        cancel: Cancellation | None = None,
         base_url: str | None = None,
     ) -> QueryResult:
         """Run the query. Errors before the first row raise; later ones (the execution
@@ -403,7 +410,7 @@ class TapEngine:
                 for batch in itertools.chain([first] if first is not None else [], reader):
                     if cancel is not None and cancel.is_set():
                         raise QueryCancelled(_cancel_message(expired, timeout, cancel))
-                    if relative:
+                    if relative and base_url:
                         batch = _absolute_urls(batch, relative, base_url.rstrip("/") + "/")
                     if batch.num_rows > remaining:
                         if remaining:
