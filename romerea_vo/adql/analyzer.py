@@ -58,7 +58,10 @@ _SET_OPS = (exp.Union, exp.Except, exp.Intersect)
 _NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\Z")
 _COMPARISONS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
 _FLIP: dict[type[exp.Expression], type[exp.Expression]] = {
-    exp.LT: exp.GT, exp.LTE: exp.GTE, exp.GT: exp.LT, exp.GTE: exp.LTE
+    exp.LT: exp.GT,
+    exp.LTE: exp.GTE,
+    exp.GT: exp.LT,
+    exp.GTE: exp.LTE,
 }
 _SELECT_ARGS = {
     "expressions",
@@ -1084,7 +1087,10 @@ class Analyzer:
         a = self.value(node.this, scope, ctx)
         b = self.value(node.expression, scope, ctx)
         symbols: dict[type[exp.Expression], str] = {
-            exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/"
+            exp.Add: "+",
+            exp.Sub: "-",
+            exp.Mul: "*",
+            exp.Div: "/",
         }
         symbol = symbols[type(node)]
         for v, n in ((a, node.this), (b, node.expression)):
