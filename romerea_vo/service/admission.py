@@ -159,7 +159,7 @@ def release_memory() -> None:
                 _libc = False
         except OSError:
             _libc = False
-    if _libc:
+    if isinstance(_libc, ctypes.CDLL):
         with contextlib.suppress(Exception):
             _libc.malloc_trim(0)
 

@@ -215,6 +215,7 @@ def attach_descriptor(
     reserved = (DESCRIPTOR_ID, LIGHTCURVE_DESCRIPTOR_ID)
     ident = name if _NCNAME.match(name) and name not in reserved else DID_FIELD_ID
     fields[pos] = dataclasses.replace(fields[pos], ID=ident)
+    assert base_url is not None  # pos is None without it
     base = base_url.rstrip("/")
     return fields, [
         lightcurve_descriptor(f"{base}/lightcurve", ident),
@@ -390,7 +391,9 @@ class DataLinkService:
                     return None
                 return self.estimate_size(did, n_points)
 
-            links = []
+            # semantics, access_url, description, content type, qualifier, local semantics,
+            # content length
+            links: list[tuple[str, str, str, str, str | None, str, int | None]] = []
             if only is None:
                 links.append(
                     (
@@ -400,7 +403,7 @@ class DataLinkService:
                         VOTABLE_MEDIA,
                         "#timeseries",
                         "lightcurve-all",
-                        size(None if None in good else sum(good)),
+                        size(None if None in good else sum(n or 0 for n in good)),
                     )
                 )
             for j, band in enumerate(layout.FILTERS):

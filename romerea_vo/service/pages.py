@@ -244,7 +244,9 @@ class StarPages:
         return f'<a href="{_e(url)}"><code>{_e(query)}</code></a>'
 
     def render_star(self, root: str, data: dict[str, pa.Table | None]) -> str:
-        index = data["field_index"].to_pylist()[0]
+        rows = data["field_index"]
+        assert rows is not None  # star_data found the star in the field index
+        index = rows.to_pylist()[0]
         field, field_id, did = index["field"], int(index["field_id"]), index["did"]
         star = f"{field} star {field_id}"
         ident = quote(did, safe="")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 from urllib.parse import parse_qsl
 
 import anyio
@@ -76,6 +76,12 @@ class DaliParams:
 
     values: dict[str, list[str]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+
+    @overload
+    def get(self, name: str, default: str) -> str: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a parameter (name case-insensitive), or ``default``.

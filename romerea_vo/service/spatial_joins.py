@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +42,7 @@ class SpatialJoinRunner:
     def __init__(self, *, max_pairs: int = MAX_PAIRS, cache_bytes: int = CACHE_BYTES):
         self.max_pairs = max_pairs
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.last_pair_counts: list[int] = []  # of the last query, for tests and logs
 

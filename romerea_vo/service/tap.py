@@ -10,7 +10,7 @@ import datetime as dt
 import itertools
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -108,7 +108,7 @@ class TapLimits:
     """PostgreSQL ``work_mem`` of each service session ("": the server's)."""
 
 
-def parse_maxrec(params: DaliParams, limits: TapLimits) -> int:
+def parse_maxrec(params: DaliParams | Mapping[str, str], limits: TapLimits) -> int:
     """DALI MAXREC: the default when absent, clamped to the hard limit, errors otherwise."""
     raw = params.get("MAXREC")
     if raw is None or raw.strip() == "":

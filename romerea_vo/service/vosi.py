@@ -227,7 +227,7 @@ def tables_xml(
     root = _declare(ET.Element(f"{{{NS['vtm']}}}tableset"), "vs")
     by_schema: dict[str, list[TableSchema]] = {}
     for t in tables:
-        by_schema.setdefault(t.schema, []).append(t)
+        by_schema.setdefault(t.schema or "", []).append(t)
     for schema_name, members in by_schema.items():
         s = _sub(root, "schema")
         _sub(s, "name", schema_name)

@@ -94,7 +94,7 @@ def check_config(config: ServiceConfig, workers: int) -> None:
         ensure_schema(config.jobs_db)  # fail here, with one message, not in every worker
 
 
-HEALTHCHECK_TIMEOUT = 120.0
+HEALTHCHECK_TIMEOUT = 120
 """Seconds a worker may take to answer uvicorn's health check (start-up included)."""
 
 
@@ -192,8 +192,8 @@ def _own_socket_per_worker(multiprocess: type) -> type:
 
     class OwnSocketPerWorker(multiprocess):
         def __init__(self, config, sockets: list[socket.socket]) -> None:
-            (self._first,) = sockets
-            self._address = self._first.getsockname()[:2]
+            self._first: socket.socket | None = sockets[0]
+            self._address = sockets[0].getsockname()[:2]
             super().__init__(config, sockets=[])
 
         @property
