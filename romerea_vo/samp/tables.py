@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +88,9 @@ def _split(url: str) -> urllib.parse.SplitResult:
 class UrlPolicy:
     """Which table URLs may be fetched (a SAMP message must not make us a proxy)."""
 
-    def __init__(self, trusted_prefixes: Sequence[str] = (), allowed_dirs: Sequence[Path] = ()):
+    def __init__(
+        self, trusted_prefixes: Sequence[str] = (), allowed_dirs: Sequence[str | Path] = ()
+    ):
         self.trusted_prefixes = tuple(p.strip().rstrip("/") for p in trusted_prefixes if p)
         self.allowed_dirs = tuple(Path(d).expanduser().resolve() for d in allowed_dirs)
         self._trusted = [_split(p) for p in self.trusted_prefixes]
@@ -420,10 +422,10 @@ def _row_indices(table, rows: Sequence[int]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _methods(table, radius_arcsec: float) -> list[tuple[str, object]]:
+def _methods(table, radius_arcsec: float) -> list[tuple[str, Callable]]:
     """Applicable ways of identifying rows, best first: (description, function)."""
     names = {n.lower(): n for n in table.colnames}
-    methods: list[tuple[str, object]] = []
+    methods: list[tuple[str, Callable]] = []
     did = next(
         (
             n
@@ -464,6 +466,8 @@ def _methods(table, radius_arcsec: float) -> list[tuple[str, object]]:
             return out
 
         methods.append((f"{names['field']}/{names['field_id']} columns", by_ids))
+    ra: str | None
+    dec: str | None
     try:
         ra, dec = find_position_columns(table)
     except CatalogueError:

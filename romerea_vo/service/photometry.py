@@ -52,7 +52,7 @@ def photometry_query(adql: str) -> exp.Expression | None:
     return tree if any(_is_photometry(t) for t in tree.find_all(exp.Table)) else None
 
 
-def _column_of(node: exp.Expression, names: set[str], column: str) -> bool:
+def _column_of(node: exp.Expr, names: set[str], column: str) -> bool:
     return (
         isinstance(node, exp.Column)
         and node.name.lower() == column
@@ -60,7 +60,7 @@ def _column_of(node: exp.Expression, names: set[str], column: str) -> bool:
     )
 
 
-def _literals(node: exp.Expression, kind: type) -> list | None:
+def _literals(node: exp.Expr, kind: type) -> list | None:
     values = node.expressions if isinstance(node, exp.Tuple) else [node]
     out = []
     for v in values:
@@ -77,7 +77,7 @@ def _literals(node: exp.Expression, kind: type) -> list | None:
     return out
 
 
-def _conjuncts(where: exp.Expression | None) -> Iterable[exp.Expression]:
+def _conjuncts(where: exp.Expr | None) -> Iterable[exp.Expr]:
     if where is None:
         return []
     node = where.this if isinstance(where, exp.Where) else where

@@ -327,7 +327,7 @@ def _public_address(host: str, port: int, uri: str, allowed_hosts: frozenset[str
         raise InvalidRequestError(f"upload URL {uri!r}: cannot resolve host {host!r}") from None
     exempt = host.lower() in allowed_hosts or f"{host.lower()}:{port}" in allowed_hosts
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         if not exempt and not addr.is_global:
@@ -335,7 +335,7 @@ def _public_address(host: str, port: int, uri: str, allowed_hosts: frozenset[str
                 f"upload URL {uri!r} points to a non-public address ({addr}); this service "
                 "only fetches uploads from public hosts (send the table inline instead)"
             )
-    return infos[0][4][0]
+    return str(infos[0][4][0])
 
 
 def _connection(parsed: urllib.parse.SplitResult, address: str | None, timeout: float):
@@ -344,11 +344,15 @@ def _connection(parsed: urllib.parse.SplitResult, address: str | None, timeout: 
     check still use the host name."""
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+    assert parsed.hostname  # the URL was checked for a host before
     conn = cls(parsed.hostname, port, timeout=timeout)
     if address is not None:
-        conn._create_connection = lambda _addr, t, source=None: socket.create_connection(
-            (address, port), t, source
-        )
+
+        def connect(_addr, t, source=None):
+            return socket.create_connection((address, port), t, source)
+
+        # http.client's own hook for making the socket (not in typeshed)
+        conn._create_connection = connect  # type: ignore[attr-defined]
     return conn
 
 

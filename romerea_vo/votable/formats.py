@@ -152,6 +152,7 @@ def write_result(
     if isinstance(fmt, str):
         fmt = resolve_format(fmt)
     if fmt.serializer == "votable":
+        assert fmt.serialization is not None  # every VOTable format names its serialisation
         return write_votable(batches, fields, serialization=fmt.serialization, **votable_kwargs)
     if fmt.serializer == "parquet":
         return write_parquet(batches, fields, **votable_kwargs)

@@ -163,7 +163,7 @@ def table_schema_from_document(doc: dict, origin: str = "table definition") -> T
     table = doc["table"]
     if set(table) - _TABLE_KEYS:
         raise ValueError(f"{origin}: unknown [table] keys {sorted(set(table) - _TABLE_KEYS)}")
-    cols = []
+    cols: list[ColumnSchema] = []
     if "columns_from" in table:  # the same columns as another table, defined once there
         cols += load_table_schema(table["columns_from"]).columns
     for i, raw in enumerate(doc.get("columns", [])):

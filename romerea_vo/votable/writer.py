@@ -474,7 +474,9 @@ class _Column:
         self.datatype = spec.datatype
         self.count, self.bound = _parse_arraysize(spec.arraysize)
         self.is_array = spec.arraysize is not None
-        numeric = _NUMERIC.get(self.datatype, (None, None, None))
+        numeric: tuple[pa.DataType | None, str | None, int | None] = _NUMERIC.get(
+            self.datatype, (None, None, None)
+        )
         self.arrow_type, self.dtype, self.sentinel = numeric
         self.is_string = self.datatype in _STRING_TYPES
 
@@ -561,6 +563,7 @@ class _Column:
 
     def _fixed_rows(self, arr: pa.Array, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         k = self.count
+        assert k is not None  # fixed-size arrays only
         valid = ~arr.is_null().to_numpy(zero_copy_only=False)
         if np.any(lengths[valid] != k):
             raise ValueError(f"FIELD {self.spec.name!r}: arrays must have {k} elements")
@@ -569,7 +572,7 @@ class _Column:
         out[valid] = flat.reshape(-1, k)
         return out
 
-    def _binary_bool(self, arr: pa.Array) -> tuple[None, np.ndarray]:
+    def _binary_bool(self, arr: pa.Array) -> tuple[np.ndarray | None, np.ndarray]:
         if self.is_array:
             values, lengths = self._elements(arr)
             codes = self._bool_codes(values)
@@ -594,9 +597,10 @@ class _Column:
             codes[arr.is_null().to_numpy(zero_copy_only=False)] = ord("?")
         return codes
 
-    def binary_field(self) -> tuple[str, Any] | tuple[str, Any, tuple[int, ...]]:
+    def binary_field(self) -> tuple[Any, ...]:
         """The structured-dtype field of a fixed-width value (after its name)."""
         if self.is_string:
+            assert self.count is not None  # fixed width
             width = self.count * (1 if self.datatype == "char" else 2)
             return ("u1", (width,))
         dtype = "u1" if self.datatype == "boolean" else self.dtype
@@ -702,13 +706,16 @@ def iter_batches(
     max_rows: int = CHUNK_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of at most ``max_rows`` rows from batches, a table or a dict of arrays."""
+    items: Iterable[pa.RecordBatch | pa.Table]
     if isinstance(data, Mapping):
         cols = {k: _column_to_arrow(v) for k, v in data.items()}
-        data = pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
-    if isinstance(data, (pa.RecordBatch, pa.Table)):
-        data = [data]
-    for item in data:
-        parts = item.to_batches() if isinstance(item, pa.Table) else [item]
+        items = [pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))]
+    elif isinstance(data, (pa.RecordBatch, pa.Table)):
+        items = [data]
+    else:
+        items = data
+    for item in items:
+        parts: list[pa.RecordBatch] = item.to_batches() if isinstance(item, pa.Table) else [item]
         for batch in parts:
             for start in range(0, batch.num_rows, max_rows):
                 yield batch.slice(start, max_rows)
