@@ -355,11 +355,13 @@ def _run_catalogue(plan: _Plan, on_chunk, err) -> int:
     from .local import catalogue_result, match_positions, select_pairs
 
     args = plan.args
+    assert plan.input is not None  # a catalogue plan has an input file
     table = read_catalogue(plan.input)
     ra_name, dec_name = find_position_columns(table, args.ra_col, args.dec_col)
     ra, dec, bad = position_arrays(table, ra_name, dec_name)
     motion = None
     if plan.pm_cols is not None:
+        assert plan.epoch is not None  # the plan refuses proper motions without an epoch
         pm_names = [_pm_column(table, c) for c in plan.pm_cols]
         pmra, pmdec = (_pm_values(table, c) for c in pm_names)
         motion = (pmra, pmdec, plan.epoch)
@@ -457,7 +459,7 @@ def _service_fields_epochs(plan: _Plan, client, need_epochs: bool):
     from . import remote
 
     fields = plan.fields
-    available = None
+    available: list[str] = []
     if fields or need_epochs:
         try:
             available = remote.service_fields(client)

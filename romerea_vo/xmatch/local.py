@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -35,7 +36,7 @@ from astropy.table import MaskedColumn, Table
 from numpy.typing import ArrayLike
 
 from ..errors import InvalidRequestError
-from ..ids import did_prefix
+from ..ids import DEFAULT_AUTHORITY, did_prefix
 from ..products import layout
 from ..votable.schema import ColumnSchema, load_table_schema
 from .core import crossmatch, propagate
@@ -91,7 +92,8 @@ class RomeStars:
         """The DIDs of stars ``idx`` (object array of str)."""
         if self.did is not None:
             return self.did[idx]
-        prefixes = np.asarray([did_prefix(self.authority, n) for n in self.names], object)
+        authority = self.authority or DEFAULT_AUTHORITY
+        prefixes = np.array([did_prefix(authority, n) for n in self.names], dtype=object)
         ids = self.field_id[idx].astype(str).astype(object)
         return prefixes[self.code[idx]] + ids if ids.size else ids
 
@@ -107,7 +109,7 @@ class RomeStars:
     ) -> RomeStars:
         """From per-star arrays (field names as strings)."""
         field = np.asarray(field, dtype=object)
-        names, code = np.unique(field.astype(str), return_inverse=True) if field.size else ([], [])
+        names, code = np.unique(field.astype(str), return_inverse=True) if field.size else ((), ())
         return cls(
             tuple(str(n) for n in names),
             np.asarray(code, dtype=np.int32),
@@ -329,10 +331,9 @@ class DirectoryRome:
 
     def __init__(self, directories: list[str | Path], authority: str | None = None):
         from ..products import open_field
-        from ..store.ingest import DEFAULT_AUTHORITY
 
         self.authority = authority or DEFAULT_AUTHORITY
-        self.fields = {}
+        self.fields: dict[str, Any] = {}
         try:
             for d in directories:
                 field = open_field(d)
@@ -447,7 +448,7 @@ class Pairs:
     def __len__(self) -> int:
         return int(self.left.size)
 
-    def take(self, idx: ArrayLike) -> Pairs:
+    def take(self, idx: np.ndarray) -> Pairs:
         return Pairs(self.left[idx], self.right[idx], self.sep[idx])
 
     def sorted(self) -> Pairs:
@@ -483,6 +484,7 @@ def match_positions(
         m = crossmatch(ra, dec, rome.ra, rome.dec, radius_arcsec, mode="all")
         return Pairs(m.left, m.right, m.sep_arcsec)
     pmra, pmdec, epoch = motion
+    assert epochs is not None  # the caller gives the fields' epochs with a motion
     parts = []
     for code, name in enumerate(rome.names):
         idx = np.flatnonzero(rome.code == code)

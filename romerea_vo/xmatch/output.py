@@ -147,7 +147,7 @@ def _to_arrow(col) -> pa.Array:
     data = np.asarray(getattr(data, "value", data))  # Quantity columns of a QTable
     mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) or hasattr(col, "mask") else None
     if mask is not None and mask.ndim > 1:
-        mask = mask.all(axis=tuple(range(1, mask.ndim)))
+        mask = np.asarray(mask.all(axis=tuple(range(1, mask.ndim))))
     if mask is not None and not mask.any():
         mask = None
     if data.dtype.kind == "S":

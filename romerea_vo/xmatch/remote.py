@@ -233,7 +233,7 @@ def service_epochs(client: TapClient, fields: list[str]) -> dict[str, float]:
         + (f" WHERE {where}" if where else "")
     )
     field_col = np.asarray(t.columns[0]).astype(str)
-    hjd = np.ma.filled(np.ma.asarray(t.columns[1], dtype=float), np.nan)
+    hjd: np.ndarray = np.ma.filled(np.ma.asarray(t.columns[1], dtype=float), np.nan)
     use_ref = np.ma.filled(np.ma.asarray(t.columns[2]), 0)
     primary = np.ma.filled(np.ma.asarray(t.columns[3]), 0) == 1
     out = {}
@@ -281,7 +281,10 @@ def match_service(
     good = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
     n_chunks = max(1, -(-good.size // chunk_rows))
     r_deg = radius_arcsec / 3600.0
-    targets = list(epochs) if motion is not None else [None]
+    targets: list[str | None] = [None]
+    if motion is not None:
+        assert epochs is not None  # given with a motion
+        targets = list(epochs)
 
     def positions(target, rows):
         if target is None:
@@ -447,7 +450,7 @@ def external_columns(
 def _pick_columns(ext: ExternalTable, wanted: list[str] | None) -> list[str]:
     if not wanted:
         return list(ext.columns)
-    by_lower = {}
+    by_lower: dict[str, list[str]] = {}
     for c in ext.columns:
         by_lower.setdefault(_bare(c).lower(), []).append(c)
     out = []
