@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import overload
 from urllib.parse import quote
 
 from lxml import etree
@@ -39,12 +40,25 @@ def serialize(model: BaseXmlModel) -> bytes:
     """XML bytes; empty optional runId elements (not nillable in the schema) dropped."""
     tree = model.to_xml_tree(skip_empty=False)
     for el in list(tree.iter(f"{{{_UWS_NS}}}runId")):
-        if not (el.text or "").strip() and el.get(_XSI_NIL) is None:
-            el.getparent().remove(el)
+        parent = el.getparent()  # type: ignore[attr-defined]  # lxml, typed as ElementTree's
+        if not (el.text or "").strip() and el.get(_XSI_NIL) is None and parent is not None:
+            parent.remove(el)
     return etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
 
 
 _XML_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+@overload
+def _xml_text(value: str) -> str: ...
+
+
+@overload
+def _xml_text(value: None) -> None: ...
+
+
+@overload
+def _xml_text(value: str | None) -> str | None: ...
 
 
 def _xml_text(value: str | None) -> str | None:
@@ -84,23 +98,27 @@ def job_xml(job: Job, job_url: str) -> bytes:
     """The UWS 1.1 job document (``version="1.1"``)."""
     error = None
     if job.error_message and job.phase in (ERROR, ABORTED):
-        error = ErrorSummary(
-            message=_xml_text(job.error_message), type=job.error_type, has_detail=True
+        error = ErrorSummary.model_validate(
+            dict(message=_xml_text(job.error_message), type=job.error_type, has_detail=True)
         )
-    doc = _JobDocument(
-        job_id=job.job_id,
-        run_id=_xml_text(job.run_id),
-        owner_id=_xml_text(job.owner),
-        phase=job.phase,
-        quote=iso_time(job.quote) or None,
-        creation_time=iso_time(job.creation_time),
-        start_time=iso_time(job.start_time) or None,
-        end_time=iso_time(job.end_time) or None,
-        execution_duration=job.execution_duration,
-        destruction=iso_time(job.destruction),
-        parameters=parameters_model(job, job_url),
-        results=results_model(job, job_url),
-        error_summary=error,
+    # model_validate: the times go in as the ISO strings UWS shows, the phase as its name;
+    # pydantic parses them as the constructor would (whose signature wants the parsed types)
+    doc = _JobDocument.model_validate(
+        dict(
+            job_id=job.job_id,
+            run_id=_xml_text(job.run_id),
+            owner_id=_xml_text(job.owner),
+            phase=job.phase,
+            quote=iso_time(job.quote) or None,
+            creation_time=iso_time(job.creation_time),
+            start_time=iso_time(job.start_time) or None,
+            end_time=iso_time(job.end_time) or None,
+            execution_duration=job.execution_duration,
+            destruction=iso_time(job.destruction),
+            parameters=parameters_model(job, job_url),
+            results=results_model(job, job_url),
+            error_summary=error,
+        )
     )
     return serialize(doc)
 
@@ -109,13 +127,15 @@ def jobs_xml(jobs: Iterable[Job], jobs_url: str) -> bytes:
     """The UWS 1.1 job list."""
     base = jobs_url.rstrip("/")
     refs = [
-        ShortJobDescription(
-            job_id=job.job_id,
-            href=f"{base}/{job.job_id}",
-            phase=job.phase,
-            run_id=_xml_text(job.run_id),
-            owner_id=_xml_text(job.owner),
-            creation_time=iso_time(job.creation_time),
+        ShortJobDescription.model_validate(
+            dict(
+                job_id=job.job_id,
+                href=f"{base}/{job.job_id}",
+                phase=job.phase,
+                run_id=_xml_text(job.run_id),
+                owner_id=_xml_text(job.owner),
+                creation_time=iso_time(job.creation_time),
+            )
         )
         for job in jobs
     ]

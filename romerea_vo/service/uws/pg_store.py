@@ -39,6 +39,7 @@ on (services/postgres/setup.sql): the job schema is the one place it may write.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -169,6 +170,17 @@ _ADD_BASE_URL = """DO $$ BEGIN
 END $$"""
 
 
+_Row = TypeVar("_Row")
+
+
+def _one(cur: psycopg.Cursor[_Row]) -> _Row:
+    """The row of a statement that always returns one (a count, RETURNING, nextval)."""
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError("the job database returned no row where one is certain")
+    return row
+
+
 class JobDatabaseError(JobLimitError):
     """The job database cannot be reached or used; clients should retry (HTTP 503)."""
 
@@ -182,7 +194,7 @@ def redact(conninfo: str) -> str:
     params.pop("password", None)
     user, host = params.get("user"), params.get("host", "")
     where = f"{host}:{params['port']}" if params.get("port") else host
-    return f"postgresql://{user + '@' if user else ''}{where}/{params.get('dbname', '')}"
+    return f"postgresql://{f'{user}@' if user else ''}{where}/{params.get('dbname', '')}"
 
 
 def _session_settings(conn: psycopg.Connection) -> None:
@@ -218,11 +230,11 @@ def ensure_schema(conninfo: str) -> None:
     with _connect(conninfo, autocommit=False, name="romerea-vo uws setup") as conn:
         try:
             conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
-            (meta,) = conn.execute("SELECT to_regclass('romerea_uws.meta')").fetchone()
+            (meta,) = _one(conn.execute("SELECT to_regclass('romerea_uws.meta')"))
             if meta is None:
-                (have,) = conn.execute(
-                    "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
-                ).fetchone()
+                (have,) = _one(
+                    conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (SCHEMA,))
+                )
                 if not have:
                     conn.execute(f"CREATE SCHEMA {SCHEMA}")
                 for statement in _DDL:
@@ -413,7 +425,7 @@ class PostgresJobStore(JobStoreBase):
             raise JobDatabaseError(f"the job database failed: {exc}".strip()) from None
 
     @staticmethod
-    def _notify(cur: psycopg.Cursor, job_id: str, phase: str) -> None:
+    def _notify(cur: psycopg.Cursor[Any], job_id: str, phase: str) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{job_id} {phase}"))
 
     def _job(self, row: Mapping[str, Any]) -> Job:
@@ -446,7 +458,9 @@ class PostgresJobStore(JobStoreBase):
     def _not_found(job_id: str) -> JobNotFoundError:
         return JobNotFoundError(f"no job {job_id!r} (never created, deleted or destroyed)")
 
-    def _row(self, cur: psycopg.Cursor, job_id: str, *, lock: bool = False) -> dict[str, Any]:
+    def _row(
+        self, cur: psycopg.Cursor[dict[str, Any]], job_id: str, *, lock: bool = False
+    ) -> dict[str, Any]:
         cur.execute(
             "SELECT * FROM romerea_uws.jobs WHERE job_id = %s" + (" FOR UPDATE" if lock else ""),
             (job_id,),
@@ -483,7 +497,7 @@ class PostgresJobStore(JobStoreBase):
         """All workers' jobs count against the limit."""
         with self._tx() as cur:
             cur.execute("SELECT count(*) AS n FROM romerea_uws.jobs")
-            return cur.fetchone()["n"]
+            return _one(cur)["n"]
 
     def _client_jobs(self, client: str) -> list[Job]:
         with self._tx() as cur:
@@ -499,7 +513,7 @@ class PostgresJobStore(JobStoreBase):
                 "SELECT coalesce(sum((r->>'size')::bigint), 0) AS n"
                 " FROM romerea_uws.jobs, jsonb_array_elements(results) AS r"
             )
-            return int(cur.fetchone()["n"])
+            return int(_one(cur)["n"])
 
     def update_parameters(
         self, job_id: str, parameters: Mapping[str, str], files: Mapping[str, Path] | None = None
@@ -559,7 +573,8 @@ class PostgresJobStore(JobStoreBase):
 
         ARCHIVED jobs are left out unless ``phase`` asks for them.
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         phases = sorted(set(phase)) if phase else None
         if phases:
             where.append("phase = ANY(%s)")
@@ -596,7 +611,7 @@ class PostgresJobStore(JobStoreBase):
                 " WHERE job_id = %s RETURNING *",
                 (job_id,),
             )
-            job = self._job(cur.fetchone())
+            job = self._job(_one(cur))
             self._notify(cur, job_id, QUEUED)
         self._dispatch.set()
         return job
@@ -618,7 +633,7 @@ class PostgresJobStore(JobStoreBase):
                 " error_type = 'fatal', results = '[]' WHERE job_id = %s RETURNING *",
                 ("job aborted on request", job_id),
             )
-            job = self._job(cur.fetchone())
+            job = self._job(_one(cur))
             self._notify(cur, job_id, ABORTED)
         unlink_quietly(r.path for r in self._job(row).results)
         self._cancel_local(job_id, "aborted")
@@ -650,7 +665,7 @@ class PostgresJobStore(JobStoreBase):
                 "UPDATE romerea_uws.jobs SET execution_duration = %s WHERE job_id = %s RETURNING *",
                 (seconds, job_id),
             )
-            return self._job(cur.fetchone())
+            return self._job(_one(cur))
 
     def set_destruction(self, job_id: str, when: datetime) -> Job:
         """Set the destruction time, no later than creation + ``max_destruction``."""
@@ -897,7 +912,7 @@ class PostgresJobStore(JobStoreBase):
         """This worker's own connection: advisory lock, row in ``workers``, LISTEN."""
         conn = _connect(self.conninfo, autocommit=True, name=f"romerea-vo worker {self.worker_id}")
         try:
-            (key,) = conn.execute("SELECT nextval('romerea_uws.worker_keys')::integer").fetchone()
+            (key,) = _one(conn.execute("SELECT nextval('romerea_uws.worker_keys')::integer"))
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, key))
             conn.execute(
                 "INSERT INTO romerea_uws.workers (worker_id, lock_key, pid, host)"
@@ -986,7 +1001,7 @@ class PostgresJobStore(JobStoreBase):
         for token in stopping:  # cancelled, but the runner has not returned yet
             token.repeat()
 
-    def _reap(self) -> list[str]:
+    def _reap(self) -> builtins.list[str]:
         """Mark ERROR the EXECUTING jobs of workers that died or stopped heart-beating.
 
         Run by every worker (idempotent: a job is reaped once, by whoever locks it first).

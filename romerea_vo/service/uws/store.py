@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import contextlib
 import logging
 import re
@@ -325,7 +326,7 @@ class JobStoreBase(abc.ABC):
     @staticmethod
     def _apply_update(
         job: Job, params: dict[str, str], upload: str | None, moved: Mapping[str, Path]
-    ) -> list[Path]:
+    ) -> builtins.list[Path]:
         """Put checked parameters and moved upload files on ``job``; returns the files the
         new ones replace (for the caller to delete once the change is stored)."""
         if upload:
