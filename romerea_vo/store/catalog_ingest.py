@@ -132,9 +132,9 @@ def _text_kind(col) -> str | None:
         except UnicodeEncodeError:
             return "unicodeChar"
     if kind == "O":
-        values = [v for v in np.ma.compressed(np.ma.asarray(col)) if v is not None]
-        if all(isinstance(v, str | bytes) for v in values):
-            if all((v.isascii() if isinstance(v, str) else True) for v in values):
+        objects = [v for v in np.ma.compressed(np.ma.asarray(col)) if v is not None]
+        if all(isinstance(v, str | bytes) for v in objects):
+            if all((v.isascii() if isinstance(v, str) else True) for v in objects):
                 return "char"
             return "unicodeChar"
     return None
@@ -235,6 +235,7 @@ def catalogue_schema(
     for colname in table.colnames:
         col = table[colname]
         is_pos = colname in (ra, dec)
+        unit: str | None
         if is_pos:
             axis = "ra" if colname == ra else "dec"
             datatype, arraysize, unit = "double", None, "deg"
@@ -340,6 +341,7 @@ def _check_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
         "WHERE table_catalog = ? AND table_schema = 'romerea' AND table_name = 'fields'",
         [CATALOG],
     ).fetchone()
+    assert row is not None and known is not None  # COUNT(*) always answers
     if row[0] and not known[0]:
         raise IngestError(
             f"{db_path} is a DuckDB database but not a romerea-vo one (no romerea.fields "
@@ -418,7 +420,9 @@ def _write(db_path: Path, tschema: TableSchema, rows: pa.Table, source: Path, n_
                 con.execute(CATALOG_TABLES_DDL)
                 for name in TAP_SCHEMA_TABLES:
                     con.execute(create_table_sql(load_table_schema(name)))
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote_ident(tschema.schema)}")
+                con.execute(
+                    f"CREATE SCHEMA IF NOT EXISTS {CATALOG}.{quote_ident(tschema.stored_schema)}"
+                )
                 target = physical_name(tschema)
                 con.execute(f"DROP TABLE IF EXISTS {target}")
                 con.execute(create_table_sql(tschema))

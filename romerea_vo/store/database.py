@@ -95,7 +95,7 @@ class Database:
                 f"{self.path}: no such database; create it with `romerea-vo ingest FIELD_DIR "
                 f"--db {self.path}`"
             )
-        config: dict[str, object] = {}
+        config: dict[str, str | bool | int | float | list[str]] = {}
         if threads:
             config["threads"] = threads
         if memory_limit:

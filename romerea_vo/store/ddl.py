@@ -48,7 +48,7 @@ def attach_sql(path: str, read_only: bool) -> str:
 
 def physical_name(table: TableSchema) -> str:
     """The table's fully qualified, quoted name in the database."""
-    return f"{CATALOG}.{quote_ident(table.schema.lower())}.{quote_ident(table.name)}"
+    return f"{CATALOG}.{quote_ident(table.stored_schema)}.{quote_ident(table.name)}"
 
 
 def column_type(col: ColumnSchema) -> str:

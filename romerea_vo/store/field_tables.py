@@ -198,7 +198,7 @@ def stamps_table(field: Field) -> pa.Table:
 def dataset_stars_table(field: Field) -> pa.Table:
     fi = field.field_index
     ids = np.asarray(fi["field_id"])
-    parts = {"field_id": [], "dataset_code": [], "star_index": []}
+    parts: dict[str, list[np.ndarray]] = {"field_id": [], "dataset_code": [], "star_index": []}
     for code in field.dataset_codes:
         idx = np.asarray(fi[field.dataset_index_column(code)])
         hit = idx > 0

@@ -59,7 +59,7 @@ def _check_existing_tables(con: duckdb.DuckDBPyConnection, db_path: Path) -> Non
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_catalog = ? AND table_schema = ? AND table_name = ? "
             "ORDER BY ordinal_position",
-            [CATALOG, table.schema.lower(), table.name],
+            [CATALOG, table.stored_schema, table.name],
         ).fetchall()
         if rows and [r[0] for r in rows] != table.column_names:
             raise IngestError(

@@ -21,7 +21,7 @@ import io
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -113,7 +113,7 @@ SYSTEM_COLUMNS = frozenset({"xmin", "xmax", "cmin", "cmax", "ctid", "tableoid", 
 
 def physical_name(table: TableSchema) -> str:
     """The name queries use: the table, or a view over it (see :func:`storage_name`)."""
-    return f"{quote_ident(table.schema.lower())}.{quote_ident(table.name)}"
+    return f"{quote_ident(table.stored_schema)}.{quote_ident(table.name)}"
 
 
 def _needs_view(table: TableSchema) -> bool:
@@ -125,7 +125,7 @@ def storage_name(table: TableSchema) -> str:
     stores it as ``name_`` in ``romerea.<schema>_<table>`` and is published as a view
     that gives the column its name back, so the ADQL side sees the same tables."""
     if _needs_view(table):
-        return f"romerea.{quote_ident(table.schema.lower() + '_' + table.name)}"
+        return f"romerea.{quote_ident(table.stored_schema + '_' + table.name)}"
     return physical_name(table)
 
 
@@ -178,7 +178,7 @@ POSITION_EXPRESSION = position_expression()
 def index_sql(table: TableSchema) -> list[str]:
     """Indexes of a table: pgSphere on its position, b-trees on its indexed columns."""
     out = []
-    base = f"{table.schema.lower()}_{table.name}"
+    base = f"{table.stored_schema}_{table.name}"
     pos = position_columns(table)
     if pos is not None:
         out.append(
@@ -278,9 +278,9 @@ def _check_existing_tables(cur, url: str) -> None:
     for table in tap_tables():
         if table.virtual:
             continue
-        schema, name = table.schema.lower(), table.name
+        schema, name = table.stored_schema, table.name
         if _needs_view(table):
-            schema, name = "romerea", f"{table.schema.lower()}_{table.name}"
+            schema, name = "romerea", f"{table.stored_schema}_{table.name}"
         cur.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
             "AND table_name = %s ORDER BY ordinal_position",
@@ -389,7 +389,7 @@ class PgSession:
         self._temp = 0
         self._read_only = False
         self._in_transaction = False
-        self._streams: list[Iterator[pa.RecordBatch]] = []
+        self._streams: list[Generator[pa.RecordBatch, None, None]] = []
         self._closing = threading.Lock()
         self._closed = False
 
@@ -547,7 +547,7 @@ class PgSession:
                 copy_block.__exit__(None, None, None)
             raise
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches() -> Generator[pa.RecordBatch, None, None]:
             done = False
             try:
                 got = first
@@ -604,7 +604,7 @@ class PgSession:
 
 
 def _batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    columns: list[tuple] = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
     arrays = [pa.array(list(c), type=f.type) for c, f in zip(columns, schema, strict=True)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

@@ -51,7 +51,7 @@ def tap_schema_tables(tables: list[TableSchema] | None = None) -> dict[str, pa.T
     tables = tap_tables() if tables is None else tables
     schema_names = list(dict.fromkeys(t.schema for t in tables))
     schemas = [
-        {"schema_name": s, "description": SCHEMA_DESCRIPTIONS.get(s), "schema_index": i}
+        {"schema_name": s, "description": SCHEMA_DESCRIPTIONS.get(s or ""), "schema_index": i}
         for i, s in enumerate(schema_names)
     ]
     rows_tables, rows_columns, rows_keys, rows_key_columns = [], [], [], []

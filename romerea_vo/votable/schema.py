@@ -83,6 +83,14 @@ class TableSchema:
     def qualified_name(self) -> str:
         return f"{self.schema}.{self.name}" if self.schema else self.name
 
+    @property
+    def stored_schema(self) -> str:
+        """The (lower-case) schema a stored table is in; ValueError for a table without
+        one (a lightcurve table is never stored)."""
+        if not self.schema:
+            raise ValueError(f"table {self.name} has no schema: it is not stored")
+        return self.schema.lower()
+
     def column(self, name: str) -> ColumnSchema:
         for col in self.columns:
             if col.name == name:
