@@ -191,16 +191,16 @@ def parse_request(values: dict[str, list[str]], *, ids_required: bool = True) ->
             f"{len(ids)} IDs given; at most {MAX_IDS} per request as ID parameters (POST a "
             f"table of up to {MAX_BULK_IDS} IDs as UPLOAD=stars,param:table for more)"
         )
-    bands = None
+    bands: tuple[str, ...] | None = None
     if "BAND" in values:
-        bands = [b.lower() for b in _split(values["BAND"])]
-        bad = [b for b in bands if b not in layout.FILTERS]
-        if bad or not bands:
+        asked = [b.lower() for b in _split(values["BAND"])]
+        bad = [b for b in asked if b not in layout.FILTERS]
+        if bad or not asked:
             raise InvalidRequestError(
                 f"BAND={','.join(bad) or '(empty)'} is not a ROME band; use gp, rp or ip "
                 "(repeat BAND or separate with commas)"
             )
-        bands = tuple(dict.fromkeys(bands))
+        bands = tuple(dict.fromkeys(asked))
     datasets = None
     if "DATASET" in values:
         datasets = tuple(dict.fromkeys(_split(values["DATASET"])))
@@ -219,7 +219,8 @@ def parse_request(values: dict[str, list[str]], *, ids_required: bool = True) ->
         if len(ids) != 1:
             raise InvalidRequestError("MODEL=pspl gives one star's model: give a single ID")
         model = True
-    raw_format = (values.get("RESPONSEFORMAT") or values.get("FORMAT") or [None])[0]
+    formats = values.get("RESPONSEFORMAT") or values.get("FORMAT")
+    raw_format = formats[0] if formats else None
     if raw_format is not None and raw_format.strip().lower() in _PNG_NAMES:
         fmt = None
         if len(ids) > 1:
@@ -288,16 +289,18 @@ class _Schema:
     ):
         points = load_table_schema("lightcurve_points").by_name
         index = load_table_schema("field_index").by_name
-        identity = ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
-        forced = ("id",) if multi else ()
+        identity: tuple[str, ...] = (
+            ("id", "field", "field_id", "ra", "dec", "gaia_source_id") if multi else ()
+        )
+        forced: tuple[str, ...] = ("id",) if multi else ()
         if bulk:
             identity = ("id", "upload_row", "status") + identity[1:]
             forced = ("id", "upload_row", "status")
         cube_columns = lay.columns[1:]
         # Time, band, the science magnitude, its error and the quality flag first: TOPCAT's
         # time plot then takes the magnitude as Y and can colour by filter at once.
-        first = ("hjd", "filter", lay.science_mag, f"{lay.science_mag}_err", "qc_flag")
-        first = tuple(n for n in first if n in ("hjd", "filter") or n in cube_columns)
+        wanted = ("hjd", "filter", lay.science_mag, f"{lay.science_mag}_err", "qc_flag")
+        first = tuple(n for n in wanted if n in ("hjd", "filter") or n in cube_columns)
         rest = ("dataset_code", "image", "image_index", *cube_columns)
         names = first + tuple(n for n in rest if n not in first)
         names += ("flux", "flux_err") if flux else ()
@@ -680,6 +683,7 @@ class LightcurveDocuments:
             for star in stars:
                 yield self.batch(star, self.points(star, req), schema)
 
+        assert req.fmt is not None  # parse_request allows a plot of one star only
         chunks = write_result(
             batches(),
             schema.fields,
@@ -722,7 +726,9 @@ class LightcurveDocuments:
             rows.append(_UploadRow(i, key, star, "ok"))
         return rows
 
-    def _upload_dids(self, table: pa.Table, radius_arcsec: float):
+    def _upload_dids(
+        self, table: pa.Table, radius_arcsec: float
+    ) -> tuple[list[str], list[str | tuple[str]]]:
         """(text of each row's key, its DID or a (status,) tuple) from an ID column, a
         field + field_id pair or ra/dec positions."""
         names = {n.lower(): n for n in table.column_names}
@@ -730,24 +736,25 @@ class LightcurveDocuments:
         if "id" in names or "did" in names:
             values = table.column(names.get("id") or names["did"]).to_pylist()
             keys = ["" if v is None else str(v).strip() for v in values]
-            return keys, [k if k else ("malformed: empty ID",) for k in keys]
+            given: list[str | tuple[str]] = [k if k else ("malformed: empty ID",) for k in keys]
+            return keys, given
         if "field" in names and "field_id" in names:
             fields = table.column(names["field"]).to_pylist()
             ids = table.column(names["field_id"]).to_pylist()
-            keys, dids = [], []
+            made: list[str | tuple[str]] = []
+            keys = [f"{f}/{i}" for f, i in zip(fields, ids, strict=True)]
             for f, i in zip(fields, ids, strict=True):
-                keys.append(f"{f}/{i}")
                 try:
-                    dids.append(make_did(self.authority, str(f).strip(), int(i)))
+                    made.append(make_did(self.authority, str(f).strip(), int(i)))
                 except (TypeError, ValueError):
-                    dids.append(("malformed: field_id is not an integer",))
-            return keys, dids
+                    made.append(("malformed: field_id is not an integer",))
+            return keys, made
         if "ra" in names and "dec" in names:
             ra = _float_column(table, names["ra"])
             dec = _float_column(table, names["dec"])
             keys = [f"{a!r} {d!r}" for a, d in zip(ra.tolist(), dec.tolist(), strict=True)]
             best_sep = np.full(n, np.inf)
-            dids: list = [(f"no star within {radius_arcsec!r} arcsec",)] * n
+            nearest: list[str | tuple[str]] = [(f"no star within {radius_arcsec!r} arcsec",)] * n
             bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
             for name in self.db.fields:
                 field, _ = self._field(name)
@@ -760,10 +767,10 @@ class LightcurveDocuments:
                 for left, right, sep in zip(m.left, m.right, m.sep_arcsec, strict=True):
                     if not bad[left] and sep < best_sep[left]:
                         best_sep[left] = sep
-                        dids[left] = make_did(self.authority, name, int(a["field_id"][right]))
+                        nearest[left] = make_did(self.authority, name, int(a["field_id"][right]))
             for i in np.flatnonzero(bad):
-                dids[i] = ("malformed: ra/dec is not a position",)
-            return keys, dids
+                nearest[i] = ("malformed: ra/dec is not a position",)
+            return keys, nearest
         raise InvalidRequestError(
             "the uploaded table needs an id (or did) column of star DIDs, field and "
             f"field_id columns, or ra and dec columns (degrees); it has: "
@@ -790,22 +797,22 @@ class LightcurveDocuments:
             raise InvalidRequestError("RESPONSEFORMAT=png plots one star: give a single ID")
         rows = self.bulk_rows(table, radius_arcsec)
         good = [r for r in rows if r.star is not None]
-        self._check_datasets([r.star for r in good], req.datasets)
+        self._check_datasets([r.found for r in good], req.datasets)
         if good:
-            star = good[0].star
+            star = good[0].found
             first = self._open_cube(star.field, star.ref.quadrant).layout
             cols = star.columns
         else:
             field, cols = self._field(next(iter(self.db.fields)))
             first = field.photometry_layout
-        layouts = {self._open_cube(r.star.field, r.star.ref.quadrant).layout for r in good}
-        if len(layouts) > 1 or len({tuple(r.star.columns.metadata) for r in good}) > 1:
+        layouts = {self._open_cube(r.found.field, r.found.ref.quadrant).layout for r in good}
+        if len(layouts) > 1 or len({tuple(r.found.columns.metadata) for r in good}) > 1:
             raise InvalidRequestError(
                 "these stars' fields have different photometry layouts (format eras "
                 f"{', '.join(sorted(lay.era for lay in layouts))}); ask for them separately"
             )
         schema = self._schema(first, cols, req, True, bulk=True)
-        good.sort(key=lambda r: (r.star.ref.field, r.star.ref.quadrant, r.star.ref.row))
+        good.sort(key=lambda r: (r.found.ref.field, r.found.ref.quadrant, r.found.ref.row))
         failed = [r for r in rows if r.star is None]
         summary = {"ok": len(good), "failed": len(failed)}
 
@@ -814,20 +821,20 @@ class LightcurveDocuments:
             for part in _quadrant_runs(good, BULK_STARS_PER_BATCH):
                 # star by star: a row (~300 kB) stays in the CPU cache while it is cut,
                 # which beats one vectorised pass over a block of rows
-                found = [self.points(r.star, req) for r in part]
+                found = [self.points(r.found, req) for r in part]
                 counts = np.array([len(p) for p in found])
                 empty += [r for r, c in zip(part, counts, strict=True) if not c]
                 if not counts.sum():
                     continue
                 lay = found[0].layout
                 pts = PointArrays(
-                    part[0].star.ref,
+                    part[0].found.ref,
                     np.concatenate([p.image_index for p in found]),
                     np.concatenate([p.data for p in found]),
                     lay,
                 )
                 which = np.repeat(np.arange(len(part)), counts)
-                stars = [r.star for r in part]
+                stars = [r.found for r in part]
                 yield self.block_batch(stars, which, pts, schema, [r.row for r in part])
             summary["no_points"] = len(empty)
             status = [*failed, *(replace(r, status="no points") for r in empty)]
@@ -904,8 +911,10 @@ def _quadrant_runs(rows: Sequence[_UploadRow], limit: int) -> Iterator[list[_Upl
     ``limit`` stars each."""
     run: list[_UploadRow] = []
     for r in rows:
-        key = (r.star.ref.field, r.star.ref.quadrant)
-        if run and ((run[0].star.ref.field, run[0].star.ref.quadrant) != key or len(run) >= limit):
+        key = (r.found.ref.field, r.found.ref.quadrant)
+        if run and (
+            (run[0].found.ref.field, run[0].found.ref.quadrant) != key or len(run) >= limit
+        ):
             yield run
             run = []
         run.append(r)
@@ -921,6 +930,13 @@ class _UploadRow:
     key: str
     star: _Star | None
     status: str
+
+    @property
+    def found(self) -> _Star:
+        """The row's star (for rows that have one)."""
+        if self.star is None:
+            raise ValueError(f"upload row {self.row} names no star ({self.status})")
+        return self.star
 
 
 def _float_column(table: pa.Table, name: str) -> np.ndarray:
