@@ -12,7 +12,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
 import numpy as np
@@ -21,6 +21,8 @@ from . import __version__
 from .errors import InvalidRequestError, RomeReaError
 
 if TYPE_CHECKING:  # the service is imported when a command serves, not at start-up
+    from .samp.bridge import Bridge
+    from .samp.sources import ServiceSource
     from .service.app import TapService
     from .service.settings import ServiceConfig
 
@@ -35,7 +37,7 @@ OUTPUT_FORMATS = {
     ".png": "png",
 }
 DEMO_FIELD = "ROME-FIELD-01"
-DEMO_SIZE = {"n_stars": 2000, "n_images": 400, "seed": 1}
+DEMO_SIZE: dict[str, Any] = {"n_stars": 2000, "n_images": 400, "seed": 1}
 
 
 def _radius(text: str) -> u.Quantity:
@@ -323,6 +325,7 @@ def _remote_lightcurve(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     fmt = OUTPUT_FORMATS.get(out.suffix.lower()) if out else "votable"
     if fmt is None:
+        assert out is not None  # no output file: "votable"
         raise InvalidRequestError(
             f"cannot tell the output format of {out.name}; use one of "
             f"{', '.join(sorted(OUTPUT_FORMATS))}"
@@ -330,10 +333,12 @@ def _remote_lightcurve(args: argparse.Namespace) -> int:
     direct = _REMOTE_FORMATS.get(fmt) if out else None
     body = _http_get(f"{base}/lightcurve", [*params, ("RESPONSEFORMAT", direct or "votable")])
     if direct == "png":
+        assert out is not None  # direct: only for an output file
         out.write_bytes(body)
         print(f"{who}: {did} -> {out}")
         return 0
     if direct is not None:
+        assert out is not None
         out.write_bytes(body)
         if direct == "votable":
             n = len(votable_to_table(io.BytesIO(body)))
@@ -430,8 +435,8 @@ class _InProcessBridge:
             format="%(asctime)s %(levelname)s %(message)s",
         )
         self.url = url
-        self.bridge = None
-        self.source = None
+        self.bridge: Bridge | None = None
+        self.source: ServiceSource | None = None
         self._thread = threading.Thread(target=self._start, name="romerea-demo-samp", daemon=True)
 
     def start(self) -> None:
@@ -442,14 +447,14 @@ class _InProcessBridge:
         from .samp.sources import ServiceSource
 
         try:
-            self.source = ServiceSource(self.url)
-            self.bridge = Bridge(self.source, hub="auto").start()
+            self.source = source = ServiceSource(self.url)
+            self.bridge = bridge = Bridge(source, hub="auto").start()
         except Exception as exc:  # any failure: say so in one line, keep serving
             print(f"romerea-vo: error: the SAMP bridge did not start: {exc}", file=sys.stderr)
             return
         print(
-            f"SAMP bridge registered as {self.bridge.client_id} "
-            f"(hub {self.bridge.hub_params.get('samp.hub.xmlrpc.url')})",
+            f"SAMP bridge registered as {bridge.client_id} "
+            f"(hub {(bridge.hub_params or {}).get('samp.hub.xmlrpc.url')})",
             flush=True,
         )
 
@@ -569,6 +574,8 @@ def _run_server(
         """Tells the service it is stopping as soon as a signal comes, so that requests
         still reading an upload give up instead of holding the shutdown up."""
 
+        service: TapService
+
         def handle_exit(self, sig, frame) -> None:
             self.service.stopping.set()
             super().handle_exit(sig, frame)
@@ -651,7 +658,9 @@ def cmd_ingest_catalog(args: argparse.Namespace) -> int:
     ra, dec = position_columns(table)
     db = Database(args.db)
     try:
-        (n_rows,) = db.cursor().execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
+        row = db.cursor().execute(f"SELECT COUNT(*) FROM {physical_name(table)}").fetchone()
+        assert row is not None  # COUNT(*) always answers
+        (n_rows,) = row
     finally:
         db.close()
     print(
@@ -707,8 +716,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = read_settings(args.config) if args.config else Settings()
     overrides = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k) is not None}
     if overrides:  # the same checks as for the file's values
-        server = {**dataclasses.asdict(settings.service), **overrides}
-        checked = settings_from_dict({"service": server}, source="command line")
+        merged = {**dataclasses.asdict(settings.service), **overrides}
+        checked = settings_from_dict({"service": merged}, source="command line")
         settings.service = checked.service
     limits = {k: getattr(args, f) for k, f in _LIMIT_FLAGS.items() if getattr(args, f) is not None}
     if limits:
@@ -847,7 +856,7 @@ def cmd_samp(args: argparse.Namespace) -> int:
         ) as bridge:
             print(
                 f"romerea-vo SAMP bridge registered as {bridge.client_id} "
-                f"(hub {bridge.hub_params.get('samp.hub.xmlrpc.url')}); Ctrl-C to stop",
+                f"(hub {(bridge.hub_params or {}).get('samp.hub.xmlrpc.url')}); Ctrl-C to stop",
                 flush=True,
             )
             bridge.serve_forever(stop)
