@@ -122,6 +122,7 @@ def read_catalogue(path: str | Path, fmt: str | None = None):
         raise CatalogueError(f"{p} cannot be read: {exc.strerror or exc}") from None
     if size == 0:
         raise CatalogueError(f"{p} is empty, not a catalogue")
+    name: str | None
     if fmt is not None:
         name = _format_name(fmt)
     else:
@@ -383,6 +384,7 @@ def find_position_columns(
         )
     if ra == dec:
         raise CatalogueError(f"column {ra} cannot be both RA and Dec")
+    assert ra is not None and dec is not None  # missing ones were refused above
     return ra, dec
 
 
@@ -415,6 +417,7 @@ def _angle_unit(col, axis: str):
         return u.hourangle
     if label in ("d:m:s", "dms"):
         return u.deg
+    assert unit is not None  # an empty label returned above
     try:
         if unit.is_equivalent(u.deg):
             return unit
@@ -440,10 +443,10 @@ def _column_degrees(col, axis: str) -> np.ndarray:
         )
     if np.asarray(col).dtype.kind not in "USO":
         try:
-            data = np.ma.filled(np.ma.asarray(col, dtype=float), np.nan)
+            filled: np.ndarray = np.ma.filled(np.ma.asarray(col, dtype=float), np.nan)
         except (TypeError, ValueError):
             raise CatalogueError(f"column {name} holds no coordinates") from None
-        data = np.asarray(data, dtype=float)
+        data = np.asarray(filled, dtype=float)
         return data if unit is None or unit == u.deg else (data * unit).to_value(u.deg)
     texts = _text_values(col)
     out = np.full(len(texts), np.nan)

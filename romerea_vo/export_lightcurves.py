@@ -67,7 +67,7 @@ def quadrant_path(outdir: Path, field: str, quadrant: int) -> Path:
 
 def _fields(lay: layout.PhotometryLayout) -> list[FieldSpec]:
     points = load_table_schema("lightcurve_points").by_name
-    names = ("field_id", "hjd", "filter", "dataset_code", "image_index")
+    names: tuple[str, ...] = ("field_id", "hjd", "filter", "dataset_code", "image_index")
     names += lay.columns[1:] + ("flux", "flux_err")
     specs = [FieldSpec.from_column(points[n]) for n in names]
     return [replace(s, ref=TIMESYS.ID) if s.name == "hjd" else s for s in specs]
@@ -164,14 +164,16 @@ def export_lightcurves(
     if quality not in QUALITIES:
         raise InvalidRequestError(f"--quality must be one of {', '.join(QUALITIES)}")
     outdir = Path(outdir)
+    rome: DirectoryRome | DatabaseRome
+    label: list[str] | str
     if isinstance(source, list):
-        rome = DirectoryRome(source)
-        open_field_named = rome.fields.__getitem__
+        rome = directories = DirectoryRome(source)
+        open_field_named = directories.fields.__getitem__
         label = [str(Path(s).resolve()) for s in source]
     else:
-        rome = DatabaseRome(source)
-        open_field_named = rome.db.field
-        label = str(rome.path)
+        rome = database = DatabaseRome(source)
+        open_field_named = database.db.field
+        label = str(database.path)
     with rome:
         names = rome.field_names(fields)
         options = {"source": label, "fields": names, "where": where, "quality": quality}

@@ -561,8 +561,8 @@ def field_statistics(
             )
             per_band = {}
             for flt in selections:
-                cols = every.select(geo.position[flt])
-                stats = _block_statistics(cols, geo.hjd[geo.all_images[geo.position[flt]]])
+                band_cols = every.select(geo.position[flt])
+                stats = _block_statistics(band_cols, geo.hjd[geo.all_images[geo.position[flt]]])
                 stats.update({n: stetson[n] for n in stetson_names})
                 per_band[flt] = stats
                 keep = stats["n_good"] > 0
@@ -580,12 +580,12 @@ def field_statistics(
                     )
                 )
                 started = time.perf_counter()
-                for row, values in zip(chosen, _fit_rows(every, geo, chosen), strict=True):
-                    if values is None:
+                for row, fitted in zip(chosen, _fit_rows(every, geo, chosen), strict=True):
+                    if fitted is None:
                         continue
                     cand_rows["field_id"].append(int(ids[row]))
                     for name in cand_names:
-                        cand_rows[name].append(values[name])
+                        cand_rows[name].append(fitted[name])
                 fit_seconds += time.perf_counter() - started
                 n_fits += len(chosen)
             bar.update(len(ids))
@@ -612,14 +612,14 @@ def field_statistics(
         cand_table = Table(meta=dict(meta))
         cand_table["field"] = np.full(len(cand_rows["field_id"]), field.name)
         order = np.argsort(np.asarray(cand_rows["field_id"], dtype=np.int64), kind="stable")
-        for name, values in cand_rows.items():
+        for name, cand_values in cand_rows.items():
             spec = cand_schema.by_name[name]
             if spec.datatype == "char":
-                column = np.asarray(values, dtype=str)
+                column = np.asarray(cand_values, dtype=str)
             elif spec.datatype in ("int", "long"):
-                column = np.asarray(values, dtype=np.int64)
+                column = np.asarray(cand_values, dtype=np.int64)
             else:  # None (no value) -> NaN -> NULL
-                column = np.array([np.nan if v is None else v for v in values], dtype=float)
+                column = np.array([np.nan if v is None else v for v in cand_values], dtype=float)
             cand_table[name] = column[order] if len(column) else column
             cand_table[name].unit = spec.astropy_unit
             cand_table[name].description = spec.description

@@ -198,8 +198,9 @@ class QuadrantCube:
         return self.shape[0]
 
     def _pread_rows(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, *self.shape[1:]), dtype="<f8")
-        view = memoryview(out).cast("B")
+        assert self._fd is not None  # opened by the caller
+        out: np.ndarray = np.empty((stop - start, *self.shape[1:]), dtype="<f8")
+        view = memoryview(out).cast("B")  # type: ignore[arg-type]  # typed from Python 3.12
         position, done = self._offset + start * self._row_bytes, 0
         while done < len(view):
             n = os.preadv(self._fd, [view[done:]], position + done)

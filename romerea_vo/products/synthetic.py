@@ -609,7 +609,9 @@ def _build_images(ds: _Datasets, n_images: int, seed: int, centre) -> _Images:
         if inst.survey:
             base = visits.get(inst.name, np.zeros(0))
             take = min(int(counts[d]), base.size)
-            chosen = np.sort(rng.choice(base.size, size=take, replace=False)) if take else []
+            chosen: np.ndarray | list = (
+                np.sort(rng.choice(base.size, size=take, replace=False)) if take else []
+            )
             lag = (300.0 + 45.0) * (1 if plan.filter == "rp" else 2) / 86400.0
             extra = _night_times(rng, int(counts[d]) - take, inst.site, ra0, dec0)
             start_jd[d] = np.concatenate([base[chosen] + lag, extra])
@@ -1039,6 +1041,7 @@ def _signal_delta_mag(rows: np.ndarray, stars: _Stars, hjd: np.ndarray) -> np.nd
         dm[sel] = amplitude * (2.0 * (tc - FIRST_HJD) / (LAST_HJD - FIRST_HJD) - 1.0)
     sel = np.flatnonzero(kind == _KIND_CODE["irregular"])
     if sel.size:
+        assert stars.irregular is not None  # made with the stars when any is irregular
         irr_rows, periods, amps, phases = stars.irregular
         k = np.searchsorted(irr_rows, rows[sel])
         arg = 2 * np.pi * (t[:, :, None] - PHASE_REFERENCE_HJD) / periods[k][:, None, :]
@@ -1254,7 +1257,7 @@ def _point_randoms(seed: int, quadrant: int, start: int, stop: int, n_images: in
                 rng.standard_normal(dtype=np.float32, out=target)
             else:
                 rng.random(dtype=np.float32, out=target)
-            if not whole:
+            if buf is not None:  # not whole
                 out[k, lo - start : hi - start] = buf[lo - t0 : hi - t0]
     return out
 
@@ -1288,6 +1291,7 @@ def _cube_block(
 
     # Outliers: unflagged points far outside their error bars (|dm| of 5-40 sigma),
     # more often brighter (cosmic rays) than fainter; u_out also picks the sign.
+    assert stars.outlier_rate is not None  # set by the star generator
     rate = stars.outlier_rate[rows][:, None] * im.seeing_factor[None, :]
     outlier = u_out < rate
     sign = np.where(u_out < _OUTLIER_BRIGHTER_SHARE * rate, -1.0, 1.0)

@@ -182,7 +182,7 @@ def fit_pspl(
     lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
     hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
     # refine the best grid point of each of the _STARTS best tE values; keep the best
-    best_of_te = {}
+    best_of_te: dict[float, int] = {}
     for k in np.argsort(chi2):
         if not np.isfinite(chi2[k]) or len(best_of_te) == _STARTS:
             break
@@ -202,6 +202,7 @@ def fit_pspl(
         trial_chi2 = model(trial)[3]
         if p is None or trial_chi2 < chi2_fit:
             p, converged, jac, chi2_fit = trial, ok, trial_jac, trial_chi2
+    assert p is not None  # best_of_te has at least one start
     _a, fs, fb, chi2_fit = model(p)
     errs = np.full(3, np.nan)
     if jac is not None and np.all(np.isfinite(jac)):
