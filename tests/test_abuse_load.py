@@ -268,7 +268,8 @@ def test_an_interrupt_before_the_statement_starts_is_repeated(request, backend):
     db = open_database(target)
     session = db.session()
     token, returned = CancelToken(), threading.Event()
-    token.interrupt_until(session.interrupt, returned)
+    token.on_cancel(session.interrupt)
+    token.repeat_until(returned)  # what the in-process job store does for every job
     token.cancel("exceeded its execution duration")  # before the statement starts
     outcome: list[BaseException] = []
 
@@ -292,3 +293,35 @@ def test_an_interrupt_before_the_statement_starts_is_repeated(request, backend):
     db.close()
     assert not stuck, "the statement ran on after its job was cancelled"
     assert outcome and isinstance(outcome[0], QueryInterrupted), outcome
+
+
+def test_the_job_store_repeats_a_cancelled_jobs_interrupts(tmp_path):
+    """The in-process job store repeats a cancelled job's callbacks until its runner
+    returns (the PostgreSQL store does so on its heartbeat): a runner whose engine
+    ignores the first interrupts still stops."""
+    import threading
+
+    from romerea_vo.service.uws import JobStore
+
+    heard = threading.Event()
+    calls: list[float] = []
+
+    def runner(job, token):
+        def interrupt() -> None:
+            calls.append(time.monotonic())
+            if len(calls) >= 3:  # an engine that only hears the third interrupt
+                heard.set()
+
+        token.on_cancel(interrupt)
+        heard.wait(WAIT)
+
+    store = JobStore(tmp_path / "jobs", runner)
+    try:
+        job = store.create({"LANG": "ADQL", "QUERY": "SELECT 1"})
+        store.run(job.job_id)
+        wait_for(lambda: store.get(job.job_id).phase == "EXECUTING", "the job to start")
+        store.abort(job.job_id)
+        assert heard.wait(WAIT), "the interrupt was not repeated"
+        assert len(calls) >= 3
+    finally:
+        store.close()

@@ -113,3 +113,17 @@ def test_xmatch_against_a_live_service(plain_venv, tap_server, field_positions, 
     matched = Table.read(out, format="ascii.ecsv")
     assert len(matched) >= 25
     assert set(matched["field_id"]) >= set(field_positions["field_id"][:25])
+
+
+def test_a_shared_job_store_says_how_to_install_postgresql_support(plain_venv, tap_db, tmp_path):
+    """Without the postgres extra, --jobs-db is one line naming the extra to install."""
+    result = _run(
+        [str(plain_venv / "bin" / "romerea-vo"), "serve", "--db", str(tap_db), "--workers", "2",
+         "--jobs-db", "postgresql://127.0.0.1:1/jobs", "--work-dir", str(tmp_path / "work"),
+         "--port", "0"],
+        timeout=300, env=_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.startswith("romerea-vo: error: "), result.stderr[-3000:]
+    assert "pip install 'romerea-vo[postgres]'" in result.stderr
+    assert "Traceback" not in result.stderr

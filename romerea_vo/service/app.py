@@ -91,24 +91,11 @@ class RequestToken(CancelToken):
         super().__init__()
         self.message: str | None = None
 
-        self._interrupts: list = []
-
-    def on_cancel(self, callback):
-        """As CancelToken's; the callback is also repeated by :meth:`interrupt_again`."""
-        self._interrupts.append(callback)
-        return super().on_cancel(callback)
-
     def cancel(self, reason: str = "cancelled", *, message: str | None = None) -> None:
         """Set the token once, with ``message`` as the error the query ends with."""
         if self.message is None and not self.is_set():
             self.message = message
         super().cancel(reason)
-
-    def interrupt_again(self) -> None:
-        """Run the callbacks again (an interrupt before a statement starts is lost)."""
-        for callback in list(self._interrupts):
-            with contextlib.suppress(Exception):
-                callback()
 
 
 async def _iterate_in(limiter, chunks):
@@ -139,7 +126,7 @@ async def _until_disconnect(request: Request, token: RequestToken, work) -> None
             with anyio.move_on_after(0.25):
                 await done.wait()
             if not done.is_set():
-                token.interrupt_again()
+                token.repeat()
 
     async def run() -> None:
         try:
@@ -205,7 +192,9 @@ class TapService:
         self.scs = ConeSearchService(self.db, limits, public_url=config.public_url)
         self.coverage = CoverageService(self.db, public_url=config.public_url)
         self.oai = OaiPmh(
-            self.registry_records,
+            # the records change only with the root URL a request names: built once per
+            # root (a few, bounded: a Host header cannot make the cache grow)
+            functools.lru_cache(maxsize=8)(self.registry_records),
             repository_name=f"{config.title} publishing registry",
             admin_email=config.metadata.contact_email or "operator@invalid",
             root_url=self.root,
@@ -239,9 +228,10 @@ class TapService:
                 raise InvalidRequestError(
                     "a PostgreSQL job store needs a work directory shared by all workers"
                 )
-            from .uws.pg_store import PostgresJobStore  # psycopg: the optional postgres extra
-
             try:
+                # PostgresError (how to install the postgres extra) without psycopg
+                from .uws.pg_store import PostgresJobStore
+
                 self.jobs = PostgresJobStore(
                     config.jobs_db, self.work_dir / "jobs", self.run_job, **store_args
                 )
@@ -385,8 +375,7 @@ class TapService:
             files=dict(job.files),
         )
         session = self.db.session()
-        returned = threading.Event()
-        token.interrupt_until(session.interrupt, returned)
+        token.on_cancel(session.interrupt)  # the job store repeats it until we return
         try:
             prepared = self.engine.prepare(
                 params,
@@ -423,7 +412,6 @@ class TapService:
                 raise QueryCancelled(result.error)
             job.add_result("result", path, result.media_type)
         finally:
-            returned.set()
             session.close()  # no timer to stop first: async jobs run with timeout=None
 
     # --- VOSI -------------------------------------------------------------------------

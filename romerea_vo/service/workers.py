@@ -84,13 +84,8 @@ def check_config(config: ServiceConfig, workers: int) -> None:
             "uploads and results are kept there"
         )
     if config.jobs_db:
-        try:
-            from .uws.pg_store import ensure_schema
-        except ImportError as exc:
-            raise InvalidRequestError(
-                f"--jobs-db needs psycopg and psycopg_pool ({exc}): "
-                "pip install 'romerea-vo[postgres]'"
-            ) from None
+        from .uws.pg_store import ensure_schema  # PostgresError without the postgres extra
+
         ensure_schema(config.jobs_db)  # fail here, with one message, not in every worker
 
 

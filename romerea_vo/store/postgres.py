@@ -74,13 +74,15 @@ def is_postgres_url(text: str | os.PathLike | None) -> bool:
     return isinstance(text, str) and text.startswith(("postgresql://", "postgres://"))
 
 
+POSTGRES_EXTRA = "pip install 'romerea-vo[postgres]'"
+"""How to install psycopg and psycopg_pool, the optional ``postgres`` extra."""
+
+
 def _psycopg():
     try:
         import psycopg
     except ImportError:  # an optional dependency
-        raise PostgresError(
-            "PostgreSQL support needs psycopg: pip install 'romerea-vo[postgres]'"
-        ) from None
+        raise PostgresError(f"PostgreSQL support needs psycopg: {POSTGRES_EXTRA}") from None
     return psycopg
 
 

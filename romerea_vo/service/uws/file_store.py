@@ -378,6 +378,8 @@ class JobStore(JobStoreBase):
             timer.daemon = True
             timer.start()
         error: BaseException | None = None
+        returned = threading.Event()
+        token.repeat_until(returned)
         try:
             self.runner(job, token)
         except Exception as exc:
@@ -388,6 +390,7 @@ class JobStore(JobStoreBase):
                 else:
                     log.exception("job %s failed", job_id)
         finally:
+            returned.set()
             if timer is not None:
                 timer.cancel()
         with self._lock:

@@ -230,12 +230,19 @@ class CancelToken:
 
     A runner polls `is_set` (or sleeps with `wait`) and registers callbacks with
     `on_cancel`, e.g. a DuckDB connection's ``interrupt``, to stop blocking work.
+
+    An interrupt that reaches a query engine just before a statement starts is lost, and
+    the statement then runs to its end (for a runaway join: for ever). So whoever waits
+    for the work repeats the callbacks while it has not returned: `repeat` (the
+    PostgreSQL job store's heartbeat, a sync request's disconnect watch) or
+    `repeat_until` (the in-process job store).
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], object]] = []
+        self._every: list[Callable[[], object]] = []
         self.reason: str | None = None
 
     def is_set(self) -> bool:
@@ -246,21 +253,28 @@ class CancelToken:
         """Sleep until cancelled or ``timeout`` seconds pass; True if cancelled."""
         return self._event.wait(timeout)
 
-    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
-        """Call ``callback`` on cancellation (at once if already cancelled).
+    def on_cancel(
+        self, callback: Callable[[], object], *, repeated: bool = True
+    ) -> Callable[[], None]:
+        """Call ``callback`` on cancellation (at once if already cancelled), and again on
+        each `repeat` unless ``repeated`` is false.
 
         Returns a function that unregisters it.
         """
         with self._lock:
+            if repeated:
+                self._every.append(callback)
             if not self._event.is_set():
                 self._callbacks.append(callback)
                 return lambda: self._remove(callback)
         self._call(callback)
-        return lambda: None
+        return lambda: self._remove(callback)
 
     def _remove(self, callback: Callable[[], object]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
+        with self._lock:
+            for callbacks in (self._callbacks, self._every):
+                with contextlib.suppress(ValueError):
+                    callbacks.remove(callback)
 
     @staticmethod
     def _call(callback: Callable[[], object]) -> None:
@@ -280,24 +294,29 @@ class CancelToken:
         for callback in callbacks:
             self._call(callback)
 
-    def interrupt_until(
-        self, interrupt: Callable[[], object], done: threading.Event, every: float = 0.25
-    ) -> None:
-        """On cancellation, call ``interrupt`` at once and then every ``every`` seconds
-        until ``done`` is set. An engine's interrupt that lands just before a statement
-        starts is lost, and the statement then runs to its end (for a runaway join:
-        for ever), so it is repeated for as long as the runner has not returned."""
+    def repeat(self) -> None:
+        """Run the callbacks again if cancelled (errors ignored: the work may be over)."""
+        if not self.is_set():
+            return
+        with self._lock:
+            callbacks = list(self._every)
+        for callback in callbacks:
+            with contextlib.suppress(Exception):
+                callback()
 
-        def repeat() -> None:
-            self._call(interrupt)
+    def repeat_until(self, done: threading.Event, every: float = 0.25) -> None:
+        """Once cancelled, `repeat` every ``every`` seconds (in a thread of its own) until
+        ``done`` is set: for a runner nobody else watches."""
+
+        def loop() -> None:
             while not done.wait(every):
-                self._call(interrupt)
+                self.repeat()
 
         def start() -> None:
             if not done.is_set():
-                threading.Thread(target=repeat, name="job-interrupt", daemon=True).start()
+                threading.Thread(target=loop, name="job-interrupt", daemon=True).start()
 
-        self.on_cancel(start)
+        self.on_cancel(start, repeated=False)
 
 
 JobRunner = Callable[[Job, CancelToken], None]

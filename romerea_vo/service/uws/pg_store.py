@@ -54,15 +54,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import InvalidRequestError, RomeReaError
+from ...store.postgres import POSTGRES_EXTRA, PostgresError
+
+try:  # psycopg and psycopg_pool come with the optional postgres extra
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:
+    raise PostgresError(
+        f"a PostgreSQL job store (--jobs-db) needs psycopg and psycopg_pool ({exc}): "
+        f"{POSTGRES_EXTRA}"
+    ) from None
 from .models import (
     ABORTED,
     COMPLETED,
@@ -263,41 +271,6 @@ def ensure_schema(conninfo: str) -> None:
         )
 
 
-class _Token(CancelToken):
-    """A `CancelToken` whose callbacks can be run again (`repeat`).
-
-    An interrupt that reaches a query engine before its query has started is lost (a
-    DuckDB ``interrupt()`` between ADQL translation and execution, say), so while a
-    cancelled job's runner has not returned, every heartbeat repeats the interrupt.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._every: list[Callable[[], object]] = []
-
-    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
-        with self._lock:
-            self._every.append(callback)
-        remove = super().on_cancel(callback)
-
-        def unregister() -> None:
-            remove()
-            with self._lock, contextlib.suppress(ValueError):
-                self._every.remove(callback)
-
-        return unregister
-
-    def repeat(self) -> None:
-        """Run the callbacks again if cancelled (errors ignored: the work may be over)."""
-        if not self.is_set():
-            return
-        with self._lock:
-            callbacks = list(self._every)
-        for callback in callbacks:
-            with contextlib.suppress(Exception):
-                callback()
-
-
 def _rel(job: Job, path: Path) -> str:
     return str(path.relative_to(job.directory))
 
@@ -368,7 +341,7 @@ class PostgresJobStore(JobStoreBase):
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._tokens: dict[str, _Token] = {}
+        self._tokens: dict[str, CancelToken] = {}
         self._waiters: dict[str, set[Callable[[], object]]] = {}
         self._closed = threading.Event()
         self._dispatch = threading.Event()
@@ -828,7 +801,7 @@ class PostgresJobStore(JobStoreBase):
 
     def _execute(self, job: Job) -> None:
         job_id = job.job_id
-        token = _Token()
+        token = CancelToken()
         with self._lock:
             self._tokens[job_id] = token
         timer = None
