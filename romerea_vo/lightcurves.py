@@ -50,8 +50,12 @@ FLUX_ZERO_POINT = 22.0
 default zero point (``MulensModel.utils.MAG_ZEROPOINT``), so its ``phot_fmt="flux"`` and
 ``"mag"`` agree on these values."""
 
-_BLOCK_BYTES = 128 * 2**20
-"""Read budget per block when streaming or batching (bounded memory on 30 GB cubes)."""
+_BLOCK_BYTES = 8 * 2**20
+"""Read budget per block when streaming (bounded memory on 30 GB cubes). Small enough for
+a block to stay in the CPU's L3 cache (32 MiB here) while the passes over it pick out
+one column after another: on 10,000 stars x 2,214 images the statistics pass took 7.6 s
+with 8 MiB blocks, 9.0 s with 32 MiB, 12.6 s with 128 MiB and 11.3 s with 2 MiB (per-block
+overhead), and export-lightcurves 20 s instead of 38 s with 128 MiB."""
 
 
 @dataclass
@@ -346,8 +350,10 @@ def quadrant_blocks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(field_ids, rows) blocks of a quadrant cube, every image, in row order.
 
-    Whole contiguous rows are read (sequential I/O, at most ``block_bytes`` at a time);
-    with ``field_ids`` (sorted int64) only those stars' rows are read, still in row order.
+    Whole contiguous rows are read (sequential I/O, at most ``block_bytes`` at a time)
+    into one buffer: a block is valid only until the next one is asked for (copy what
+    you keep). With ``field_ids`` (sorted int64) only those stars' rows are read, still
+    in row order.
     """
     n_rows = field.quadrant_counts[quadrant]
     if not n_rows:
@@ -356,8 +362,9 @@ def quadrant_blocks(
     quadrant_ids = field.quadrant_field_ids(quadrant)
     per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
     if field_ids is None:
+        buffer = np.empty((min(per_block, n_rows), *cube.shape[1:]), dtype="<f8")
         for start in range(0, n_rows, per_block):
-            block = cube.read_block(start, min(n_rows, start + per_block))
+            block = cube.read_block(start, min(n_rows, start + per_block), out=buffer)
             yield quadrant_ids[start : start + len(block)], block
         return
     rows = np.flatnonzero(np.isin(quadrant_ids, field_ids))

