@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ from .errors import InvalidRequestError
 from .products import layout
 from .products.layout import PhotometryLayout, good_measurement, valid_measurement
 from .products.lookup import StarRef
-from .products.reader import Field
+from .products.reader import Field, QuadrantCube
 from .variability import candidates, indices
 from .votable.schema import load_table_schema
 
@@ -351,9 +352,10 @@ def quadrant_blocks(
     """(field_ids, rows) blocks of a quadrant cube, every image, in row order.
 
     Whole contiguous rows are read (sequential I/O, at most ``block_bytes`` at a time)
-    into one buffer: a block is valid only until the next one is asked for (copy what
-    you keep). With ``field_ids`` (sorted int64) only those stars' rows are read, still
-    in row order.
+    into two buffers that alternate, the next block being read while the caller works
+    on this one: a block is valid only until the next one is asked for (copy what you
+    keep). With ``field_ids`` (sorted int64) only those stars' rows are read, still in
+    row order. Raises FieldFormatError for a truncated cube.
     """
     n_rows = field.quadrant_counts[quadrant]
     if not n_rows:
@@ -362,15 +364,38 @@ def quadrant_blocks(
     quadrant_ids = field.quadrant_field_ids(quadrant)
     per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
     if field_ids is None:
-        buffer = np.empty((min(per_block, n_rows), *cube.shape[1:]), dtype="<f8")
-        for start in range(0, n_rows, per_block):
-            block = cube.read_block(start, min(n_rows, start + per_block), out=buffer)
-            yield quadrant_ids[start : start + len(block)], block
+        yield from _read_ahead(cube, quadrant_ids, per_block)
         return
     rows = np.flatnonzero(np.isin(quadrant_ids, field_ids))
     for start in range(0, len(rows), per_block):
         part = rows[start : start + per_block]
         yield quadrant_ids[part], np.stack([cube.read_star(i) for i in part])
+
+
+def _read_ahead(
+    cube: QuadrantCube, quadrant_ids: np.ndarray, per_block: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every block of ``cube``, each read in a worker thread while the caller works on
+    the one before (the read releases the GIL): a pass then takes about the longer of
+    its reading and its computing rather than their sum."""
+    n_rows = len(quadrant_ids)
+    starts = range(0, n_rows, per_block)
+    shape = (min(per_block, n_rows), *cube.shape[1:])
+    buffers = (np.empty(shape, dtype="<f8"), np.empty(shape, dtype="<f8"))
+
+    def read(k: int) -> np.ndarray:
+        stop = min(n_rows, starts[k] + per_block)
+        return cube.read_block(starts[k], stop, out=buffers[k % 2])
+
+    # leaving the with block (the caller stopped early, or an error) waits for the read
+    # in flight, so no thread outlives the pass or writes into a buffer given back
+    with ThreadPoolExecutor(1, thread_name_prefix="cube-read-ahead") as pool:
+        pending = pool.submit(read, 0)
+        for k, start in enumerate(starts):
+            block = pending.result()  # a read error is raised here, in the caller
+            if k + 1 < len(starts):
+                pending = pool.submit(read, k + 1)
+            yield quadrant_ids[start : start + len(block)], block
 
 
 def quadrant_points(

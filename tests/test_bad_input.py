@@ -86,6 +86,22 @@ def test_truncated_cube_data(field_copy):
     assert path.stat().st_size == size // 2  # nothing was "repaired"
 
 
+def test_cube_truncated_while_streamed(field_copy):
+    """A file cut short under a running pass: the read ahead's error reaches the caller
+    as FieldFormatError, and no reading thread is left behind."""
+    import threading
+
+    path = field_copy / f"{FIELD}_quad4_photometry.hdf5"
+    with open_field(field_copy) as field:
+        blocks = lightcurves.quadrant_blocks(field, 4, block_bytes=1)
+        next(blocks)
+        os.truncate(path, path.stat().st_size // 2)
+        with pytest.raises(FieldFormatError, match="ended early"):
+            for _ in blocks:
+                pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("cube-read-ahead")]
+
+
 def test_truncated_hdf5_header(field_copy):
     path = field_copy / f"{FIELD}_quad1_photometry.hdf5"
     os.truncate(path, 100)

@@ -88,6 +88,16 @@ def test_streamed_blocks_are_the_cube_rows(field, synthetic_field, quadrant):
     np.testing.assert_array_equal(np.concatenate(copies), raw)
 
 
+def test_a_pass_stopped_early_leaves_no_reading_thread(field):
+    import threading
+
+    blocks = lightcurves.quadrant_blocks(field, 1, block_bytes=1)  # one star per block
+    next(blocks)
+    next(blocks)  # the third block is being read ahead now
+    blocks.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("cube-read-ahead")]
+
+
 def test_quality_cuts(field, synthetic_field):
     # a star with at least one failed fit (-9999.99, qc bit 1) among its points
     with h5py.File(synthetic_field / f"{FIELD}_quad1_photometry.hdf5", "r") as h:
