@@ -364,6 +364,8 @@ def quadrant_blocks(
     quadrant_ids = field.quadrant_field_ids(quadrant)
     per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
     if field_ids is None:
+        chunk = cube.rows_per_chunk
+        per_block = max(chunk, per_block // chunk * chunk)
         yield from _read_ahead(cube, quadrant_ids, per_block)
         return
     rows = np.flatnonzero(np.isin(quadrant_ids, field_ids))

@@ -88,6 +88,35 @@ def test_streamed_blocks_are_the_cube_rows(field, synthetic_field, quadrant):
     np.testing.assert_array_equal(np.concatenate(copies), raw)
 
 
+def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_path):
+    """Cubes that are not one contiguous array are read through h5py, in blocks of whole
+    chunks; the statistics are those of the contiguous original."""
+    import shutil
+
+    copy = shutil.copytree(synthetic_field, tmp_path / FIELD)
+    path = copy / f"{FIELD}_quad2_photometry.hdf5"
+    with h5py.File(path, "r") as h:
+        raw = h["dataset_photometry"][()]
+    path.unlink()
+    with h5py.File(path, "w") as h:
+        h.create_dataset("dataset_photometry", data=raw, chunks=(5, *raw.shape[1:]),
+                         compression="gzip")  # fmt: skip
+    row_bytes = raw.shape[1] * raw.shape[2] * 8
+    with open_field(copy) as chunked:
+        assert chunked.cube(2).rows_per_chunk == 5
+        sizes, got = [], []
+        for _ids, block in lightcurves.quadrant_blocks(chunked, 2, block_bytes=7 * row_bytes):
+            sizes.append(len(block))
+            got.append(block.copy())
+        assert sizes[:-1] == [5] * (len(sizes) - 1)  # 7 rows' budget: one whole chunk
+        np.testing.assert_array_equal(np.concatenate(got), raw)
+        stats = lightcurves.field_statistics(chunked, fit_candidates=False)
+    with open_field(synthetic_field) as original:
+        expected = lightcurves.field_statistics(original, fit_candidates=False)
+    for name in expected.stats.colnames:
+        np.testing.assert_array_equal(stats.stats[name], expected.stats[name], err_msg=name)
+
+
 def test_a_pass_stopped_early_leaves_no_reading_thread(field):
     import threading
 

@@ -197,6 +197,13 @@ class QuadrantCube:
     def n_stars(self) -> int:
         return self.shape[0]
 
+    @property
+    def rows_per_chunk(self) -> int:
+        """Star rows per HDF5 chunk (1 for a contiguous cube): a block read should take
+        whole chunks, or a compressed chunk is inflated once per block that touches it."""
+        chunks = self._dataset.chunks
+        return int(chunks[0]) if chunks else 1
+
     def _pread_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         assert self._fd is not None  # opened by the caller
         if out is None:
