@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +50,7 @@ MANIFEST = "_export.json"  # "_" and "." files are skipped by Parquet dataset re
 FILE_NAME = "lightcurves.parquet"
 TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
 _INTEGER_COLUMNS = {"qc_flag": np.int16, "stamp_index": np.int16}
+_WRITES_IN_FLIGHT = 2
 
 
 @dataclass
@@ -121,9 +124,20 @@ def _write_quadrant(
         f"quadrant {quadrant}, stars in cube-row order, points in time order.",
         timesys=[TIMESYS],
     )
-    with partial.open("wb") as out:
+    # The disk writes one row group while the next is cut and encoded (the write releases
+    # the GIL; export took the sum of both before). At most _WRITES_IN_FLIGHT row groups
+    # (~20 MB each) wait; leaving the pool waits for them, so no write outlives the file.
+    with (
+        partial.open("wb") as out,
+        ThreadPoolExecutor(1, thread_name_prefix="export-write") as pool,
+    ):
+        pending: deque[Future] = deque()
         for chunk in chunks:
-            out.write(chunk)
+            pending.append(pool.submit(out.write, chunk))
+            if len(pending) > _WRITES_IN_FLIGHT:
+                pending.popleft().result()  # a write error (disk full) is raised here
+        for write in pending:
+            write.result()
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, path)

@@ -117,6 +117,27 @@ def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_pat
         np.testing.assert_array_equal(stats.stats[name], expected.stats[name], err_msg=name)
 
 
+@pytest.mark.parametrize("quality", ["good", "all"])
+def test_streamed_points_are_each_stars_points(field, quality):
+    """quadrant_points (export's reader) gives every star's points as read_points does:
+    same images, in time order, same values (the images are not in time order in the
+    cube, so the reordering is exercised)."""
+    images = field.select_images(None, None)
+    assert not np.all(images == np.arange(len(images)))
+    ids = field.quadrant_field_ids(2)
+    got_ids, got_image, got_rows = (
+        np.concatenate(parts)
+        for parts in zip(
+            *lightcurves.quadrant_points(field, 2, quality=quality, block_bytes=300_000),
+            strict=True,
+        )
+    )
+    expected = lightcurves.read_points_many(field, [int(i) for i in ids], quality=quality)
+    np.testing.assert_array_equal(got_ids, np.repeat(ids, [len(p) for p in expected]))
+    np.testing.assert_array_equal(got_image, np.concatenate([p.image_index for p in expected]))
+    np.testing.assert_array_equal(got_rows, np.concatenate([p.data for p in expected]))
+
+
 def test_a_pass_stopped_early_leaves_no_reading_thread(field):
     import threading
 
