@@ -254,6 +254,48 @@ def test_fit_recovers_a_simulated_event_and_mulensmodel_agrees():
     assert row["n_in_window"] > 50 and row["peak_amplitude"] > 1.0
 
 
+def test_projected_jacobian_equals_finite_differences_of_the_profiled_residuals():
+    """At the true parameters of a noiseless event (residuals zero, where Kaufman's
+    Jacobian is exact) it equals central differences of the residuals with the fluxes
+    re-solved at every step; away from them it still points the same way."""
+    rng = np.random.default_rng(3)
+    t, _, err, ds = _simulated_event(rng, t0=2458210.0, te=22.0, u0=0.15)
+    flux = (
+        np.array([1.0, 0.6, 0.3])[ds] * pspl.magnification(np.hypot(0.15, (t - 2458210.0) / 22.0))
+        + np.array([0.5, 0.2, 0.9])[ds]
+    )
+    ferr = 0.4 * math.log(10) * flux * err
+    w = 1.0 / ferr**2
+    onehot = np.eye(3)[ds]
+
+    def residuals(p):
+        a = pspl.magnification(np.hypot(p[2], (t - p[0]) / math.exp(p[1])))
+        fs, fb, _ = pspl._linear(a[None, :], flux, w, onehot, ds)
+        return np.sqrt(w) * (flux - fs[0][ds] * a - fb[0][ds])
+
+    def numeric(p, h=(1e-4, 1e-6, 1e-6)):
+        cols = []
+        for j in range(3):
+            step = np.zeros(3)
+            step[j] = h[j]
+            cols.append((residuals(p + step) - residuals(p - step)) / (2 * h[j]))
+        return np.stack(cols, axis=1)
+
+    true = np.array([2458210.0, math.log(22.0), 0.15])
+    assert np.abs(residuals(true)).max() < 1e-8
+    analytic = pspl.projected_jacobian(true, t, flux, w, onehot, ds)
+    np.testing.assert_allclose(
+        analytic, numeric(true), rtol=1e-4, atol=1e-6 * np.abs(analytic).max()
+    )
+    off = true + np.array([0.5, 0.05, 0.02])
+    a_off, n_off = pspl.projected_jacobian(off, t, flux, w, onehot, ds), numeric(off)
+    for j in range(3):
+        cosine = (
+            a_off[:, j] @ n_off[:, j] / np.linalg.norm(a_off[:, j]) / np.linalg.norm(n_off[:, j])
+        )
+        assert cosine > 0.99
+
+
 @pytest.mark.parametrize(
     "case",
     ["no_baseline", "peak_in_gap", "u0_above_1", "constant", "outliers", "few_points"],

@@ -5,8 +5,9 @@ u = sqrt(u0^2 + ((t - t0)/tE)^2) and A(u) = (u^2 + 2)/(u sqrt(u^2 + 4)): a sourc
 a blend flux per dataset (different instruments and bands), solved linearly for each
 trial (t0, tE, u0). The nonlinear parameters come from a coarse vectorised grid around
 the brightest part of the lightcurve, refined by scipy.optimize.least_squares (with
-the linear fluxes profiled out, so the covariance of (t0, tE, u0) comes from its
-Jacobian). The tests check A(u) and fitted parameters against MulensModel.
+the linear fluxes profiled out and the analytic variable-projection Jacobian, from
+which the covariance of (t0, tE, u0) comes). The tests check A(u) and fitted
+parameters against MulensModel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-__all__ = ["FLUX_ZERO_POINT", "PsplFit", "fit_pspl", "mag_to_flux", "magnification"]
+__all__ = [
+    "FLUX_ZERO_POINT",
+    "PsplFit",
+    "fit_pspl",
+    "mag_to_flux",
+    "magnification",
+    "projected_jacobian",
+]
 
 FLUX_ZERO_POINT = 18.0
 """Fluxes are 10^(-0.4 (mag - 18)): about 1 for a typical bulge star."""
@@ -123,6 +131,50 @@ def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=
     return fs, fb, chi2
 
 
+def projected_jacobian(
+    p: np.ndarray,
+    t: np.ndarray,
+    flux: np.ndarray,
+    w: np.ndarray,
+    onehot: np.ndarray,
+    ds: np.ndarray,
+) -> np.ndarray:
+    """The (n_points, 3) Jacobian of the weighted residuals sqrt(w) (F - fs_d A - fb_d)
+    with respect to p = (t0, ln tE, u0), the fluxes solved linearly: the variable-
+    projection Jacobian of Kaufman (1975), i.e. the derivatives with the fluxes held,
+    projected off each dataset's span of (sqrt(w) A, sqrt(w)). Exact where the residuals
+    vanish. Analytic, it saves least_squares three residual evaluations per step (with
+    finite differences the fits of 40 injected events took 82 instead of 50 ms each) and
+    is what the covariance of the profiled parameters needs."""
+    n_ds = onehot.shape[1]
+    sw = np.sqrt(w)
+    te = math.exp(p[1])
+    tau = (t - p[0]) / te
+    u = np.maximum(np.hypot(p[2], tau), 1e-10)
+    u2 = u * u
+    a = (u2 + 2.0) / (u * np.sqrt(u2 + 4.0))
+    fs, _fb, _ = _linear(a[None, :], flux, w, onehot, ds)
+    # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
+    scale = sw * fs[0][ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
+    g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
+    # project each column off span{sw A, sw} within each dataset (2x2 normal equations)
+    swa = sw * a
+    s_aa = np.bincount(ds, swa * swa, minlength=n_ds)
+    s_a = np.bincount(ds, swa * sw, minlength=n_ds)
+    s_1 = np.bincount(ds, w, minlength=n_ds)
+    det = s_aa * s_1 - s_a**2
+    flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
+    safe = np.where(flat, 1.0, det)
+    out = np.empty_like(g)
+    for j in range(3):
+        b_a = np.bincount(ds, swa * g[:, j], minlength=n_ds)
+        b_1 = np.bincount(ds, sw * g[:, j], minlength=n_ds)
+        c_a = np.where(flat, 0.0, (s_1 * b_a - s_a * b_1) / safe)
+        c_1 = np.where(flat, b_1 / s_1, (s_aa * b_1 - s_a * b_a) / safe)
+        out[:, j] = g[:, j] - swa * c_a[ds] - sw * c_1[ds]
+    return out
+
+
 def _peak_times(t: np.ndarray, pull: np.ndarray) -> list[float]:
     """Times where running sums of the clipped brightening pulls peak."""
     clipped = np.clip(pull, -5.0, 5.0)
@@ -179,37 +231,8 @@ def fit_pspl(
         a, fs, fb, _ = model(p)
         return sw * (flux - fs[ds] * a - fb[ds])
 
-    s_1 = np.bincount(ds, w, minlength=n_ds)
-
     def jacobian(p):
-        """The variable-projection Jacobian (Kaufman 1975) of the residuals: the
-        derivatives with the fluxes held, projected off each dataset's (A, 1) span.
-        Analytic, it saves least_squares three residual evaluations per step (the fits
-        took 3x longer with finite differences) and is what the covariance needs."""
-        te = math.exp(p[1])
-        tau = (t - p[0]) / te
-        u = np.maximum(np.hypot(p[2], tau), 1e-10)
-        u2 = u * u
-        a = (u2 + 2.0) / (u * np.sqrt(u2 + 4.0))
-        fs, _fb, _ = _linear(a[None, :], flux, w, onehot, ds)
-        # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
-        scale = sw * fs[0][ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
-        g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
-        # project each column off span{sw A, sw} within each dataset
-        swa = sw * a
-        s_aa = np.bincount(ds, swa * swa, minlength=n_ds)
-        s_a = np.bincount(ds, swa * sw, minlength=n_ds)
-        det = s_aa * s_1 - s_a**2
-        flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
-        safe = np.where(flat, 1.0, det)
-        out = np.empty_like(g)
-        for j in range(3):
-            b_a = np.bincount(ds, swa * g[:, j], minlength=n_ds)
-            b_1 = np.bincount(ds, sw * g[:, j], minlength=n_ds)
-            c_a = np.where(flat, 0.0, (s_1 * b_a - s_a * b_1) / safe)
-            c_1 = np.where(flat, b_1 / s_1, (s_aa * b_1 - s_a * b_a) / safe)
-            out[:, j] = g[:, j] - swa * c_a[ds] - sw * c_1[ds]
-        return out
+        return projected_jacobian(p, t, flux, w, onehot, ds)
 
     lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
     hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
