@@ -374,6 +374,10 @@ def quadrant_blocks(
         yield quadrant_ids[part], np.stack([cube.read_star(i) for i in part])
 
 
+READ_AHEAD_THREAD = "cube-read-ahead"
+"""Name prefix of the thread that reads a quadrant's next block."""
+
+
 def _read_ahead(
     cube: QuadrantCube, quadrant_ids: np.ndarray, per_block: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -391,7 +395,7 @@ def _read_ahead(
 
     # leaving the with block (the caller stopped early, or an error) waits for the read
     # in flight, so no thread outlives the pass or writes into a buffer given back
-    with ThreadPoolExecutor(1, thread_name_prefix="cube-read-ahead") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix=READ_AHEAD_THREAD) as pool:
         pending = pool.submit(read, 0)
         for k, start in enumerate(starts):
             block = pending.result()  # a read error is raised here, in the caller

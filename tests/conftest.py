@@ -6,11 +6,14 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+
+from romerea_vo.lightcurves import READ_AHEAD_THREAD
 
 from .pg import pg_cluster_fixture  # noqa: F401 (the session fixture pg_cluster)
 
@@ -28,6 +31,11 @@ def file_digests(directory: Path) -> dict[str, str]:
         for p in sorted(directory.iterdir())
         if p.is_file()
     }
+
+
+def read_ahead_threads() -> list[threading.Thread]:
+    """The cube read-ahead threads alive now (none once a pass has ended)."""
+    return [t for t in threading.enumerate() if t.name.startswith(READ_AHEAD_THREAD)]
 
 
 @pytest.fixture(scope="session")

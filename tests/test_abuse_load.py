@@ -9,6 +9,7 @@ Waits have generous timeouts so that a busy machine only makes them slower.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import tracemalloc
 import urllib.parse
@@ -260,8 +261,6 @@ def test_an_interrupt_before_the_statement_starts_is_repeated(request, backend):
     """An async job cancelled (execution duration, DELETE) just before its statement
     started left a runaway join running for ever: the engines forget an interrupt that
     comes before a statement. The job's interrupt is repeated until the runner returns."""
-    import threading
-
     from romerea_vo.store.session import QueryInterrupted
 
     target = request.getfixturevalue("tap_db" if backend == "duckdb" else "pg_tap_db")
@@ -299,8 +298,6 @@ def test_the_job_store_repeats_a_cancelled_jobs_interrupts(tmp_path):
     """The in-process job store repeats a cancelled job's callbacks until its runner
     returns (the PostgreSQL store does so on its heartbeat): a runner whose engine
     ignores the first interrupts still stops."""
-    import threading
-
     from romerea_vo.service.uws import JobStore
 
     heard = threading.Event()

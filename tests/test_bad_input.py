@@ -24,7 +24,7 @@ from romerea_vo.errors import (
 )
 from romerea_vo.products import open_field
 
-from .conftest import file_digests
+from .conftest import file_digests, read_ahead_threads
 
 FIELD = "ROME-FIELD-01"
 
@@ -89,8 +89,6 @@ def test_truncated_cube_data(field_copy):
 def test_cube_truncated_while_streamed(field_copy):
     """A file cut short under a running pass: the read ahead's error reaches the caller
     as FieldFormatError, and no reading thread is left behind."""
-    import threading
-
     path = field_copy / f"{FIELD}_quad4_photometry.hdf5"
     with open_field(field_copy) as field:
         blocks = lightcurves.quadrant_blocks(field, 4, block_bytes=1)
@@ -99,7 +97,7 @@ def test_cube_truncated_while_streamed(field_copy):
         with pytest.raises(FieldFormatError, match="ended early"):
             for _ in blocks:
                 pass
-    assert not [t for t in threading.enumerate() if t.name.startswith("cube-read-ahead")]
+    assert not read_ahead_threads()
 
 
 def test_truncated_hdf5_header(field_copy):

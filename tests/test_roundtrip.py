@@ -3,6 +3,8 @@ and extracted lightcurves carry the injected signals of the truth table."""
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from astropy.table import Table
 
 from romerea_vo import lightcurves
 from romerea_vo.products import open_field
+
+from .conftest import read_ahead_threads
 
 FIELD = "ROME-FIELD-01"
 
@@ -91,8 +95,6 @@ def test_streamed_blocks_are_the_cube_rows(field, synthetic_field, quadrant):
 def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_path):
     """Cubes that are not one contiguous array are read through h5py, in blocks of whole
     chunks; the statistics are those of the contiguous original."""
-    import shutil
-
     copy = shutil.copytree(synthetic_field, tmp_path / FIELD)
     path = copy / f"{FIELD}_quad2_photometry.hdf5"
     with h5py.File(path, "r") as h:
@@ -139,13 +141,11 @@ def test_streamed_points_are_each_stars_points(field, quality):
 
 
 def test_a_pass_stopped_early_leaves_no_reading_thread(field):
-    import threading
-
     blocks = lightcurves.quadrant_blocks(field, 1, block_bytes=1)  # one star per block
     next(blocks)
     next(blocks)  # the third block is being read ahead now
     blocks.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("cube-read-ahead")]
+    assert not read_ahead_threads()
 
 
 def test_quality_cuts(field, synthetic_field):

@@ -227,7 +227,7 @@ class QuadrantCube:
         """Contiguous star rows [start, stop) with every image: the streaming path.
 
         With ``out`` (C-contiguous float64 of at least ``stop - start`` rows), the rows are
-        read into its first rows and that view is returned: a stream reusing one buffer
+        read into its first rows and that view is returned: a stream reusing its buffers
         touches its memory once, where a fresh 128 MiB array per block costs a page fault
         per 4 KiB (measured: 3 GB read 4x slower into fresh arrays than into one buffer)."""
         if out is not None:

@@ -101,6 +101,21 @@ class PsplFit:
         return np.where(known, self.fs[k] * magnification(u) + self.fb[k], np.nan)
 
 
+def _solve_per_dataset(s_aa, s_a, s_1, b_a, b_1):
+    """Per dataset, (c_a, c_1) of the weighted least-squares b = c_a A + c_1, from its
+    normal equations [[s_aa, s_a], [s_a, s_1]] (c_a, c_1) = (b_a, b_1). Where A is
+    constant over a dataset's points (singular) the constant takes all: c_a = 0,
+    c_1 = b_1 / s_1. For the fluxes (b = the flux: c_a = fs, c_1 = fb) and for the
+    projection of the Jacobian's columns."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # A = inf at u = 0: NaN, no noise
+        det = s_aa * s_1 - s_a**2
+        flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
+        safe = np.where(flat, 1.0, det)
+        c_a = np.where(flat, 0.0, (s_1 * b_a - s_a * b_1) / safe)
+        c_1 = np.where(flat, b_1 / s_1, (s_aa * b_1 - s_a * b_a) / safe)
+    return c_a, c_1
+
+
 def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=None):
     """Per trial (rows of a) and dataset: the weighted least-squares fs, fb and chi2.
     With ``ds`` (one trial): per-dataset sums by bincount instead of the matrix."""
@@ -119,14 +134,7 @@ def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=
         s_af = (aw * f) @ onehot
         s_1 = w @ onehot
         s_f = (w * f) @ onehot
-    det = s_aa * s_1 - s_a**2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fs = (s_1 * s_af - s_a * s_f) / det
-        fb = (s_aa * s_f - s_a * s_af) / det
-    # degenerate (A constant over a dataset's points): the blend takes all the flux
-    flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
-    fs = np.where(flat, 0.0, fs)
-    fb = np.where(flat, s_f / s_1, fb)
+    fs, fb = _solve_per_dataset(s_aa, s_a, s_1, s_af, s_f)
     chi2 = float(np.sum(w * f * f)) - np.sum(fs * s_af + fb * s_f, axis=-1)
     return fs, fb, chi2
 
@@ -153,24 +161,24 @@ def projected_jacobian(
     u = np.maximum(np.hypot(p[2], tau), 1e-10)
     u2 = u * u
     a = (u2 + 2.0) / (u * np.sqrt(u2 + 4.0))
-    fs, _fb, _ = _linear(a[None, :], flux, w, onehot, ds)
-    # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
-    scale = sw * fs[0][ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
-    g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
-    # project each column off span{sw A, sw} within each dataset (2x2 normal equations)
     swa = sw * a
-    s_aa = np.bincount(ds, swa * swa, minlength=n_ds)
-    s_a = np.bincount(ds, swa * sw, minlength=n_ds)
-    s_1 = np.bincount(ds, w, minlength=n_ds)
-    det = s_aa * s_1 - s_a**2
-    flat = ~(np.abs(det) > 1e-12 * np.maximum(s_aa * s_1, 1e-300))
-    safe = np.where(flat, 1.0, det)
+
+    def per_dataset(x):
+        return np.bincount(ds, x, minlength=n_ds)
+
+    s_aa, s_a, s_1 = per_dataset(swa * swa), per_dataset(swa * sw), per_dataset(w)
+    fs, _fb = _solve_per_dataset(
+        s_aa, s_a, s_1, per_dataset(swa * sw * flux), per_dataset(w * flux)
+    )
+    # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
+    scale = sw * fs[ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
+    g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
+    # each column projected off span{sw A, sw} within each dataset
     out = np.empty_like(g)
     for j in range(3):
-        b_a = np.bincount(ds, swa * g[:, j], minlength=n_ds)
-        b_1 = np.bincount(ds, sw * g[:, j], minlength=n_ds)
-        c_a = np.where(flat, 0.0, (s_1 * b_a - s_a * b_1) / safe)
-        c_1 = np.where(flat, b_1 / s_1, (s_aa * b_1 - s_a * b_a) / safe)
+        c_a, c_1 = _solve_per_dataset(
+            s_aa, s_a, s_1, per_dataset(swa * g[:, j]), per_dataset(sw * g[:, j])
+        )
         out[:, j] = g[:, j] - swa * c_a[ds] - sw * c_1[ds]
     return out
 

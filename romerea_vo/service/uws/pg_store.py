@@ -59,7 +59,7 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import InvalidRequestError, RomeReaError
 from ...store.postgres import POSTGRES_EXTRA, PostgresError
 
-try:  # psycopg and psycopg_pool come with the optional postgres extra
+try:  # psycopg, psycopg_pool: the optional extra, pip install 'romerea-vo[postgres]'
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict
