@@ -622,12 +622,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     if is_postgres_url(args.db):
         summaries = ingest_fields_pg(
-            args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
+            args.db,
+            args.field_dirs,
+            authority=args.authority,
+            progress=not args.quiet,
+            workers=args.workers,
         )
         shown = redact(args.db)
     else:
         summaries = ingest_fields(
-            args.db, args.field_dirs, authority=args.authority, progress=not args.quiet
+            args.db,
+            args.field_dirs,
+            authority=args.authority,
+            progress=not args.quiet,
+            workers=args.workers,
         )
         shown = str(Path(args.db).resolve())
     for summary in summaries:
@@ -964,6 +972,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="DuckDB file (created if absent) or postgresql://user@host/dbname (with pgSphere)",
     )
     p.add_argument("--authority", help="publisher DID authority, e.g. ivo://example.org/rome")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes for the statistics pass (default: one per core for a "
+                   "large field, one for a small one)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import fcntl
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -98,6 +99,18 @@ def test_cube_truncated_while_streamed(field_copy):
             for _ in blocks:
                 pass
     assert not read_ahead_threads()
+
+
+def test_a_worker_processes_error_reaches_the_caller(field_copy, tmp_path):
+    """A cube the worker processes cannot open (gone after this process opened it): the
+    worker's FieldFormatError is raised here, and the workers are gone."""
+    path = field_copy / f"{FIELD}_quad4_photometry.hdf5"
+    with open_field(field_copy) as field:
+        field.cube(4)
+        path.rename(tmp_path / path.name)
+        with pytest.raises(FieldFormatError, match="quad4"):
+            lightcurves.field_statistics(field, workers=2)
+    assert not multiprocessing.active_children()
 
 
 def test_truncated_hdf5_header(field_copy):

@@ -67,7 +67,8 @@ def count_stars(tap_url: str) -> dict[str, int]:
 
 def test_ingest_then_serve_db_alone(tmp_path, second_field):
     db = tmp_path / "rome.duckdb"
-    out = run_cli("ingest", str(second_field), "--db", str(db), "--quiet").stdout
+    # two worker processes for the statistics pass, as a big field gets by default
+    out = run_cli("ingest", str(second_field), "--db", str(db), "--quiet", "--workers", "2").stdout
     assert "ROME-FIELD-02" in out and db.exists()
     proc, url = start_service("serve", "--db", str(db))
     try:

@@ -119,6 +119,28 @@ def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_pat
         np.testing.assert_array_equal(stats.stats[name], expected.stats[name], err_msg=name)
 
 
+def test_the_pass_in_worker_processes_gives_the_same_tables(field):
+    """Pieces of the cubes computed in two processes, merged in whatever order they
+    finish: the same rows, in the same order, as the pass in this process (values equal
+    to the last bit or two: numpy's sums may vectorise differently over blocks of
+    other shapes)."""
+    some = [3, 411, 799, 800, 17]
+    for ids in (None, some):
+        alone = lightcurves.field_statistics(field, field_ids=ids)
+        shared = lightcurves.field_statistics(field, field_ids=ids, workers=2)
+        assert (alone.workers, shared.workers) == (1, 2)
+        assert shared.n_fits == alone.n_fits and len(shared.candidates) == len(alone.candidates)
+        for mine, theirs in ((shared.stats, alone.stats), (shared.candidates, alone.candidates)):
+            assert mine.colnames == theirs.colnames
+            for name in theirs.colnames:
+                if theirs[name].dtype.kind == "f":
+                    np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-12, err_msg=name)
+                else:
+                    np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+    assert set(alone.stats["field_id"]) <= set(some)
+    assert not read_ahead_threads()
+
+
 @pytest.mark.parametrize("quality", ["good", "all"])
 def test_streamed_points_are_each_stars_points(field, quality):
     """quadrant_points (export's reader) gives every star's points as read_points does:

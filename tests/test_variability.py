@@ -3,6 +3,7 @@ numpy straight from the published definitions, and MulensModel for the PSPL mode
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -334,3 +335,59 @@ def test_degenerate_cases_never_crash_nor_give_unflagged_nans(case):
         assert row["classification"] != "candidate" or row["te_err"] > 50
     if case == "u0_above_1":
         assert row["classification"] == "candidate" and row["u0"] > 0.8
+
+
+def test_fit_converges_on_a_high_magnification_event():
+    """u0 ~ 0.005: least_squares must not stop on its step tolerance before u0 and tE
+    are found (it did while t0 was an absolute HJD: steps of 0.02 looked converged)."""
+    rng = np.random.default_rng(12)
+    t, mag, err, ds = _simulated_event(rng, t0=2458300.0, te=12.0, u0=0.002, n=3000)
+    fit = pspl.fit_pspl(t, mag, err, ds)
+    assert fit is not None and fit.converged
+    assert abs(fit.tE - 12.0) < max(4 * fit.tE_err, 0.05)
+    assert abs(fit.u0 - 0.002) < max(4 * fit.u0_err, 0.001)
+    assert fit.chi2 / fit.dof == pytest.approx(1.0, abs=0.15)
+
+
+def test_an_event_peaking_in_a_season_gap_is_seen_in_its_wings():
+    """No point within t0 +- tE, but hundreds on the wings where the model is well above
+    its baseline: a candidate, not an artefact with 'few points in the window'."""
+    rng = np.random.default_rng(5)
+    t, mag, err, ds = _simulated_event(rng, t0=2458100.0, te=40.0, u0=0.1)
+    row = candidates.candidate_row(t, mag, err, ds, np.array([2, 1, 0]))
+    assert row["n_in_window"] == 0
+    assert row["flags"] == 0 and row["classification"] == "candidate"
+
+
+def _reference_correlation(t, ds, pull, baseline):
+    """r1 sqrt(n) straight from the column's description."""
+    a, b = [], []
+    for d in np.unique(ds):
+        sel = np.flatnonzero((ds == d) & baseline & (np.abs(pull) < 4))
+        sel = sel[np.argsort(t[sel])]
+        for i, j in itertools.pairwise(sel):
+            if t[j] - t[i] < 10:
+                a.append(pull[i])
+                b.append(pull[j])
+    a, b = np.array(a), np.array(b)
+    return np.sum(a * b) / math.sqrt(np.sum(a * a) * np.sum(b * b)) * math.sqrt(a.size)
+
+
+def test_baseline_correlation_separates_red_giant_variability_from_white_noise():
+    rng = np.random.default_rng(9)
+    t, mag, err, ds = _simulated_event(rng)
+    baseline = np.abs(t - 2458210.0) > 44.0
+    pull = rng.normal(0, 1, t.size)
+    pull[:3] = 50.0  # outliers are left out
+    assert candidates._baseline_correlation(t, ds, pull, baseline) == pytest.approx(
+        _reference_correlation(t, ds, pull, baseline), rel=1e-12
+    )
+    white = candidates.candidate_row(t, mag, err, ds, np.array([2, 1, 0]))
+    assert abs(white["baseline_correlation"]) < 4 and white["classification"] == "candidate"
+    # a semi-regular variable's slow wander (0.03 mag, ~60 d) under the same event: the
+    # baseline's median residual hardly moves, its autocorrelation does
+    slow = 0.03 * np.sin(2 * np.pi * t / 60.0) + 0.02 * np.sin(2 * np.pi * t / 97.0 + 1.0)
+    red = candidates.candidate_row(t, mag + slow, err, ds, np.array([2, 1, 0]))
+    assert red["baseline_correlation"] > candidates.MAX_BASELINE_CORRELATION
+    assert red["flags"] & candidates.FLAGS["variable_baseline"]
+    assert red["classification"] == "variable"

@@ -337,10 +337,13 @@ def obscore_table(field: Field, tables: dict[str, pa.Table], authority: str) -> 
     return _build(schema, n, get)
 
 
-def field_tables(field: Field, *, authority: str, progress: bool = False) -> dict[str, pa.Table]:
+def field_tables(
+    field: Field, *, authority: str, progress: bool = False, workers: int | None = 1
+) -> dict[str, pa.Table]:
     """Every published table's rows for one field (the ``rome`` tables and
-    ``ivoa.obscore``), keyed by table name."""
-    passed = field_statistics(field, progress=progress)
+    ``ivoa.obscore``), keyed by table name; ``workers``: processes for the statistics
+    pass (see :func:`romerea_vo.lightcurves.field_statistics`)."""
+    passed = field_statistics(field, progress=progress, workers=workers)
     tables = {
         "field_index": field_index_table(field, authority),
         "stars": stars_table(field),

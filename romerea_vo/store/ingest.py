@@ -123,10 +123,12 @@ def ingest_fields(
     *,
     authority: str | None = None,
     progress: bool = False,
+    workers: int | None = 1,
 ) -> list[dict]:
     """Load (or replace) fields in the DuckDB file ``db_path``, all in one transaction.
 
-    Returns one summary dict per field. On any error nothing is changed.
+    Returns one summary dict per field. On any error nothing is changed. ``workers``:
+    processes for each field's statistics pass (None: chosen by the field's size).
     """
     db_path = Path(db_path)
     field_dirs = [Path(d) for d in field_dirs]
@@ -146,7 +148,9 @@ def ingest_fields(
             did_authority = _authority(con, authority)
             for directory in field_dirs:
                 with open_field(directory) as field:
-                    tables = field_tables(field, authority=did_authority, progress=progress)
+                    tables = field_tables(
+                        field, authority=did_authority, progress=progress, workers=workers
+                    )
                     for name, rows in tables.items():
                         _replace_rows(con, name, rows, field.name)
                     con.execute(

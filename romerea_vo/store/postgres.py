@@ -303,9 +303,11 @@ def ingest_fields_pg(
     *,
     authority: str | None = None,
     progress: bool = False,
+    workers: int | None = 1,
 ) -> list[dict]:
     """Load (or replace) fields in a PostgreSQL database, in one transaction; on any error
-    nothing is changed. Returns one summary dict per field."""
+    nothing is changed. Returns one summary dict per field; ``workers`` as for
+    :func:`romerea_vo.store.ingest_fields`."""
     psycopg = _psycopg()
     con = connect(url)
     summaries = []
@@ -321,7 +323,9 @@ def ingest_fields_pg(
                 did_authority = _authority(cur, authority)
                 for directory in field_dirs:
                     with open_field(directory) as field:
-                        tables = field_tables(field, authority=did_authority, progress=progress)
+                        tables = field_tables(
+                            field, authority=did_authority, progress=progress, workers=workers
+                        )
                         for name, rows in tables.items():
                             _replace_rows(cur, load_table_schema(name), rows, field.name)
                         cur.execute(

@@ -32,10 +32,11 @@ FLUX_ZERO_POINT = 18.0
 TE_RANGE = (0.1, 1000.0)  # days: the bounds of the refinement
 U0_MAX = 3.0
 _TE_GRID = np.geomspace(1.0, 300.0, 9)
-_U0_GRID = np.array([0.05, 0.3, 0.7, 1.2])
+_U0_GRID = np.array([0.01, 0.05, 0.3, 0.7, 1.2])
 _T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
 _STARTS = 2  # refinements, from the best grid points of different tE
 _PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
+_TOLERANCES = {"ftol": 1e-8, "xtol": 1e-8}
 _HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
 
 
@@ -44,6 +45,18 @@ def magnification(u: np.ndarray) -> np.ndarray:
     u = np.asarray(u, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (u**2 + 2.0) / (u * np.sqrt(u**2 + 4.0))
+
+
+def _magnification_of_squared(s: np.ndarray) -> np.ndarray:
+    """A from u^2, overwriting ``s``: (s + 2) / sqrt(s (s + 4)). One square root where
+    hypot and :func:`magnification` take two: the coarse grid (~450 trials x every
+    point) took 9 instead of 21 ms per fit."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = s * (s + 4.0)
+        np.sqrt(root, out=root)
+        s += 2.0
+        s /= root
+    return s
 
 
 def band_model_mag(
@@ -223,7 +236,9 @@ def fit_pspl(
     t0 = (np.array(peaks)[None, :, None] + _TE_GRID[:, None, None] * _T0_OFFSETS).ravel()
     t0, te = np.repeat(t0, _U0_GRID.size), np.repeat(te, _U0_GRID.size)
     u0 = np.tile(_U0_GRID, t0.size // _U0_GRID.size)
-    a = magnification(np.hypot(u0[:, None], (t[None, :] - t0[:, None]) / te[:, None]))
+    tau = (t[None, :] - t0[:, None]) / te[:, None]
+    tau *= tau
+    a = _magnification_of_squared(tau + (u0 * u0)[:, None])
     fs, _fb, chi2 = _linear(a, flux, w, onehot)
     # an event brightens: the source flux of the best-sampled dataset must be positive
     main = int(np.argmax(np.bincount(ds, minlength=n_ds)))
@@ -231,19 +246,25 @@ def fit_pspl(
     sw = np.sqrt(w)
 
     def model(p):
-        a = magnification(np.hypot(p[2], (t - p[0]) / math.exp(p[1])))[None, :]
+        tau = (t - p[0]) / math.exp(p[1])
+        a = _magnification_of_squared(tau * tau + p[2] * p[2])[None, :]
         fs, fb, chi2 = _linear(a, flux, w, onehot, ds)
         return a[0], fs[0], fb[0], float(chi2[0])
 
-    def residuals(p):
-        a, fs, fb, _ = model(p)
+    # least_squares sees t0 relative to its start's: its step tolerance is relative to
+    # the parameters' size, and an absolute HJD (2.46e6) makes it stop after steps of
+    # 0.02 in (t0, ln tE, u0) together -- short of the u0 ~ 0.005 of a high-magnification
+    # event (4 of 11 missed events of a tuning field stopped that way)
+    def residuals(p, ref):
+        a, fs, fb, _ = model((p[0] + ref, p[1], p[2]))
         return sw * (flux - fs[ds] * a - fb[ds])
 
-    def jacobian(p):
-        return projected_jacobian(p, t, flux, w, onehot, ds)
+    def jacobian(p, ref):
+        return projected_jacobian(p, t - ref, flux, w, onehot, ds)
 
-    lo = [t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0]
-    hi = [t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX]
+    lo = np.array([t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
+    hi = np.array([t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
+    shift = np.array([1.0, 0.0, 0.0])
     # refine the best grid point of each of the _STARTS best tE values; keep the best
     best_of_te: dict[float, int] = {}
     for k in np.argsort(chi2):
@@ -255,17 +276,20 @@ def fit_pspl(
     p, converged, jac, chi2_fit = None, False, None, np.inf
     for k in best_of_te.values():
         start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
+        ref = float(start[0])
         try:
             res = least_squares(
                 residuals,
-                start,
+                start - ref * shift,
                 jac=jacobian,
-                bounds=(lo, hi),
+                bounds=(lo - ref * shift, hi - ref * shift),
                 loss="soft_l1",
                 f_scale=_HUBER,
                 x_scale="jac",
+                args=(ref,),
+                **_TOLERANCES,
             )
-            trial, ok, trial_jac = res.x, bool(res.success), res.jac
+            trial, ok, trial_jac = res.x + ref * shift, bool(res.success), res.jac
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             trial, ok, trial_jac = start, False, None
         trial_chi2 = model(trial)[3]
