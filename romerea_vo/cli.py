@@ -520,7 +520,8 @@ def _ensure_ingested(
             return
     if not quiet:
         print(f"ingesting {len(directories)} field(s) into {db_path} ...", flush=True)
-    for summary in ingest_fields(db_path, directories, progress=not quiet):
+    # workers=None: as many processes as cores for a large field, as `ingest` does
+    for summary in ingest_fields(db_path, directories, progress=not quiet, workers=None):
         if not quiet:
             print("  " + ", ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
 
