@@ -575,8 +575,9 @@ class _PassPlan:
     """What every piece of a pass computes (the same in each worker)."""
 
     mag_col: str
-    filters: tuple[str, ...]
+    filters: tuple[str, ...]  # those with images
     fit_candidates: bool
+    geometry_filters: tuple[str, ...]  # the images of _FieldGeometry
 
 
 @dataclass
@@ -687,12 +688,13 @@ _worker_state: dict = {}
 
 
 def _worker_task(directory: str, name: str, plan: _PassPlan, task: _PassTask) -> _PassPart:
-    key = (directory, name, plan.filters)
+    key = (directory, name, plan.geometry_filters)
     if _worker_state.get("key") != key:
         if "field" in _worker_state:
             _worker_state["field"].close()
         field = open_field(directory, name)
-        _worker_state.update(key=key, field=field, geo=_FieldGeometry(field, list(plan.filters)))
+        geo = _FieldGeometry(field, list(plan.geometry_filters))
+        _worker_state.update(key=key, field=field, geo=geo)
     return _run_task(_worker_state["field"], _worker_state["geo"], plan, task)
 
 
@@ -775,7 +777,7 @@ def field_statistics(
     mag_col = _mag_column(field.photometry_layout, mag_column)
     filters = list(filters) if filters is not None else list(layout.FILTERS)
     selected = [f for f in filters if len(field.select_images([f]))]
-    plan = _PassPlan(mag_col, tuple(selected), fit_candidates)
+    plan = _PassPlan(mag_col, tuple(selected), fit_candidates, tuple(selected or filters))
     total = field.n_stars if wanted is None else len(wanted)
     if workers is None:
         big = total * field.n_images >= PARALLEL_MIN_POINTS
@@ -784,7 +786,7 @@ def field_statistics(
     if workers > 1 and len(tasks) > 1:
         parts = _parallel_parts(field, plan, tasks, workers)
     else:
-        geo = _FieldGeometry(field, selected or filters)
+        geo = _FieldGeometry(field, list(plan.geometry_filters))
         parts = (_run_task(field, geo, plan, task) for task in tasks)
     result = _PassPart.empty()
     with tqdm(total=total, unit="star", disable=not progress, desc=f"{field.name} stats") as bar:

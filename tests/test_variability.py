@@ -338,7 +338,7 @@ def test_degenerate_cases_never_crash_nor_give_unflagged_nans(case):
 
 
 def test_fit_converges_on_a_high_magnification_event():
-    """u0 ~ 0.005: least_squares must not stop on its step tolerance before u0 and tE
+    """u0 = 0.002: least_squares must not stop on its step tolerance before u0 and tE
     are found (it did while t0 was an absolute HJD: steps of 0.02 looked converged)."""
     rng = np.random.default_rng(12)
     t, mag, err, ds = _simulated_event(rng, t0=2458300.0, te=12.0, u0=0.002, n=3000)

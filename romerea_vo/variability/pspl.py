@@ -36,7 +36,6 @@ _U0_GRID = np.array([0.01, 0.05, 0.3, 0.7, 1.2])
 _T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
 _STARTS = 2  # refinements, from the best grid points of different tE
 _PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
-_TOLERANCES = {"ftol": 1e-8, "xtol": 1e-8}
 _HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
 
 
@@ -49,8 +48,8 @@ def magnification(u: np.ndarray) -> np.ndarray:
 
 def _magnification_of_squared(s: np.ndarray) -> np.ndarray:
     """A from u^2, overwriting ``s``: (s + 2) / sqrt(s (s + 4)). One square root where
-    hypot and :func:`magnification` take two: the coarse grid (~450 trials x every
-    point) took 9 instead of 21 ms per fit."""
+    hypot and :func:`magnification` take two: 2.5x faster on the coarse grid (~450
+    trials x every point of a star)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         root = s * (s + 4.0)
         np.sqrt(root, out=root)
@@ -287,7 +286,6 @@ def fit_pspl(
                 f_scale=_HUBER,
                 x_scale="jac",
                 args=(ref,),
-                **_TOLERANCES,
             )
             trial, ok, trial_jac = res.x + ref * shift, bool(res.success), res.jac
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
