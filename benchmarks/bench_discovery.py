@@ -29,7 +29,7 @@ from astropy.table import Table, join
 from baselines import read_files
 from scipy.stats import rankdata
 
-from romerea_vo.lightcurves import field_statistics, read_points
+from romerea_vo.lightcurves import read_points
 from romerea_vo.products import open_field
 from romerea_vo.products.synthetic import (
     IRREGULAR_KINDS,
@@ -38,6 +38,7 @@ from romerea_vo.products.synthetic import (
     synthesize_field,
     truth_filename,
 )
+from romerea_vo.statistics_pass import field_statistics
 from romerea_vo.variability.pspl import magnification
 
 FIELD = "ROME-FIELD-01"

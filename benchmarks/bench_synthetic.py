@@ -25,7 +25,7 @@ import json, resource, sys, time
 from pathlib import Path
 from romerea_vo.products.synthetic import synthesize_field
 from romerea_vo.products import open_field
-from romerea_vo.lightcurves import lightcurve_statistics
+from romerea_vo.statistics_pass import lightcurve_statistics
 out, n_stars, n_images = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 synthesize_field(out, n_stars=n_stars, n_images=n_images, seed=1)

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from romerea_vo import lightcurves
+from romerea_vo import lightcurves, statistics_pass
 from romerea_vo.errors import (
     CompressedFieldError,
     CubeShapeError,
@@ -109,7 +109,7 @@ def test_a_worker_processes_error_reaches_the_caller(field_copy, tmp_path):
         field.cube(4)
         path.rename(tmp_path / path.name)
         with pytest.raises(FieldFormatError, match="quad4"):
-            lightcurves.field_statistics(field, workers=2)
+            statistics_pass.field_statistics(field, workers=2)
     assert not multiprocessing.active_children()
 
 

@@ -13,8 +13,9 @@ from astropy.table import Table
 
 from romerea_vo.cli import main
 from romerea_vo.export_lightcurves import quadrant_path
-from romerea_vo.lightcurves import lightcurve_statistics, read_points
+from romerea_vo.lightcurves import read_points
 from romerea_vo.products import open_field
+from romerea_vo.statistics_pass import lightcurve_statistics
 
 
 def digests(root) -> dict[str, str]:

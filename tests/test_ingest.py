@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from romerea_vo.errors import RomeReaError
-from romerea_vo.lightcurves import lightcurve_statistics
 from romerea_vo.products import open_field
+from romerea_vo.statistics_pass import lightcurve_statistics
 from romerea_vo.store import Database, ingest_fields
 from romerea_vo.votable.schema import adql_column_name, tap_tables
 from tests.conftest import file_digests

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"votable"},
     {"variability"},
     {"lightcurves"},
+    {"statistics_pass"},
     {"store"},
     {"xmatch"},
     {"lightcurve_documents"},

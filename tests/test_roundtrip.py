@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from romerea_vo import lightcurves
+from romerea_vo import lightcurves, statistics_pass
 from romerea_vo.products import open_field
 
 from .conftest import read_ahead_threads
@@ -112,9 +112,9 @@ def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_pat
             got.append(block.copy())
         assert sizes[:-1] == [5] * (len(sizes) - 1)  # 7 rows' budget: one whole chunk
         np.testing.assert_array_equal(np.concatenate(got), raw)
-        stats = lightcurves.field_statistics(chunked, fit_candidates=False)
+        stats = statistics_pass.field_statistics(chunked, fit_candidates=False)
     with open_field(synthetic_field) as original:
-        expected = lightcurves.field_statistics(original, fit_candidates=False)
+        expected = statistics_pass.field_statistics(original, fit_candidates=False)
     for name in expected.stats.colnames:
         np.testing.assert_array_equal(stats.stats[name], expected.stats[name], err_msg=name)
 
@@ -126,8 +126,8 @@ def test_the_pass_in_worker_processes_gives_the_same_tables(field):
     other shapes)."""
     some = [3, 411, 799, 800, 17]
     for ids in (None, some):
-        alone = lightcurves.field_statistics(field, field_ids=ids)
-        shared = lightcurves.field_statistics(field, field_ids=ids, workers=2)
+        alone = statistics_pass.field_statistics(field, field_ids=ids)
+        shared = statistics_pass.field_statistics(field, field_ids=ids, workers=2)
         assert (alone.workers, shared.workers) == (1, 2)
         assert shared.n_fits == alone.n_fits and len(shared.candidates) == len(alone.candidates)
         for mine, theirs in ((shared.stats, alone.stats), (shared.candidates, alone.candidates)):

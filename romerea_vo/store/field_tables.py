@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..ids import did_prefix
-from ..lightcurves import field_statistics
 from ..products import layout
 from ..products.reader import Field
+from ..statistics_pass import field_statistics
 from ..votable.schema import TableSchema, load_table_schema
 from .ddl import ARROW_TYPES
 
@@ -342,7 +342,7 @@ def field_tables(
 ) -> dict[str, pa.Table]:
     """Every published table's rows for one field (the ``rome`` tables and
     ``ivoa.obscore``), keyed by table name; ``workers``: processes for the statistics
-    pass (see :func:`romerea_vo.lightcurves.field_statistics`)."""
+    pass (see :func:`romerea_vo.statistics_pass.field_statistics`)."""
     passed = field_statistics(field, progress=progress, workers=workers)
     tables = {
         "field_index": field_index_table(field, authority),

@@ -422,7 +422,7 @@ class DirectoryRome:
         are read)."""
         from astropy.table import vstack
 
-        from ..lightcurves import lightcurve_statistics
+        from ..statistics_pass import lightcurve_statistics
 
         parts = []
         for code, name in enumerate(stars.names):
