@@ -244,7 +244,7 @@ _TASKS_PER_WORKER = 8  # pieces small enough that the workers finish together
 
 def _pass_tasks(field: Field, wanted: np.ndarray | None, workers: int) -> list[_PassTask]:
     """The pass cut into pieces: one per quadrant, or, for several workers, about
-    _TASKS_PER_WORKER per worker in whole blocks (rows stay in order within a piece)."""
+    _TASKS_PER_WORKER per worker, each of whole HDF5 chunks (rows in order within it)."""
     quadrants = [q for q in layout.QUADRANTS if field.quadrant_counts[q]]
     total = field.n_stars if wanted is None else len(wanted)
     size = max(1, -(-total // (workers * _TASKS_PER_WORKER))) if workers > 1 else total
