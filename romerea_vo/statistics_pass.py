@@ -365,7 +365,8 @@ def field_statistics(
         big = total * field.n_images >= PARALLEL_MIN_POINTS
         workers = (os.cpu_count() or 1) if big else 1
     tasks = _pass_tasks(field, wanted, max(1, workers))
-    if workers > 1 and len(tasks) > 1:
+    workers = max(1, workers) if len(tasks) > 1 else 1
+    if workers > 1:
         parts = _parallel_parts(field, plan, tasks, workers)
     else:
         geo = _FieldGeometry(field, list(plan.geometry_filters))
@@ -377,8 +378,7 @@ def field_statistics(
             bar.update(part.n_stars)
     stats_table = _stats_table(field, result.stats, mag_col)
     cand_table = _candidates_table(field, result.cands, mag_col) if fit_candidates else None
-    used = workers if workers > 1 and len(tasks) > 1 else 1
-    return FieldStatistics(stats_table, cand_table, result.n_fits, result.fit_seconds, used)
+    return FieldStatistics(stats_table, cand_table, result.n_fits, result.fit_seconds, workers)
 
 
 def _stats_table(field: Field, collected: dict[str, list], mag_col: str) -> Table:

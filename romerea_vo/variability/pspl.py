@@ -254,16 +254,15 @@ def fit_pspl(
     # the parameters' size, and an absolute HJD (2.46e6) makes it stop after steps of
     # 0.02 in (t0, ln tE, u0) together -- short of the u0 ~ 0.005 of a high-magnification
     # event (4 of 11 missed events of a tuning field stopped that way)
-    def residuals(p, ref):
-        a, fs, fb, _ = model((p[0] + ref, p[1], p[2]))
+    def residuals(p, offset):
+        a, fs, fb, _ = model(p + offset)
         return sw * (flux - fs[ds] * a - fb[ds])
 
-    def jacobian(p, ref):
-        return projected_jacobian(p, t - ref, flux, w, onehot, ds)
+    def jacobian(p, offset):
+        return projected_jacobian(p + offset, t, flux, w, onehot, ds)
 
     lo = np.array([t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
     hi = np.array([t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
-    shift = np.array([1.0, 0.0, 0.0])
     # refine the best grid point of each of the _STARTS best tE values; keep the best
     best_of_te: dict[float, int] = {}
     for k in np.argsort(chi2):
@@ -275,19 +274,19 @@ def fit_pspl(
     p, converged, jac, chi2_fit = None, False, None, np.inf
     for k in best_of_te.values():
         start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
-        ref = float(start[0])
+        offset = np.array([start[0], 0.0, 0.0])
         try:
             res = least_squares(
                 residuals,
-                start - ref * shift,
+                start - offset,
                 jac=jacobian,
-                bounds=(lo - ref * shift, hi - ref * shift),
+                bounds=(lo - offset, hi - offset),
                 loss="soft_l1",
                 f_scale=_HUBER,
                 x_scale="jac",
-                args=(ref,),
+                args=(offset,),
             )
-            trial, ok, trial_jac = res.x + ref * shift, bool(res.success), res.jac
+            trial, ok, trial_jac = res.x + offset, bool(res.success), res.jac
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             trial, ok, trial_jac = start, False, None
         trial_chi2 = model(trial)[3]
