@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import itertools
 import os
 import queue
 import threading
@@ -496,6 +497,51 @@ def test_call_and_wait_keeps_a_reply_that_comes_at_once(tmp_path, hub_class):
         hub.stop()
 
 
+@pytest.mark.parametrize("hub_class", [SAMPHubServer, SampHub])
+def test_hub_events_reach_a_client_one_at_a_time_in_order(tmp_path, hub_class):
+    """A client registering makes the hub announce it (register, subscriptions, metadata)
+    to the others. pyvo's hub sends these concurrently, which loses events in JSAMP's
+    client tracker (TOPCAT listed the bridge without its subscriptions); ours sends the
+    next only once the one before is answered. The watcher holds the register event
+    until another event reaches it (at most 5 s)."""
+    from pyvo.samp import SAMPIntegratedClient
+
+    seen: list[tuple[str, str, float, float]] = []
+    another = threading.Event()
+
+    def on_event(private_key, sender_id, mtype, params, extra):
+        start = time.monotonic()
+        if mtype.endswith(".register"):
+            another.clear()
+            another.wait(5)
+        else:
+            another.set()
+        seen.append((mtype.rsplit(".", 1)[1], params["id"], start, time.monotonic()))
+
+    hub = start_hub(tmp_path / ".samp", hub_class)
+    watcher = SAMPIntegratedClient(name="watcher", addr="127.0.0.1")
+    newcomer = None
+    try:
+        watcher.connect(hub_params=hub.params)
+        for event in ("register", "subscriptions", "metadata"):
+            watcher.bind_receive_notification(f"samp.hub.event.{event}", on_event)
+        newcomer = Scripted(hub.params, "newcomer")
+        new_id = newcomer.client.get_public_id()
+        _wait(lambda: len([e for e in seen if e[1] == new_id]) >= 3, 60, "the hub's events")
+    finally:
+        for client in (newcomer and newcomer.client, watcher):
+            if client is not None and client.is_connected:
+                client.disconnect()
+        hub.stop()
+    events = sorted((e for e in seen if e[1] == new_id), key=lambda e: e[2])
+    overlapping = any(later[2] < earlier[3] for earlier, later in itertools.pairwise(events))
+    if hub_class is SAMPHubServer:
+        assert overlapping, events
+    else:
+        assert not overlapping, events
+        assert events[0][0] == "register" and events[-1][0] == "subscriptions", events
+
+
 def test_hub_start_mode(tmp_path, service_source):
     lockfile = tmp_path / ".samp"
     with Bridge(service_source, hub="start", lockfile=lockfile) as b:
@@ -652,16 +698,23 @@ def test_cli_samp_refuses_an_unreachable_service(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / ".samp").exists()
 
 
-def topcat_sees_one_bridge(control: int) -> bool:
-    """Whether TOPCAT's own client list (which its Send and Broadcast actions use) holds
-    exactly one romerea-vo, with its subscriptions (they may reach TOPCAT later)."""
+def wait_until_topcat_sees_one_bridge(control: int) -> None:
+    """Wait until TOPCAT's own client list (which its Send and Broadcast actions use)
+    holds exactly one romerea-vo, with its subscriptions (they may reach TOPCAT later);
+    on a timeout, say what TOPCAT listed."""
     from tests.conftest import topcat_command
 
-    bridges = [
-        c for c in topcat_command(control, "clients").get("clients", [])
-        if c.get("name") == "romerea-vo"
-    ]  # fmt: skip
-    return len(bridges) == 1 and set(SUBSCRIBED) <= set(bridges[0]["subscriptions"])
+    listed: list = []
+
+    def one_bridge() -> bool:
+        listed[:] = topcat_command(control, "clients").get("clients", [])
+        bridges = [c for c in listed if c.get("name") == "romerea-vo"]
+        return len(bridges) == 1 and set(SUBSCRIBED) <= set(bridges[0]["subscriptions"])
+
+    try:
+        _wait(one_bridge, 60, "TOPCAT to see the bridge")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; TOPCAT lists {listed}") from None
 
 
 @needs_topcat
@@ -686,7 +739,7 @@ def test_topcat_itself_sends_the_selection(topcat, tap_server, tap_result, good_
     tid = _wait(tap_table_id, 60, "TOPCAT to list the TAP result")
     source = open_source(service=tap_server)
     with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
-        _wait(lambda: topcat_sees_one_bridge(control), 60, "TOPCAT to see the bridge")
+        wait_until_topcat_sees_one_bridge(control)
         answer = topcat_command(control, f"select {tid} 0,2,4")
         assert answer.get("ok", True), answer
         expected = sum(good_points(str(table["did"][r])) for r in (0, 2, 4))
@@ -730,7 +783,7 @@ def test_topcat_subset_of_a_table_loaded_from_a_local_file(
     source = open_source(service=tap_server)
     try:
         with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
-            _wait(lambda: topcat_sees_one_bridge(control), 60, "TOPCAT to see the bridge")
+            wait_until_topcat_sees_one_bridge(control)
 
             for attempt in range(6):  # Interop > Send Table (again, should TOPCAT miss us)
                 assert topcat_command(control, f"broadcast-table {mine['id']}").get("ok", True)
@@ -774,7 +827,7 @@ def test_topcat_clicks_reach_a_restarted_bridge_and_lightcurves_plot_themselves(
     try:
         for row in (2, 8):  # one bridge, then a restarted one
             with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
-                _wait(lambda: topcat_sees_one_bridge(control), 60, "TOPCAT to see this bridge only")
+                wait_until_topcat_sees_one_bridge(control)
                 star = f"{FIELD} {int(table['field_id'][row])} lightcurve"
                 assert topcat_command(control, f"highlight {tid} {row}").get("ok", True)
                 _wait(lambda star=star: star in labels(), 120, f"TOPCAT to load {star}")
@@ -786,7 +839,7 @@ def test_topcat_clicks_reach_a_restarted_bridge_and_lightcurves_plot_themselves(
         # the same star once more (past the bridge's 2 s guard against TOPCAT's echo):
         # TOPCAT still holds its lightcurve, so it is highlighted there, not loaded again
         with Bridge(source, hub="connect", hub_params=client.hub.lockfile) as b:
-            _wait(lambda: topcat_sees_one_bridge(control), 60, "TOPCAT to see this bridge only")
+            wait_until_topcat_sees_one_bridge(control)
             count = len(labels())
             for n in (1, 2):
                 assert topcat_command(control, f"highlight {tid} 5").get("ok", True)

@@ -12,12 +12,24 @@ for. A recipient that answers at once - the bridge answering a ping, TOPCAT load
 small table - on a busy machine loses its reply, and the caller gets "Timeout expired!"
 after the full timeout (seen in the test suite on a loaded machine). :class:`SampHub`
 records the wait when the message id is made, before the message goes out.
+
+pyvo's hub also sends every hub event (``samp.hub.event.register``, ``.subscriptions``,
+``.metadata``, ``.unregister``) on a thread of its own, so a client registering reaches
+the others as up to three concurrent calls in any order. JSAMP's client tracker (TOPCAT,
+Aladin) handles an event for a client it does not know yet by holding it until the
+register event comes, but between applying what it holds and adding the new client it
+drops an event that arrives in that moment: TOPCAT then lists the client without its
+name or subscriptions and never sends it anything (seen in CI on a loaded machine).
+:class:`SampHub` delivers the hub's events to each client one at a time, in the order
+it made them, as JSAMP's own hub does.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -35,6 +47,8 @@ from ..errors import RomeReaError
 
 __all__ = ["SampHub", "default_lockfile", "start_hub_process"]
 
+log = logging.getLogger(__name__)
+
 _SYNC_TAG = "samp::sync::call"
 """pyvo's tag for the messages of callAndWait (the last part of its message ids)."""
 
@@ -49,12 +63,47 @@ class _SyncReplies(dict):
         super().__setitem__(msg_id, reply)
 
 
+_HUB_EVENT = "samp.hub.event."
+
+
 class SampHub(SAMPHubServer):
-    """pyvo's SAMP hub with the callAndWait race closed (see the module docstring)."""
+    """pyvo's SAMP hub with the callAndWait race closed and its events delivered in order
+    (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sync_msg_ids_heap = _SyncReplies()
+        self._events_lock = threading.Lock()
+        self._pending_events: dict[str, collections.deque] = {}
+
+    def _notify(self, private_key: str, recipient_id: str, message: dict) -> dict:
+        if private_key != self._hub_private_key or not str(
+            message.get("samp.mtype", "")
+        ).startswith(_HUB_EVENT):
+            return super()._notify(private_key, recipient_id, message)
+        with self._events_lock:
+            pending = self._pending_events.get(recipient_id)
+            if pending is not None:  # a delivery thread is at work for this client
+                pending.append(message)
+                return {}
+            self._pending_events[recipient_id] = collections.deque([message])
+        self._launch_thread(target=self._deliver_events, args=(private_key, recipient_id))
+        return {}
+
+    def _deliver_events(self, private_key: str, recipient_id: str) -> None:
+        """Send the hub's pending events to one client, each once the one before has
+        been answered; ``_notify_`` reports a failed delivery as a SAMPWarning."""
+        while True:
+            with self._events_lock:
+                pending = self._pending_events[recipient_id]
+                if not pending:
+                    del self._pending_events[recipient_id]
+                    return
+                message = pending.popleft()
+            try:
+                self._notify_(private_key, recipient_id, message)
+            except Exception:  # _notify_ reports its own; this keeps the queue moving
+                log.exception("hub event to SAMP client %s failed", recipient_id)
 
     def _get_new_hub_msg_id(self, sender_public_id: str, sender_msg_id: str) -> str:
         msg_id = super()._get_new_hub_msg_id(sender_public_id, sender_msg_id)
