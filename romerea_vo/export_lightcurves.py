@@ -36,7 +36,13 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import InvalidRequestError
-from .lightcurves import FLUX_ZERO_POINT, QUALITIES, flux_from_mag, quadrant_points
+from .lightcurves import (
+    FLUX_ZERO_POINT,
+    QUALITIES,
+    flux_from_mag,
+    produced_ahead,
+    quadrant_points,
+)
 from .products import layout
 from .products.reader import Field
 from .votable.formats import write_result
@@ -115,7 +121,7 @@ def _write_quadrant(
     partial = path.with_name(f".{path.name}.partial")
     partial.parent.mkdir(parents=True, exist_ok=True)
     chunks = write_result(
-        _batches(field, quadrant, quality, field_ids, counter),
+        produced_ahead(_batches(field, quadrant, quality, field_ids, counter)),
         _fields(lay),
         "parquet",
         resource_infos=infos,

@@ -54,6 +54,7 @@ from .lightcurves import (
     QUALITIES,
     PointArrays,
     flux_from_mag,
+    produced_ahead,
     read_points,
 )
 from .products import layout
@@ -254,6 +255,12 @@ class _FieldColumns:
             np.asarray(images["dataset_code"]).astype(str), pa.large_string()
         )
         self.image = pa.array(np.asarray(images["filename"]).astype(str), pa.large_string())
+        # per image an index into the few distinct names: points then carry dictionary
+        # arrays with 3 filters (a few datasets), not one entry per image
+        self.encoded = {
+            "filter": pc.dictionary_encode(self.filter),
+            "dataset_code": pc.dictionary_encode(self.dataset_code),
+        }
         self.metadata = {
             name: np.ascontiguousarray(images[name], dtype=float)
             for name in IMAGE_METADATA_COLUMNS
@@ -487,8 +494,11 @@ class LightcurveDocuments:
                 return pa.array(flux[0] if name == "flux" else flux[1])
             if name in cols.metadata:
                 return pa.array(cols.metadata[name][pts.image_index])
-            if name in ("filter", "dataset_code", "image"):  # dictionary arrays: no copies
-                return pa.DictionaryArray.from_arrays(idx, getattr(cols, name))
+            if name in cols.encoded:  # dictionary arrays: no strings copied
+                encoded = cols.encoded[name]
+                return pa.DictionaryArray.from_arrays(encoded.indices.take(idx), encoded.dictionary)
+            if name == "image":
+                return pa.DictionaryArray.from_arrays(idx, cols.image)
             if name == "image_index":
                 return pa.array(pts.image_index.astype(np.int32))
             if name == "id":
@@ -849,7 +859,7 @@ class LightcurveDocuments:
             ]
 
         chunks = write_result(
-            batches(),
+            produced_ahead(batches()),
             schema.fields,
             req.fmt,
             resource_infos=self._infos(req, first, len(rows)),

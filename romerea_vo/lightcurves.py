@@ -18,10 +18,12 @@ Quality cuts (``quality=``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -408,6 +410,34 @@ def _read_ahead(
             if k + 1 < len(starts):
                 pending = pool.submit(read, k + 1)
             yield quadrant_ids[start : start + len(block)], block
+
+
+PRODUCE_AHEAD_THREAD = "produce-ahead"
+"""Name prefix of the thread that makes the next item of :func:`produced_ahead`."""
+
+_T = TypeVar("_T")
+
+
+def produced_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """What ``items`` yields, each next item made in a worker thread while the caller
+    works on this one: a producer that cuts points out of cubes and a consumer that
+    encodes them (Parquet's encoder releases the GIL) then share the cores. Items must
+    not be buffers the producer reuses. An error in ``items`` is raised in the caller;
+    closing this iterator waits for the item in flight and closes ``items``."""
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix=PRODUCE_AHEAD_THREAD) as pool:
+        pending = pool.submit(next, items, done)
+        try:
+            while (item := pending.result()) is not done:
+                pending = pool.submit(next, items, done)
+                yield cast(_T, item)
+        finally:
+            if not pending.done():
+                with contextlib.suppress(Exception):
+                    pending.result()
+            close = getattr(items, "close", None)
+            if close is not None:
+                pool.submit(close).result()  # where the generator ran, not concurrently
 
 
 def quadrant_points(

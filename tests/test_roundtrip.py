@@ -4,6 +4,7 @@ and extracted lightcurves carry the injected signals of the truth table."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import h5py
 import numpy as np
@@ -12,6 +13,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from romerea_vo import lightcurves, statistics_pass
+from romerea_vo.errors import FieldFormatError
 from romerea_vo.products import open_field
 
 from .conftest import read_ahead_threads
@@ -168,6 +170,43 @@ def test_a_pass_stopped_early_leaves_no_reading_thread(field):
     next(blocks)  # the third block is being read ahead now
     blocks.close()
     assert not read_ahead_threads()
+
+
+def test_produced_ahead_makes_each_next_item_in_a_worker_thread():
+    """The same items; each made in the worker thread (the caller meanwhile works on the
+    one before); an error reaches the caller; stopping early closes the producer, once
+    the item in flight is made, and leaves no thread behind."""
+    made_in: list[str] = []
+    closed = threading.Event()
+
+    def items(n: int, fail_at: int | None = None):
+        try:
+            for i in range(n):
+                made_in.append(threading.current_thread().name)
+                if i == fail_at:
+                    raise FieldFormatError(f"cube truncated at item {i}")
+                yield i
+        finally:
+            closed.set()
+
+    def producers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate()
+                if t.name.startswith(lightcurves.PRODUCE_AHEAD_THREAD)]  # fmt: skip
+
+    assert list(lightcurves.produced_ahead(items(5))) == [0, 1, 2, 3, 4]
+    assert made_in and all(n.startswith(lightcurves.PRODUCE_AHEAD_THREAD) for n in made_in)
+    assert closed.is_set() and not producers()
+
+    closed.clear()
+    with pytest.raises(FieldFormatError, match="truncated at item 2"):
+        list(lightcurves.produced_ahead(items(5, fail_at=2)))
+    assert closed.is_set() and not producers()
+
+    closed.clear()
+    ahead = lightcurves.produced_ahead(items(1000))
+    assert [next(ahead), next(ahead)] == [0, 1]
+    ahead.close()
+    assert closed.is_set() and not producers()
 
 
 def test_quality_cuts(field, synthetic_field):

@@ -238,7 +238,11 @@ def _stream(
 
     def flush() -> bytes:
         nonlocal pending_rows
-        writer.write_table(pa.Table.from_batches(pending, written), row_group_size=row_group_rows)
+        # One dictionary per text column and row group: given the batches' own (e.g. the
+        # 64 DIDs of each bulk batch), Parquet expands every value and hashes it again
+        # (measured: 3.6x slower for a bulk id column, and a 100x larger column chunk).
+        table = pa.Table.from_batches(pending, written).unify_dictionaries()
+        writer.write_table(table, row_group_size=row_group_rows)
         pending.clear()
         pending_rows = 0
         return sink.take()
