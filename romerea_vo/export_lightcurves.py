@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,8 @@ MANIFEST = "_export.json"  # "_" and "." files are skipped by Parquet dataset re
 FILE_NAME = "lightcurves.parquet"
 TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
 _INTEGER_COLUMNS = {"qc_flag": np.int16, "stamp_index": np.int16}
+EXPORT_THREADS = 2
+"""Quadrants exported at the same time."""
 _WRITES_IN_FLIGHT = 2
 
 
@@ -67,6 +70,10 @@ class ExportSummary:
     skipped: int = 0
     points: int = 0
     stars: int = 0
+
+
+class _Stopped(Exception):
+    """A quadrant's export was stopped because another one failed (or on Ctrl-C)."""
 
 
 def quadrant_path(outdir: Path, field: str, quadrant: int) -> Path:
@@ -214,23 +221,46 @@ def export_lightcurves(
                 plan.append((field, quadrant, wanted, n))
         total = sum(n for *_, n in plan)
         bar = tqdm(total=total, unit="star", disable=not progress, desc="export-lightcurves")
-        try:
-            for field, quadrant, wanted, n in plan:
-                path = quadrant_path(outdir, field.name, quadrant)
-                if path.exists():
+        lock, stop = threading.Lock(), threading.Event()
+
+        def export_quadrant(field: Field, quadrant: int, wanted, n: int) -> None:
+            path = quadrant_path(outdir, field.name, quadrant)
+            if path.exists():
+                with lock:
                     summary.skipped += 1
                     bar.update(n)
-                    continue
-                before = bar.n
+                return
+            counted = 0
 
-                def counter(ids: np.ndarray) -> None:
+            def counter(ids: np.ndarray) -> None:
+                nonlocal counted
+                if stop.is_set():  # another quadrant failed, or Ctrl-C
+                    raise _Stopped
+                stars = len(np.unique(ids))  # a block holds whole stars
+                counted += stars
+                with lock:
                     summary.points += len(ids)
-                    bar.update(len(np.unique(ids)))  # a block holds whole stars
+                    bar.update(stars)
 
-                _write_quadrant(path, field, quadrant, quality, wanted, counter)
+            _write_quadrant(path, field, quadrant, quality, wanted, counter)
+            with lock:
                 summary.written += 1
                 summary.stars += n
-                bar.update(n - (bar.n - before))  # stars without points
+                bar.update(n - counted)  # stars without points
+
+        # Two quadrants at a time: one quadrant's pipeline (read, cut, encode, write)
+        # keeps 1.3 of the 2 cores busy; the files and the resumption stay per quadrant.
+        try:
+            with ThreadPoolExecutor(EXPORT_THREADS, thread_name_prefix="export") as pool:
+                futures = [pool.submit(export_quadrant, *item) for item in plan]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    stop.set()  # the quadrants in progress stop at their next block
+                    for future in futures:
+                        future.cancel()
+                    raise
         finally:
             bar.close()
     return summary

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import threading
 
 import duckdb
 import numpy as np
@@ -73,6 +76,31 @@ def test_interrupted_export_resumes_to_the_same_files(tmp_path, exported, synthe
     assert digests(out) == before and not partial.exists()
     assert main([*args, "--quality", "valid"]) == 1  # other options: refused, one line
     assert "other options" in capsys.readouterr().err
+
+
+def test_a_failing_quadrant_stops_the_export_and_a_rerun_completes_it(
+    tmp_path, exported, synthetic_field, capsys
+):
+    """Quadrants are exported two at a time: a cube that cannot be read stops the export
+    with its error (the quadrant beside it stops at its next block, the rest never
+    start), leaves no thread and no torn file, and once the cube is whole again a rerun
+    ends with the same files as an uninterrupted export."""
+    field = tmp_path / "ROME-FIELD-01"
+    shutil.copytree(synthetic_field, field)
+    cube = field / "ROME-FIELD-01_quad2_photometry.hdf5"
+    intact = cube.read_bytes()
+    os.truncate(cube, len(intact) // 2)
+    out = tmp_path / "lc"
+    args = ["export-lightcurves", str(field), "-o", str(out), "--quiet"]
+    assert main(args) == 1
+    assert "truncated" in capsys.readouterr().err
+    assert not quadrant_path(out, "ROME-FIELD-01", 2).exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("export")]
+    for written in out.rglob("*.parquet"):  # whatever was finished is whole
+        assert pq.read_metadata(written).num_rows > 0
+    cube.write_bytes(intact)
+    assert main(args) == 0
+    assert digests(out) == digests(exported)
 
 
 def test_db_source_with_where(tmp_path, tap_db, capsys):
