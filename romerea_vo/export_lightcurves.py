@@ -4,7 +4,8 @@ Layout: ``DIR/field=<FIELD>/quadrant=<q>/lightcurves.parquet`` (Hive partitionin
 DuckDB's ``read_parquet(..., hive_partitioning=true)``, ``pyarrow.dataset`` and
 ``pandas.read_parquet(DIR)`` turn back into ``field`` and ``quadrant`` columns). One file
 per photometry cube: the export reads each cube once, sequentially, in blocks of whole
-rows (bounded memory), and a cube is the unit of resumption. Partitioning by HEALPix (as
+rows (bounded memory), and a cube is the unit of resumption; ``EXPORT_THREADS`` cubes are
+exported at a time. Partitioning by HEALPix (as
 HATS does) was not chosen: a ROME field is a 40-arcmin square, all twenty lie in the
 bulge, and users ask for fields, not for sky tiles; field/quadrant keeps one reader per
 cube and one file per cube.
