@@ -197,9 +197,23 @@ def test_hosts_outside_the_allowed_list_are_refused(published_server):
     )
     assert r.status_code == 400
     assert "attacker.example" not in r.text
+    assert r.headers["content-type"].startswith("application/x-votable+xml")
+    assert 'name="QUERY_STATUS" value="ERROR"' in r.text and "allowed_hosts" in r.text
     port = published_server.rsplit(":", 1)[1]
     ok = httpx.get(
         f"{published_server}/tap/availability", headers={"Host": f"vo.example.org:{port}"},
         timeout=120,
     )  # fmt: skip
     assert ok.status_code == 200
+
+
+def test_trusted_hosts_match_names_ports_and_patterns():
+    from romerea_vo.service.responses import TrustedHosts
+
+    hosts = TrustedHosts(None, ["vo.example.org", "*.rome.example", "::1", "127.0.0.1"])
+    for ok in ("vo.example.org", "VO.Example.org:8443", "a.rome.example", "x.y.rome.example:80",
+               "127.0.0.1:8000", "[::1]:8000"):  # fmt: skip
+        assert hosts.allows(ok), ok
+    for refused in (None, "", "example.org", "vo.example.org.evil", "rome.example.evil",
+                    "evilrome.example", "[::2]:80", "attacker.example"):  # fmt: skip
+        assert not hosts.allows(refused), refused

@@ -20,7 +20,6 @@ from astropy.time import Time
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -44,7 +43,7 @@ from .oai import OaiPmh, OaiRecord
 from .pages import StarPages, search_form_html, star_page_path
 from .params import DaliParams, read_dali_params
 from .registry import RegistryIdentity
-from .responses import XML_MEDIA, CatchAllErrors, dali_error, error_response
+from .responses import XML_MEDIA, CatchAllErrors, TrustedHosts, dali_error, error_response
 from .scs import SCS_STANDARD_ID, ConeSearchService
 from .settings import ServiceConfig
 from .tap import QueryCancelled, TapEngine
@@ -768,7 +767,7 @@ def create_app(config: ServiceConfig) -> Starlette:
 
     middleware = [Middleware(CatchAllErrors)]
     if config.allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts))
+        middleware.append(Middleware(TrustedHosts, allowed_hosts=config.allowed_hosts))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.service = service
     return app

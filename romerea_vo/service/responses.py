@@ -110,3 +110,38 @@ class CatchAllErrors:
                 log_bug(exc)
                 return
             await error_response(exc)(scope, receive, send)
+
+
+class TrustedHosts:
+    """ASGI middleware: requests whose Host header (port aside) is none of
+    ``allowed_hosts`` (``*.example.org`` patterns allowed, as Starlette's
+    TrustedHostMiddleware takes them) get a DALI error document with status 400, which
+    does not repeat the refused name; Starlette's middleware answers in plain text."""
+
+    def __init__(self, app, allowed_hosts: Sequence[str]) -> None:
+        self.app = app
+        self.exact = {h.lower() for h in allowed_hosts if not h.startswith("*")}
+        self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*"))
+
+    def allows(self, host_header: str | None) -> bool:
+        """Whether a request with this Host header is answered."""
+        if not host_header:
+            return False
+        host = host_header.strip().lower()
+        # [IPv6]:port or name:port
+        host = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+        if self.allows(host):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "this service answers only to its configured host names (allowed_hosts); the "
+            "Host header of this request is not one of them"
+        )
+        await dali_error(message, 400)(scope, receive, send)
