@@ -527,7 +527,8 @@ def test_hub_events_reach_a_client_one_at_a_time_in_order(tmp_path, hub_class):
             watcher.bind_receive_notification(f"samp.hub.event.{event}", on_event)
         newcomer = Scripted(hub.params, "newcomer")
         new_id = newcomer.client.get_public_id()
-        _wait(lambda: len([e for e in seen if e[1] == new_id]) >= 3, 60, "the hub's events")
+        kinds = {"register", "subscriptions", "metadata"}
+        _wait(lambda: kinds <= {e[0] for e in seen if e[1] == new_id}, 60, "the hub's events")
     finally:
         for client in (newcomer and newcomer.client, watcher):
             if client is not None and client.is_connected:
@@ -535,11 +536,10 @@ def test_hub_events_reach_a_client_one_at_a_time_in_order(tmp_path, hub_class):
         hub.stop()
     events = sorted((e for e in seen if e[1] == new_id), key=lambda e: e[2])
     overlapping = any(later[2] < earlier[3] for earlier, later in itertools.pairwise(events))
-    if hub_class is SAMPHubServer:
-        assert overlapping, events
+    if hub_class is SAMPHubServer:  # concurrent: overlapping, or even out of order
+        assert overlapping or events[0][0] != "register", events
     else:
-        assert not overlapping, events
-        assert events[0][0] == "register" and events[-1][0] == "subscriptions", events
+        assert not overlapping and events[0][0] == "register", events
 
 
 def test_hub_start_mode(tmp_path, service_source):
