@@ -251,15 +251,13 @@ class _FieldColumns:
     def __init__(self, field: Field):
         images = field.images
         self.filter = pa.array(np.asarray(images["filter"]).astype(str), pa.large_string())
-        self.dataset_code = pa.array(
-            np.asarray(images["dataset_code"]).astype(str), pa.large_string()
-        )
         self.image = pa.array(np.asarray(images["filename"]).astype(str), pa.large_string())
         # per image an index into the few distinct names: points then carry dictionary
         # arrays with 3 filters (a few datasets), not one entry per image
+        dataset_code = pa.array(np.asarray(images["dataset_code"]).astype(str), pa.large_string())
         self.encoded = {
             "filter": pc.dictionary_encode(self.filter),
-            "dataset_code": pc.dictionary_encode(self.dataset_code),
+            "dataset_code": pc.dictionary_encode(dataset_code),
         }
         self.metadata = {
             name: np.ascontiguousarray(images[name], dtype=float)

@@ -120,15 +120,18 @@ class _FieldGeometry:
         self.band = self.dataset_band[self.dataset[self.all_images]]
         instrument = np.array([c.rsplit("_", 1)[0] for c in image_codes])[self.all_images]
         self.visits = indices.visit_slots(self.hjd[self.all_images], self.band, instrument)
-        # each filter's images as positions within all_images (both in time order)
+        # each filter's images as positions within all_images (both in time order), and
+        # their times; the dataset of each image of the pass
         self.position = {
             f: np.flatnonzero(np.isin(self.all_images, field.select_images([f]))) for f in filters
         }
+        self.times = {f: self.hjd[self.all_images[k]] for f, k in self.position.items()}
+        self.pass_dataset = self.dataset[self.all_images]
 
 
 def _fit_rows(cols: _BlockColumns, geo: _FieldGeometry, rows: np.ndarray) -> list[dict | None]:
     """PSPL fits of the given rows of a block (columns over all images of the pass)."""
-    ds = geo.dataset[geo.all_images]
+    ds = geo.pass_dataset
     fits = []
     for k in rows:
         g = cols.good[k]
@@ -204,7 +207,7 @@ def _run_task(field: Field, geo: _FieldGeometry, plan: _PassPlan, task: _PassTas
         per_band = {}
         for flt in plan.filters:
             band_cols = every.select(geo.position[flt])
-            stats = _block_statistics(band_cols, geo.hjd[geo.all_images[geo.position[flt]]])
+            stats = _block_statistics(band_cols, geo.times[flt])
             stats.update({n: stetson[n] for n in stetson_names})
             per_band[flt] = stats
             keep = stats["n_good"] > 0
@@ -381,6 +384,9 @@ def field_statistics(
     return FieldStatistics(stats_table, cand_table, result.n_fits, result.fit_seconds, workers)
 
 
+_STATS_INTEGERS = {"field_id": np.int64, "n_good": np.int32, "bright_run": np.int32}
+
+
 def _stats_table(field: Field, collected: dict[str, list], mag_col: str) -> Table:
     """rome.lightcurve_stats rows in (field_id, filter) order, whatever order the pieces
     came in."""
@@ -393,11 +399,7 @@ def _stats_table(field: Field, collected: dict[str, list], mag_col: str) -> Tabl
     cols = [Column(np.full(len(order), field.name), name="field", description=spec.description)]
     for name, values in arrays.items():
         spec = schema.by_name[name]
-        dtype = (
-            np.int64
-            if name == "field_id"
-            else (np.int32 if name in ("n_good", "bright_run") else None)
-        )
+        dtype = _STATS_INTEGERS.get(name)
         values = values[order] if dtype is None else values[order].astype(dtype)
         cols.append(Column(values, name=name, unit=spec.astropy_unit, description=spec.description))
     return Table(cols, meta={"field": field.name, "mag_column": mag_col, "quality": "good"})
