@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -127,19 +127,26 @@ def quality_mask(
 ) -> np.ndarray:
     """Boolean mask over the leading axes of ``block`` (..., n_columns): the points of
     ``quality`` (see the module doc); raises InvalidRequestError for another quality."""
-    mag = block[..., lay.index(mag_col)]
-    err = block[..., lay.index(layout.error_column(mag_col))]
-    hjd = block[..., 0]
+    return quality_mask_of(lambda name: block[..., lay.index(name)], lay, quality, mag_col)
+
+
+def quality_mask_of(
+    column: Callable[[str], np.ndarray], lay: PhotometryLayout, quality: str, mag_col: str
+) -> np.ndarray:
+    """:func:`quality_mask` of the columns ``column(name)`` returns (arrays of one shape:
+    a caller can pass contiguous copies rather than views of a block); raises
+    InvalidRequestError for an unknown quality."""
+    hjd = column("hjd")
     if quality == "good":
-        qc = block[..., lay.index("qc_flag")] if lay.has_qc else None
-        return good_measurement(mag, err, qc, hjd)
+        qc = column("qc_flag") if lay.has_qc else None
+        return good_measurement(column(mag_col), column(layout.error_column(mag_col)), qc, hjd)
     if quality == "valid":
-        return valid_measurement(mag, err, hjd)
+        return valid_measurement(column(mag_col), column(layout.error_column(mag_col)), hjd)
     if quality == "all":
         # Not attempted = the 0.0 fill of non-detections. Test the instrumental column:
         # normalisation leaves failed fits at 0.0 too (§4.3), instrumental keeps -9999.99.
-        inst = block[..., lay.index("instrumental_mag")]
-        inst_err = block[..., lay.index("instrumental_mag_err")]
+        inst = column("instrumental_mag")
+        inst_err = column("instrumental_mag_err")
         return (hjd > 0) & ~((inst == 0) & (inst_err == 0))
     raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
 

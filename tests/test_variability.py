@@ -24,6 +24,13 @@ def ref_band(t, mag, err, good, attempted, window=indices.ABBE_WINDOW_DAYS):
     w = 1 / s**2
     out["weighted_mean_mag"] = np.sum(w * m) / np.sum(w) if n else np.nan
     out["flagged_fraction"] = 1 - n / attempted.sum() if attempted.sum() else np.nan
+    for key, value in (
+        ("median_mag", np.median), ("mean_mag", np.mean), ("min_mag", np.min),
+        ("max_mag", np.max), ("median_err", lambda _: np.median(s)),
+        ("mad_std_mag", lambda x: 1.482602218505602 * np.median(np.abs(x - np.median(x)))),
+    ):  # fmt: skip
+        out[key] = value(m) if n else np.nan
+    out["std_mag"] = np.std(m, ddof=1) if n >= 2 else np.nan
     if n:
         med = np.median(m)
         run = best = 0
@@ -184,6 +191,33 @@ def test_stetson_equals_reference_with_one_band_and_missing_points():
     assert got["n_pairs"][2] == 0 and np.isfinite(got["stetson_j"][2])
     assert np.isnan(got["stetson_j"][3]) and np.isnan(got["stetson_k"][3])
     assert got["stetson_j"][1] > 1.0 > abs(got["stetson_j"][0])
+
+
+def test_stetson_leaves_out_images_without_a_band_and_takes_given_band_means():
+    """The statistics pass gives every image of the cube, those it leaves out with band
+    -1 and the visits as cube positions, and the band means it has worked out."""
+    rng = np.random.default_rng(7)
+    hjd, band, inst = _visit_images(rng)
+    n_stars = 5
+    err = rng.uniform(0.01, 0.03, (n_stars, hjd.size))
+    mag = 17 + rng.normal(0, 1, (n_stars, hjd.size)) * err
+    good = rng.random((n_stars, hjd.size)) > 0.15
+    kept = np.flatnonzero(band != 0)  # a pass over i' and r' only
+    visits = indices.visit_slots(hjd[kept], band[kept], inst[kept])
+    alone = indices.stetson_indices(mag[:, kept], err[:, kept], good[:, kept], band[kept], visits)
+    cube_band = np.where(band != 0, band, -1)
+    cube_visits = np.where(visits >= 0, kept[np.maximum(visits, 0)], -1)
+    means = {
+        b: indices.band_indices(hjd[sel], mag[:, sel], err[:, sel], good[:, sel])[
+            "weighted_mean_mag"
+        ]
+        for b in (1, 2)
+        for sel in [np.flatnonzero(band == b)]
+    }
+    for band_means in (None, means):
+        got = indices.stetson_indices(mag, err, good, cube_band, cube_visits, band_means=band_means)
+        for name in ("stetson_j", "stetson_k", "stetson_l", "n_pairs"):
+            np.testing.assert_allclose(got[name], alone[name], rtol=1e-9, err_msg=name)
 
 
 # --- point lens -------------------------------------------------------------------------
