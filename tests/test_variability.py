@@ -322,6 +322,15 @@ def test_projected_jacobian_equals_finite_differences_of_the_profiled_residuals(
     np.testing.assert_allclose(
         analytic, numeric(true), rtol=1e-4, atol=1e-6 * np.abs(analytic).max()
     )
+    # the fit keeps its points grouped by dataset (sums by segment): the same rows
+    grouped = np.lexsort((t, ds))
+    assert not np.array_equal(grouped, np.arange(t.size))
+    np.testing.assert_allclose(
+        pspl.projected_jacobian(true, t[grouped], flux[grouped], w[grouped], onehot, ds[grouped]),
+        analytic[grouped],
+        rtol=1e-9,
+        atol=1e-12 * np.abs(analytic).max(),
+    )
     off = true + np.array([0.5, 0.05, 0.02])
     a_off, n_off = pspl.projected_jacobian(off, t, flux, w, onehot, ds), numeric(off)
     for j in range(3):

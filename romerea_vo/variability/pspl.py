@@ -113,6 +113,42 @@ class PsplFit:
         return np.where(known, self.fs[k] * magnification(u) + self.fb[k], np.nan)
 
 
+class _Datasets:
+    """Sums per dataset, and per-dataset values spread to the points. The fit keeps its
+    points grouped by dataset, so that a sum is np.add.reduceat over contiguous
+    segments: ~5x faster than np.bincount with weights at ~2,000 points, and a fit sums
+    ~20 vectors at each of its ~90 evaluations. Points in any order work too (by
+    bincount)."""
+
+    def __init__(self, ds: np.ndarray, n_ds: int):
+        self.ds = np.asarray(ds, dtype=np.int64)
+        self.n_ds = n_ds
+        self.counts = np.bincount(self.ds, minlength=n_ds)
+        self.grouped = bool(np.all(self.counts > 0) and np.all(np.diff(self.ds) >= 0))
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+    @classmethod
+    def of(cls, ds: np.ndarray | _Datasets, n_ds: int) -> _Datasets:
+        return ds if isinstance(ds, _Datasets) else cls(ds, n_ds)
+
+    def sum(self, x: np.ndarray) -> np.ndarray:
+        """Per dataset, the sum of x (n_points,) or of each column of x (n_points, k)."""
+        if self.grouped:
+            return np.add.reduceat(x, self.starts, axis=0)
+        if x.ndim == 1:
+            return np.bincount(self.ds, x, minlength=self.n_ds)
+        return np.stack(
+            [np.bincount(self.ds, x[:, j], minlength=self.n_ds) for j in range(x.shape[1])],
+            axis=1,
+        )
+
+    def spread(self, per_dataset: np.ndarray) -> np.ndarray:
+        """Each point's value of a per-dataset array (along its first axis)."""
+        if self.grouped:
+            return np.repeat(per_dataset, self.counts, axis=0)
+        return per_dataset[self.ds]
+
+
 def _solve_per_dataset(s_aa, s_a, s_1, b_a, b_1):
     """Per dataset, (c_a, c_1) of the weighted least-squares b = c_a A + c_1, from its
     normal equations [[s_aa, s_a], [s_a, s_1]] (c_a, c_1) = (b_a, b_1). Where A is
@@ -130,20 +166,19 @@ def _solve_per_dataset(s_aa, s_a, s_1, b_a, b_1):
 
 def _linear(a: np.ndarray, f: np.ndarray, w: np.ndarray, onehot: np.ndarray, ds=None):
     """Per trial (rows of a) and dataset: the weighted least-squares fs, fb and chi2.
-    With ``ds`` (one trial): per-dataset sums by bincount instead of the matrix."""
-    aw = a * w
+    With ``ds`` (one trial; the points' datasets or a _Datasets): per-dataset sums
+    instead of the matrix."""
     if ds is not None:
-        n_ds = onehot.shape[1]
-
-        def dot(x):
-            return np.bincount(ds, x[0], minlength=n_ds)[None, :]
-
-        s_aa, s_a, s_af = dot(a * aw), dot(aw), dot(aw * f)
-        s_1, s_f = dot(w[None, :]), dot((w * f)[None, :])
+        groups = _Datasets.of(ds, onehot.shape[1])
+        aw = a[0] * w
+        sums = groups.sum(np.stack([a[0] * aw, aw, aw * f, w, w * f], axis=1))
+        s_aa, s_a, s_af, s_1, s_f = (sums[None, :, j] for j in range(5))
     else:
-        s_aa = (a * aw) @ onehot
-        s_a = aw @ onehot
-        s_af = (aw * f) @ onehot
+        # the weights go into the (points, datasets) matrices, not into the (trials,
+        # points) magnifications: two fewer passes over the grid's largest array
+        weights = onehot * w[:, None]
+        s_a, s_af = np.hsplit(a @ np.hstack([weights, weights * f[:, None]]), 2)
+        s_aa = (a * a) @ weights
         s_1 = w @ onehot
         s_f = (w * f) @ onehot
     fs, fb = _solve_per_dataset(s_aa, s_a, s_1, s_af, s_f)
@@ -157,7 +192,7 @@ def projected_jacobian(
     flux: np.ndarray,
     w: np.ndarray,
     onehot: np.ndarray,
-    ds: np.ndarray,
+    ds: np.ndarray | _Datasets,
 ) -> np.ndarray:
     """The (n_points, 3) Jacobian of the weighted residuals sqrt(w) (F - fs_d A - fb_d)
     with respect to p = (t0, ln tE, u0), the fluxes solved linearly: the variable-
@@ -166,7 +201,7 @@ def projected_jacobian(
     vanish. Analytic, it saves least_squares three residual evaluations per step (with
     finite differences the fits of 40 injected events took 82 instead of 50 ms each) and
     is what the covariance of the profiled parameters needs."""
-    n_ds = onehot.shape[1]
+    groups = _Datasets.of(ds, onehot.shape[1])
     sw = np.sqrt(w)
     te = math.exp(p[1])
     tau = (t - p[0]) / te
@@ -174,25 +209,19 @@ def projected_jacobian(
     u2 = u * u
     a = (u2 + 2.0) / (u * np.sqrt(u2 + 4.0))
     swa = sw * a
-
-    def per_dataset(x):
-        return np.bincount(ds, x, minlength=n_ds)
-
-    s_aa, s_a, s_1 = per_dataset(swa * swa), per_dataset(swa * sw), per_dataset(w)
-    fs, _fb = _solve_per_dataset(
-        s_aa, s_a, s_1, per_dataset(swa * sw * flux), per_dataset(w * flux)
-    )
+    s_aa, s_a, s_1, s_af, s_f = groups.sum(
+        np.stack([swa * swa, swa * sw, w, swa * sw * flux, w * flux], axis=1)
+    ).T
+    fs, _fb = _solve_per_dataset(s_aa, s_a, s_1, s_af, s_f)
     # dA/du = -8 / (u^2 (u^2 + 4)^1.5); du/dt0, du/dln(tE), du/du0
-    scale = sw * fs[ds] * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
+    scale = sw * groups.spread(fs) * 8.0 / (u2 * (u2 + 4.0) ** 1.5) / u
     g = np.stack([scale * -tau / te, scale * -tau * tau, scale * p[2]], axis=1)
     # each column projected off span{sw A, sw} within each dataset
-    out = np.empty_like(g)
-    for j in range(3):
-        c_a, c_1 = _solve_per_dataset(
-            s_aa, s_a, s_1, per_dataset(swa * g[:, j]), per_dataset(sw * g[:, j])
-        )
-        out[:, j] = g[:, j] - swa * c_a[ds] - sw * c_1[ds]
-    return out
+    c_a, c_1 = _solve_per_dataset(
+        s_aa[:, None], s_a[:, None], s_1[:, None], groups.sum(swa[:, None] * g),
+        groups.sum(sw[:, None] * g),
+    )  # fmt: skip
+    return g - swa[:, None] * groups.spread(c_a) - sw[:, None] * groups.spread(c_1)
 
 
 def _peak_times(t: np.ndarray, pull: np.ndarray) -> list[float]:
@@ -215,10 +244,12 @@ def fit_pspl(
     instrument and band (integers). Returns None with fewer points than the model has
     parameters + 1 (3 + 2 per dataset); never raises on data it cannot fit (the fit
     then has ``converged`` False and NaN uncertainties)."""
-    order = np.argsort(t, kind="stable")
-    t = np.asarray(t, float)[order]
+    # points grouped by dataset (in time order within each): see _Datasets
+    t, dataset = np.asarray(t, float), np.asarray(dataset)
+    order = np.lexsort((t, dataset))
+    t = t[order]
     flux, ferr = mag_to_flux(np.asarray(mag)[order], np.asarray(err)[order])
-    labels, ds = np.unique(np.asarray(dataset)[order], return_inverse=True)
+    labels, ds = np.unique(dataset[order], return_inverse=True)
     n, n_ds = len(t), len(labels)
     dof = n - 3 - 2 * n_ds
     if dof < 1 or not np.all(np.isfinite(flux)) or not np.all(ferr > 0):
@@ -230,24 +261,28 @@ def fit_pspl(
     chi2_const = float(np.sum(w * (flux - base[ds]) ** 2))
 
     # Coarse grid: tE x u0 x t0 offsets around the brightest stretches.
-    peaks = _peak_times(t, (flux - base[ds]) / ferr)
+    by_time = np.argsort(t, kind="stable")
+    peaks = _peak_times(t[by_time], ((flux - base[ds]) / ferr)[by_time])
     te = np.repeat(_TE_GRID, _T0_OFFSETS.size * len(peaks))
     t0 = (np.array(peaks)[None, :, None] + _TE_GRID[:, None, None] * _T0_OFFSETS).ravel()
-    t0, te = np.repeat(t0, _U0_GRID.size), np.repeat(te, _U0_GRID.size)
-    u0 = np.tile(_U0_GRID, t0.size // _U0_GRID.size)
+    # tau^2 once per (t0, tE), then u^2 = tau^2 + u0^2 for every u0 of the grid
     tau = (t[None, :] - t0[:, None]) / te[:, None]
     tau *= tau
-    a = _magnification_of_squared(tau + (u0 * u0)[:, None])
+    u2 = (tau[:, None, :] + (_U0_GRID * _U0_GRID)[None, :, None]).reshape(-1, t.size)
+    a = _magnification_of_squared(u2)
+    t0, te = np.repeat(t0, _U0_GRID.size), np.repeat(te, _U0_GRID.size)
+    u0 = np.tile(_U0_GRID, t0.size // _U0_GRID.size)
     fs, _fb, chi2 = _linear(a, flux, w, onehot)
     # an event brightens: the source flux of the best-sampled dataset must be positive
     main = int(np.argmax(np.bincount(ds, minlength=n_ds)))
     chi2 = np.where(fs[:, main] > 0, chi2, np.inf)
     sw = np.sqrt(w)
+    groups = _Datasets(ds, n_ds)
 
     def model(p):
         tau = (t - p[0]) / math.exp(p[1])
         a = _magnification_of_squared(tau * tau + p[2] * p[2])[None, :]
-        fs, fb, chi2 = _linear(a, flux, w, onehot, ds)
+        fs, fb, chi2 = _linear(a, flux, w, onehot, groups)
         return a[0], fs[0], fb[0], float(chi2[0])
 
     # least_squares sees t0 relative to its start's: its step tolerance is relative to
@@ -256,13 +291,13 @@ def fit_pspl(
     # event (4 of 11 missed events of a tuning field stopped that way)
     def residuals(p, offset):
         a, fs, fb, _ = model(p + offset)
-        return sw * (flux - fs[ds] * a - fb[ds])
+        return sw * (flux - groups.spread(fs) * a - groups.spread(fb))
 
     def jacobian(p, offset):
-        return projected_jacobian(p + offset, t, flux, w, onehot, ds)
+        return projected_jacobian(p + offset, t, flux, w, onehot, groups)
 
-    lo = np.array([t[0] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
-    hi = np.array([t[-1] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
+    lo = np.array([t[by_time[0]] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
+    hi = np.array([t[by_time[-1]] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
     # refine the best grid point of each of the _STARTS best tE values; keep the best
     best_of_te: dict[float, int] = {}
     for k in np.argsort(chi2):
