@@ -131,6 +131,22 @@ def test_band_indices_equal_reference_definitions():
     assert got["excess_abbe"][1] > 0.5 > 0.3 > abs(got["excess_abbe"][0])
 
 
+def test_band_indices_with_stars_without_good_points_first_and_last():
+    """Stars with no good point at the start and the end of a block (a block's per-star
+    sums run over the good points of all its stars, row after row)."""
+    rng = np.random.default_rng(8)
+    t, mag, err, good, attempted = _block(rng, n_stars=8, n_img=120)
+    good[[0, 6, 7]] = False
+    got = indices.band_indices(t, mag, err, good, attempted)
+    for star in range(8):
+        ref = ref_band(t, mag[star], err[star], good[star], attempted[star])
+        for name, value in ref.items():
+            np.testing.assert_allclose(
+                got[name][star], value, rtol=1e-9, atol=1e-12, err_msg=f"{name} star {star}"
+            )
+    assert list(got["n_good"][[0, 6, 7]]) == [0, 0, 0]
+
+
 def test_band_indices_shape_errors_and_empty():
     with pytest.raises(ValueError):
         indices.band_indices(np.arange(3.0), np.zeros((2, 4)), np.ones((2, 4)), np.ones((2, 4)))
