@@ -60,9 +60,10 @@ class _BlockColumns:
             attempted=quality_mask_of(columns.__getitem__, lay, "all", mag_col),
         )
 
-    def select(self, idx: np.ndarray) -> _BlockColumns:
-        """The same columns for the images ``idx`` only (contiguous copies)."""
-        return _BlockColumns(*(a[:, idx] for a in vars(self).values()))
+    def select(self, idx: np.ndarray, stars: np.ndarray | slice = slice(None)) -> _BlockColumns:
+        """The same columns for the images ``idx`` (and the rows ``stars``) only
+        (contiguous copies)."""
+        return _BlockColumns(*(a[stars][:, idx] for a in vars(self).values()))
 
 
 def _block_statistics(cols: _BlockColumns, times: np.ndarray) -> dict[str, np.ndarray]:
@@ -123,12 +124,11 @@ class _FieldGeometry:
 def _fit_rows(cols: _BlockColumns, geo: _FieldGeometry, rows: np.ndarray) -> list[dict | None]:
     """PSPL fits of the given rows of a block, on all images of the pass."""
     ds = geo.pass_dataset
+    chosen = cols.select(geo.all_images, rows)
     fits = []
-    for k in rows:
-        star = _BlockColumns(*(a[k, geo.all_images] for a in vars(cols).values()))
-        g = star.good
+    for hjd, mag, err, good in zip(chosen.hjd, chosen.mag, chosen.err, chosen.good, strict=True):
         fits.append(
-            candidates.candidate_row(star.hjd[g], star.mag[g], star.err[g], ds[g], geo.dataset_band)
+            candidates.candidate_row(hjd[good], mag[good], err[good], ds[good], geo.dataset_band)
         )
     return fits
 

@@ -273,11 +273,11 @@ def fit_pspl(
     t0, te = np.repeat(t0, _U0_GRID.size), np.repeat(te, _U0_GRID.size)
     u0 = np.tile(_U0_GRID, t0.size // _U0_GRID.size)
     fs, _fb, chi2 = _linear(a, flux, w, onehot)
+    groups = _Datasets(ds, n_ds)
     # an event brightens: the source flux of the best-sampled dataset must be positive
-    main = int(np.argmax(np.bincount(ds, minlength=n_ds)))
+    main = int(np.argmax(groups.counts))
     chi2 = np.where(fs[:, main] > 0, chi2, np.inf)
     sw = np.sqrt(w)
-    groups = _Datasets(ds, n_ds)
 
     def model(p):
         tau = (t - p[0]) / math.exp(p[1])
@@ -296,8 +296,8 @@ def fit_pspl(
     def jacobian(p, offset):
         return projected_jacobian(p + offset, t, flux, w, onehot, groups)
 
-    lo = np.array([t[by_time[0]] - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
-    hi = np.array([t[by_time[-1]] + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
+    lo = np.array([t.min() - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
+    hi = np.array([t.max() + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
     # refine the best grid point of each of the _STARTS best tE values; keep the best
     best_of_te: dict[float, int] = {}
     for k in np.argsort(chi2):
