@@ -401,12 +401,12 @@ def _read_ahead(
     if first >= end:
         return
     starts = range(first, end, per_block)
-    shape = (min(per_block, end - first), *cube.shape[1:])
-    buffers = (np.empty(shape, dtype="<f8"), np.empty(shape, dtype="<f8"))
+    rows = min(per_block, end - first)
+    buffers = (cube.streaming_buffer(rows), cube.streaming_buffer(rows))
 
     def read(k: int) -> np.ndarray:
         stop = min(end, starts[k] + per_block)
-        return cube.read_block(starts[k], stop, out=buffers[k % 2])
+        return cube.read_streaming(starts[k], stop, buffers[k % 2])
 
     # leaving the with block (the caller stopped early, or an error) waits for the read
     # in flight, so no thread outlives the pass or writes into a buffer given back

@@ -3,6 +3,7 @@ and extracted lightcurves carry the injected signals of the truth table."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 
@@ -15,6 +16,7 @@ from astropy.table import Table
 from romerea_vo import lightcurves, statistics_pass
 from romerea_vo.errors import FieldFormatError
 from romerea_vo.products import open_field
+from romerea_vo.products.page_cache import cached_bytes
 
 from .conftest import read_ahead_threads
 
@@ -92,6 +94,49 @@ def test_streamed_blocks_are_the_cube_rows(field, synthetic_field, quadrant):
         start += len(block)
     assert start == len(raw) and len(copies) > 2
     np.testing.assert_array_equal(np.concatenate(copies), raw)
+
+
+def _cached(path, start: int, length: int) -> int | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return cached_bytes(fd, start, length)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("cached_rows", [0, 40])
+def test_blocks_the_page_cache_lacks_are_read_from_the_disk_directly(
+    synthetic_field, tmp_path, cached_rows
+):
+    """A stream copies the blocks the page cache holds and reads the others straight from
+    the disk (O_DIRECT): every block is the cube's rows either way, and reading them put
+    (almost) nothing into the cache."""
+    copy = shutil.copytree(synthetic_field, tmp_path / FIELD)
+    path = copy / f"{FIELD}_quad1_photometry.hdf5"
+    with h5py.File(path, "r") as h:
+        raw = h["dataset_photometry"][()]
+        offset = h["dataset_photometry"].id.get_offset()
+    row_bytes = raw.shape[1] * raw.shape[2] * 8
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages would stay
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if cached_rows:  # the first rows into the cache, and only those (no read-ahead marks)
+            os.posix_fadvise(fd, offset, cached_rows * row_bytes, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+    with open_field(copy) as cold:
+        if not cold.cube(1).reads_directly:
+            pytest.skip("no direct reads here (no cachestat before Linux 6.5, or no O_DIRECT)")
+        before = _cached(path, 0, size)
+        assert before is not None and before < (cached_rows + 2) * row_bytes + 65536
+        got = []
+        for _ids, block in lightcurves.quadrant_blocks(cold, 1, block_bytes=7 * row_bytes):
+            got.append(block.copy())
+        np.testing.assert_array_equal(np.concatenate(got), raw)
+        after = _cached(path, 0, size)
+    assert after is not None and after - before <= 7 * row_bytes + 65536, (before, after, size)
 
 
 def test_a_chunked_compressed_cube_streams_whole_chunks(synthetic_field, tmp_path):

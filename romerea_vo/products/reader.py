@@ -9,6 +9,7 @@ read-only.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import threading
@@ -29,8 +30,13 @@ from ..errors import (
 )
 from . import layout, lookup
 from .layout import PHOTOMETRY_LAYOUTS, PhotometryLayout
+from .page_cache import cached_bytes
 
 _CROSSMATCH_SUFFIX = "_field_crossmatch.fits"
+
+PAGE_BYTES = 4096
+"""Alignment of a direct (``O_DIRECT``) read: its file offset, length and buffer."""
+_DIRECT_READS = all(hasattr(os, n) for n in ("O_DIRECT", "posix_fadvise", "preadv"))
 
 
 def parse_gaia_source_ids(raw: Sequence[str]) -> MaskedColumn:
@@ -131,6 +137,9 @@ class QuadrantCube:
         self.path = path
         self.quadrant = quadrant
         self._fd: int | None = None
+        self._direct_fd: int | None = None
+        self._stream_fd: int | None = None
+        self._direct_ok = True
         if not path.exists():
             compressed = path.with_name(path.name + ".bz2")
             if compressed.exists():
@@ -189,6 +198,14 @@ class QuadrantCube:
             )
         self._offset = offset
         self._fd = os.open(self.path, os.O_RDONLY)
+        if _DIRECT_READS and cached_bytes(self._fd, 0, PAGE_BYTES) is not None:
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:  # a file system without direct I/O (tmpfs): buffered reads
+                return
+            # copies what the cache holds without read-ahead pulling the next blocks in
+            self._stream_fd = os.open(self.path, os.O_RDONLY)
+            os.posix_fadvise(self._stream_fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def __repr__(self) -> str:
         return f"<QuadrantCube {self.path.name} {self.shape} era {self.layout.era}>"
@@ -198,20 +215,28 @@ class QuadrantCube:
         return self.shape[0]
 
     @property
+    def reads_directly(self) -> bool:
+        """Whether :meth:`read_streaming` reads rows the page cache lacks with O_DIRECT."""
+        return self._stream_fd is not None and self._direct_ok
+
+    @property
     def rows_per_chunk(self) -> int:
         """Star rows per HDF5 chunk (1 for a contiguous cube): a block read should take
         whole chunks, or a compressed chunk is inflated once per block that touches it."""
         chunks = self._dataset.chunks
         return int(chunks[0]) if chunks else 1
 
-    def _pread_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        assert self._fd is not None  # opened by the caller
+    def _pread_rows(
+        self, start: int, stop: int, out: np.ndarray | None = None, fd: int | None = None
+    ) -> np.ndarray:
+        fd = self._fd if fd is None else fd
+        assert fd is not None  # opened by the caller
         if out is None:
             out = np.empty((stop - start, *self.shape[1:]), dtype="<f8")
         view = memoryview(out).cast("B")  # type: ignore[arg-type]  # typed from Python 3.12
         position, done = self._offset + start * self._row_bytes, 0
         while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], position + done)
+            n = os.preadv(fd, [view[done:]], position + done)
             if n <= 0:
                 raise FieldFormatError(f"{self.path.name} ended early: was it truncated?")
             done += n
@@ -240,10 +265,73 @@ class QuadrantCube:
             return self._dataset[start:stop]
         return self._pread_rows(start, stop)
 
+    def streaming_buffer(self, rows: int) -> np.ndarray:
+        """A page-aligned byte buffer that :meth:`read_streaming` can read ``rows`` rows
+        into (with room for the pages around them)."""
+        size = rows * self._row_bytes + 2 * PAGE_BYTES
+        raw = np.empty(size + PAGE_BYTES, dtype=np.uint8)
+        skip = -raw.ctypes.data % PAGE_BYTES
+        return raw[skip : skip + size]
+
+    def read_streaming(self, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        """Rows [start, stop) with every image, read into ``buffer`` (from
+        :meth:`streaming_buffer`) and returned as a view of it: a stream's path.
+
+        Rows the page cache holds (half a block or more, by ``cachestat``) are copied from
+        it; the others are read from the disk straight into the buffer (``O_DIRECT``),
+        bypassing the cache. On this VM a cold buffered read costs the kernel 0.35-1.7 CPU
+        seconds a GB (filling the cache, then copying out of it: 53 % of all CPU time of
+        the statistics pass in a perf profile), a direct read ~0.05: the pass over a 30 GB
+        field without fits took 23-30 s and 2 system CPU seconds instead of 44-45 s and
+        35-38. And a once-read field no longer evicts everything else from the cache.
+        Where the kernel has no ``cachestat`` (before Linux 6.5) or the file system no
+        direct I/O, reads are buffered. Raises FieldFormatError for a truncated cube.
+        """
+        count = (stop - start) * self._row_bytes
+        shape = (stop - start, *self.shape[1:])
+        if self._fd is None:
+            rows = buffer[:count].view("<f8").reshape(shape)
+            self._dataset.read_direct(rows, np.s_[start:stop])
+            return rows
+        position = self._offset + start * self._row_bytes
+        lead = position % PAGE_BYTES
+        rows = buffer[lead : lead + count].view("<f8").reshape(shape)
+        cached = None
+        if self._stream_fd is not None and self._direct_ok:
+            cached = cached_bytes(self._stream_fd, position - lead, lead + count)
+        if cached is None:  # no direct reads here: buffered, with the kernel's read-ahead
+            return self._pread_rows(start, stop, rows)
+        if 2 * cached < count and self._read_direct(position - lead, lead + count, buffer):
+            return rows
+        return self._pread_rows(start, stop, rows, self._stream_fd)
+
+    def _read_direct(self, position: int, count: int, buffer: np.ndarray) -> bool:
+        """Bytes [position, position + count) of the file into ``buffer`` by direct reads
+        of whole pages; False if the file system refuses direct I/O (buffered reads are
+        then used from now on)."""
+        fd = self._direct_fd
+        if fd is None or not self._direct_ok:
+            return False
+        view = memoryview(buffer)[: -(-count // PAGE_BYTES) * PAGE_BYTES]  # type: ignore[arg-type]
+        done = 0
+        while done < count:
+            try:
+                n = os.preadv(fd, [view[done:]], position + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct_ok = False  # the fd stays open until close(): threads share it
+                return False
+            if n <= 0 or (n % PAGE_BYTES and done + n < count):
+                raise FieldFormatError(f"{self.path.name} ended early: was it truncated?")
+            done += n
+        return True
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._direct_fd, self._stream_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._direct_fd = self._stream_fd = None
         self._h5.close()
 
 
