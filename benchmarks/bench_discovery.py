@@ -3,14 +3,16 @@ statistics pass (variability indices + point-lens candidates) on a synthetic fie
 
 Synthesises a field (default 100,000 stars x 2,214 images, 300 events, 300 periodic and
 300 irregular variables, with the generator's outliers and underestimated errors), then
-times a plain sequential read of its cubes (the baseline) and the statistics pass with
-indices and fits (both from a cold page cache where the script may drop it: as root),
-and compares rome.microlensing_candidates and rome.lightcurve_stats
-with the truth table. The thresholds were tuned on other seeds (3 and 21, the tests'
-field) than the default one reported here (2026).
+times, ``--repeats`` rounds, a plain sequential read of its cubes (the baseline), the same
+read with O_DIRECT (what the disk delivers without the page cache: the pass reads that
+way) and the statistics pass with indices and fits, each from a cold page cache where the
+script may drop it (as root); this VM's buffered reads vary 2x from round to round. Then
+it compares rome.microlensing_candidates and rome.lightcurve_stats with the truth table.
+The thresholds were tuned on other seeds (3 and 21, the tests' field) than the default
+one reported here (2026).
 
     python benchmarks/bench_discovery.py [--stars 100000] [--images 2214] [--seed 2026]
-        [--per-kind 300] [--dir /work/bench_data] [--keep] [--field DIR]
+        [--per-kind 300] [--dir /work/bench_data] [--keep] [--field DIR] [--repeats 3]
 
 ``--field DIR`` measures a field synthesised before (by an earlier ``--keep`` run, with
 the same options: the generator is deterministic), to compare code changes on one field
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, join
-from baselines import read_files
+from baselines import read_files, read_files_direct
 from scipy.stats import rankdata
 
 from romerea_vo.lightcurves import read_points
@@ -67,10 +69,11 @@ def drop_page_cache() -> bool:
     return True
 
 
-def plain_read(directory: Path) -> tuple[float, float, float]:
-    """Wall and CPU seconds to read every cube file once, sequentially, and the GB read."""
+def plain_read(directory: Path, direct: bool = False) -> tuple[float, float, float]:
+    """Wall and CPU seconds to read every cube file once, sequentially, and the GB read;
+    ``direct``: with O_DIRECT, bypassing the page cache."""
     started, cpu = time.perf_counter(), time.process_time()
-    size = read_files(sorted(directory.glob("*.hdf5")))
+    size = (read_files_direct if direct else read_files)(sorted(directory.glob("*.hdf5")))
     return time.perf_counter() - started, time.process_time() - cpu, size / 1e9
 
 
@@ -177,6 +180,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the field afterwards")
     parser.add_argument("--field", type=Path, default=None,
                         help="an already synthesised field directory to measure")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of read, direct read and pass (reads vary)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None,
                         help="processes for the pass (default: as ingest chooses)")  # fmt: skip
     args = parser.parse_args()
@@ -196,23 +201,40 @@ def main() -> None:
                   f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
         else:
             print(f"measuring the field synthesised before in {target}")
-        cold = drop_page_cache()
-        read_s, read_cpu, gb = plain_read(target)
-        cold = drop_page_cache() and cold
-        print("read and pass both from a cold page cache" if cold else
-              "could not drop the page cache (not root): read and pass partly warm")  # fmt: skip
-        with open_field(target) as field:
-            started, cpu = time.perf_counter(), cpu_seconds()
-            result = field_statistics(field, progress=True, workers=args.workers)
-            pass_s, pass_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        ratios, direct_ratios = [], []
+        for round_ in range(1, args.repeats + 1):
+            # each round: the plain read, the direct read, the pass, each from a cold cache
+            cold = drop_page_cache()
+            read_s, read_cpu, gb = plain_read(target)
+            cold = drop_page_cache() and cold
+            direct_s, direct_cpu, _gb = plain_read(target, direct=True)
+            cold = drop_page_cache() and cold
+            if round_ == 1:
+                print("reads and pass all from a cold page cache" if cold else
+                      "could not drop the page cache (not root): partly warm")  # fmt: skip
+            with open_field(target) as field:
+                started, cpu = time.perf_counter(), cpu_seconds()
+                result = field_statistics(field, progress=True, workers=args.workers)
+                pass_s, pass_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+            ratios.append(pass_s / read_s)
+            direct_ratios.append(pass_s / direct_s)
             # on a shared machine the wall clock includes waiting for the CPU: CPU seconds
-            print(f"\nCPU seconds: read {read_cpu:.1f}, pass {pass_cpu:.1f}; load average "
+            print(f"\nround {round_}: CPU seconds: read {read_cpu:.1f}, direct read "
+                  f"{direct_cpu:.1f}, pass {pass_cpu:.1f}; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
-            print(f"\n== cost: plain sequential read of {gb:.1f} GB: {read_s:.1f} s; statistics "
+            print(f"== cost: plain sequential read of {gb:.1f} GB: {read_s:.1f} s; statistics "
                   f"pass with indices and fits: {pass_s:.1f} s = {pass_s / read_s:.2f}x the read "
                   f"(target <= 1.5x), in {result.workers} process(es); {result.n_fits} fits, "
                   f"{result.fit_seconds:.1f} s in all, "
-                  f"{1000 * result.fit_seconds / max(result.n_fits, 1):.0f} ms each")  # fmt: skip
+                  f"{1000 * result.fit_seconds / max(result.n_fits, 1):.0f} ms each; "
+                  f"direct read (O_DIRECT) {direct_s:.1f} s: the pass "
+                  f"{pass_s / direct_s:.2f}x it")  # fmt: skip
+        print(f"\n== cost over {args.repeats} round(s): pass / plain read "
+              f"{' '.join(f'{r:.2f}' for r in ratios)}, median {np.median(ratios):.2f}x "
+              f"(target <= 1.5x); pass / direct read "
+              f"{' '.join(f'{r:.2f}' for r in direct_ratios)}, median "
+              f"{np.median(direct_ratios):.2f}x")  # fmt: skip
+        with open_field(target) as field:
             truth = Table.read(target / truth_filename(FIELD), format="ascii.ecsv")
             cands = result.candidates
             print(f"rows: {len(result.stats)} statistics, {len(cands)} fits, "

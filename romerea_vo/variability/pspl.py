@@ -34,7 +34,10 @@ U0_MAX = 3.0
 _TE_GRID = np.geomspace(1.0, 300.0, 9)
 _U0_GRID = np.array([0.01, 0.05, 0.3, 0.7, 1.2])
 _T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
-_STARTS = 2  # refinements, from the best grid points of different tE
+_STARTS = 1
+"""Refinements, from the best grid points of different tE. Two cost 30 % more fit time
+and found the same detectable events with the same accuracy on two benchmark fields
+(seeds 2026 and 21): one more event below detectability, one more trend as a candidate."""
 _PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
 _HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
 
