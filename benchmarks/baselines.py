@@ -35,7 +35,7 @@ def read_files_direct(paths: Iterable[Path]) -> int:
     """Read each file once, start to end, with O_DIRECT (no page cache) into one reused
     page-aligned 8 MiB buffer; returns the bytes read. What the disk itself delivers,
     without the kernel's cost of filling the page cache: the stricter baseline for the
-    statistics pass, which reads that way (``QuadrantCube.read_streaming``). Files on a
+    statistics pass, which reads that way (``CubeStream``). Files on a
     file system without direct I/O are read buffered."""
     buffer = mmap.mmap(-1, READ_BUFFER_BYTES)  # anonymous maps are page-aligned
     view = memoryview(buffer)

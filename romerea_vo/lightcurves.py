@@ -402,15 +402,18 @@ def _read_ahead(
         return
     starts = range(first, end, per_block)
     rows = min(per_block, end - first)
-    buffers = (cube.streaming_buffer(rows), cube.streaming_buffer(rows))
-
-    def read(k: int) -> np.ndarray:
-        stop = min(end, starts[k] + per_block)
-        return cube.read_streaming(starts[k], stop, buffers[k % 2])
-
     # leaving the with block (the caller stopped early, or an error) waits for the read
     # in flight, so no thread outlives the pass or writes into a buffer given back
-    with ThreadPoolExecutor(1, thread_name_prefix=READ_AHEAD_THREAD) as pool:
+    with (
+        cube.stream() as stream,
+        ThreadPoolExecutor(1, thread_name_prefix=READ_AHEAD_THREAD) as pool,
+    ):
+        buffers = (stream.buffer(rows), stream.buffer(rows))
+
+        def read(k: int) -> np.ndarray:
+            stop = min(end, starts[k] + per_block)
+            return stream.read(starts[k], stop, buffers[k % 2])
+
         pending = pool.submit(read, 0)
         for k, start in enumerate(starts):
             block = pending.result()  # a read error is raised here, in the caller

@@ -1,9 +1,9 @@
 """How much of a file range the kernel's page cache holds: Linux's ``cachestat`` (6.5+).
 
 A stream that reads a cube once chooses by it between copying what the cache holds and
-reading the rest from the disk directly (:meth:`QuadrantCube.read_streaming`). Python has
-no binding for the system call (nor for ``mincore``), hence ctypes; where the call does
-not exist (another OS, an older kernel) :func:`cached_bytes` answers None.
+reading the rest from the disk directly (:class:`.reader.CubeStream`). Python has no
+binding for the system call (nor for ``mincore``), hence ctypes; where the call does not
+exist (another OS, an older kernel) :func:`cached_bytes` answers None.
 """
 
 from __future__ import annotations

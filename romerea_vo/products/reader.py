@@ -137,9 +137,6 @@ class QuadrantCube:
         self.path = path
         self.quadrant = quadrant
         self._fd: int | None = None
-        self._direct_fd: int | None = None
-        self._stream_fd: int | None = None
-        self._direct_ok = True
         if not path.exists():
             compressed = path.with_name(path.name + ".bz2")
             if compressed.exists():
@@ -198,14 +195,6 @@ class QuadrantCube:
             )
         self._offset = offset
         self._fd = os.open(self.path, os.O_RDONLY)
-        if _DIRECT_READS and cached_bytes(self._fd, 0, PAGE_BYTES) is not None:
-            try:
-                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-            except OSError:  # a file system without direct I/O (tmpfs): buffered reads
-                return
-            # copies what the cache holds without read-ahead pulling the next blocks in
-            self._stream_fd = os.open(self.path, os.O_RDONLY)
-            os.posix_fadvise(self._stream_fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def __repr__(self) -> str:
         return f"<QuadrantCube {self.path.name} {self.shape} era {self.layout.era}>"
@@ -213,11 +202,6 @@ class QuadrantCube:
     @property
     def n_stars(self) -> int:
         return self.shape[0]
-
-    @property
-    def reads_directly(self) -> bool:
-        """Whether :meth:`read_streaming` reads rows the page cache lacks with O_DIRECT."""
-        return self._stream_fd is not None and self._direct_ok
 
     @property
     def rows_per_chunk(self) -> int:
@@ -265,45 +249,94 @@ class QuadrantCube:
             return self._dataset[start:stop]
         return self._pread_rows(start, stop)
 
-    def streaming_buffer(self, rows: int) -> np.ndarray:
-        """A page-aligned byte buffer that :meth:`read_streaming` can read ``rows`` rows
-        into (with room for the pages around them)."""
-        size = rows * self._row_bytes + 2 * PAGE_BYTES
+    def stream(self) -> CubeStream:
+        """A :class:`CubeStream` over this cube's rows (close it, or use ``with``)."""
+        return CubeStream(self)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._h5.close()
+
+
+class CubeStream:
+    """One pass over a cube's rows in blocks: rows the page cache holds are copied from
+    it, the others are read from the disk straight into the stream's buffer (O_DIRECT).
+
+    On this VM a cold buffered read costs the kernel 0.35-1.7 CPU seconds a GB (filling
+    the page cache, then copying out of it: 53 % of all CPU time of the statistics pass in
+    a perf profile), a direct read ~0.05: the pass over a 30 GB field without fits took
+    23-30 s and 2 system CPU seconds instead of 44-45 s and 35-38. And a once-read field
+    no longer evicts everything else from the cache. A block is copied when at least half
+    of it is cached (``cachestat``). Where the kernel has no ``cachestat`` (before Linux
+    6.5) or the file system no direct I/O, or for a cube read through h5py, the reads are
+    the cube's buffered ones. The stream's two descriptors live as long as the stream, so
+    that an idle cube keeps one. Threads may read blocks of one stream concurrently.
+    """
+
+    def __init__(self, cube: QuadrantCube):
+        self.cube = cube
+        self._direct_fd: int | None = None
+        self._cached_fd: int | None = None
+        self._direct_ok = False
+        if not (_DIRECT_READS and cube._fd is not None):
+            return
+        if cached_bytes(cube._fd, 0, PAGE_BYTES) is None:
+            return
+        try:
+            self._direct_fd = os.open(cube.path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:  # a file system without direct I/O
+            return
+        try:  # copies what the cache holds without read-ahead pulling the next blocks in
+            self._cached_fd = os.open(cube.path, os.O_RDONLY)
+            os.posix_fadvise(self._cached_fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except OSError:  # out of descriptors, say: the cube's own buffered reads will do
+            self.close()
+            return
+        self._direct_ok = True
+
+    def __enter__(self) -> CubeStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def reads_directly(self) -> bool:
+        """Whether blocks the page cache lacks are read with O_DIRECT."""
+        return self._direct_ok
+
+    def buffer(self, rows: int) -> np.ndarray:
+        """A page-aligned byte buffer that :meth:`read` can read ``rows`` rows into
+        (with room for the pages around them)."""
+        size = rows * self.cube._row_bytes + 2 * PAGE_BYTES
         raw = np.empty(size + PAGE_BYTES, dtype=np.uint8)
         skip = -raw.ctypes.data % PAGE_BYTES
         return raw[skip : skip + size]
 
-    def read_streaming(self, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+    def read(self, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
         """Rows [start, stop) with every image, read into ``buffer`` (from
-        :meth:`streaming_buffer`) and returned as a view of it: a stream's path.
-
-        Rows the page cache holds (half a block or more, by ``cachestat``) are copied from
-        it; the others are read from the disk straight into the buffer (``O_DIRECT``),
-        bypassing the cache. On this VM a cold buffered read costs the kernel 0.35-1.7 CPU
-        seconds a GB (filling the cache, then copying out of it: 53 % of all CPU time of
-        the statistics pass in a perf profile), a direct read ~0.05: the pass over a 30 GB
-        field without fits took 23-30 s and 2 system CPU seconds instead of 44-45 s and
-        35-38. And a once-read field no longer evicts everything else from the cache.
-        Where the kernel has no ``cachestat`` (before Linux 6.5) or the file system no
-        direct I/O, reads are buffered. Raises FieldFormatError for a truncated cube.
-        """
-        count = (stop - start) * self._row_bytes
-        shape = (stop - start, *self.shape[1:])
-        if self._fd is None:
+        :meth:`buffer`) and returned as a view of it. Raises FieldFormatError for a
+        truncated cube."""
+        cube = self.cube
+        count = (stop - start) * cube._row_bytes
+        shape = (stop - start, *cube.shape[1:])
+        if cube._fd is None:
             rows = buffer[:count].view("<f8").reshape(shape)
-            self._dataset.read_direct(rows, np.s_[start:stop])
+            cube._dataset.read_direct(rows, np.s_[start:stop])
             return rows
-        position = self._offset + start * self._row_bytes
+        position = cube._offset + start * cube._row_bytes
         lead = position % PAGE_BYTES
         rows = buffer[lead : lead + count].view("<f8").reshape(shape)
         cached = None
-        if self._stream_fd is not None and self._direct_ok:
-            cached = cached_bytes(self._stream_fd, position - lead, lead + count)
-        if cached is None:  # no direct reads here: buffered, with the kernel's read-ahead
-            return self._pread_rows(start, stop, rows)
+        if self._direct_ok and self._cached_fd is not None:
+            cached = cached_bytes(self._cached_fd, position - lead, lead + count)
+        if cached is None:  # no direct reads: buffered, with the kernel's read-ahead
+            return cube._pread_rows(start, stop, rows)
         if 2 * cached < count and self._read_direct(position - lead, lead + count, buffer):
             return rows
-        return self._pread_rows(start, stop, rows, self._stream_fd)
+        return cube._pread_rows(start, stop, rows, self._cached_fd)
 
     def _read_direct(self, position: int, count: int, buffer: np.ndarray) -> bool:
         """Bytes [position, position + count) of the file into ``buffer`` by direct reads
@@ -323,16 +356,16 @@ class QuadrantCube:
                 self._direct_ok = False  # the fd stays open until close(): threads share it
                 return False
             if n <= 0 or (n % PAGE_BYTES and done + n < count):
-                raise FieldFormatError(f"{self.path.name} ended early: was it truncated?")
+                raise FieldFormatError(f"{self.cube.path.name} ended early: was it truncated?")
             done += n
         return True
 
     def close(self) -> None:
-        for fd in (self._fd, self._direct_fd, self._stream_fd):
+        for fd in (self._direct_fd, self._cached_fd):
             if fd is not None:
                 os.close(fd)
-        self._fd = self._direct_fd = self._stream_fd = None
-        self._h5.close()
+        self._direct_fd = self._cached_fd = None
+        self._direct_ok = False
 
 
 class Field:
