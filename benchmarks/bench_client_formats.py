@@ -1,6 +1,6 @@
 """Data at the speed of the client (issue 19): VOParquet vs VOTable, bulk lightcurves, export.
 
-    python benchmarks/bench_client_formats.py [--workdir DIR]
+    python benchmarks/bench_client_formats.py [--workdir DIR] [--cold] [--skip top ...]
 
 Synthesises (once, kept in WORKDIR) and ingests two fields, serves them with
 ``romerea-vo serve`` and measures, each against a baseline measured in the same run:
@@ -19,6 +19,11 @@ Synthesises (once, kept in WORKDIR) and ingests two fields, serves them with
    2,214-image version would be 30 GB of cubes and ~20 GB of Parquet) vs a plain
    sequential read of its cubes, each in a fresh process (peak RSS). Target <= 2x. Also
    timed: writing as many bytes as the export wrote to the same disk (the disk's share).
+
+Bulk and export read the cubes from the page cache (each timing after a plain read of
+them) or, with ``--cold`` (as root), from the disk: the cache dropped before each timing,
+the loop's and the reads' included -- as on a server whose fields (30 GB each at 2,214
+images) do not fit in memory.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from baselines import drop_page_cache
 from bench_lightcurve_service import Client as KeepAliveClient
 from bench_tap import Client, _time
 from served import serve, synthetic_db
 
 BULK_COLUMNS = "hjd,filter,normalized_mag,normalized_mag_err,qc_flag"
 FIELDS = (("ROME-FIELD-01", 10_000, 2214), ("ROME-FIELD-02", 100_000, 300))
+WHERE = {False: "cubes in the page cache", True: "cold: the page cache dropped before each"}
 
 # Peak RSS from VmHWM: ru_maxrss of a child also counts the parent's pages at fork time.
 PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
@@ -112,7 +119,16 @@ def plain_read(field_dir: Path) -> dict:
     return json.loads(run.stdout)
 
 
-def bulk(base: str, workdir: Path, singles: int) -> None:
+def warm_or_cold(directory: Path, cold: bool) -> None:
+    """Before a timing: the field's cubes into the page cache, or the cache emptied."""
+    if cold:
+        if not drop_page_cache():
+            sys.exit("--cold needs to drop the page cache: run as root")
+    else:
+        plain_read(directory)
+
+
+def bulk(base: str, workdir: Path, singles: int, cold: bool) -> None:
     from astropy.table import Table
 
     from romerea_vo.store import Database
@@ -136,14 +152,18 @@ def bulk(base: str, workdir: Path, singles: int) -> None:
         assert status == 200, body[:500]
         return time.perf_counter() - t0, len(body)
 
-    plain_read(workdir / "ROME-FIELD-01")  # into the page cache
-    read = plain_read(workdir / "ROME-FIELD-01")
+    field = workdir / "ROME-FIELD-01"
+    warm_or_cold(field, cold)
+    read = plain_read(field)
     read_rate = n / read["s"]
-    runs = {
-        "Parquet, 5 columns": post("parquet", BULK_COLUMNS),
-        "BINARY2, 5 columns": post("votable", BULK_COLUMNS),
-        "Parquet, all columns": post("parquet", None),
-    }
+    runs = {}
+    for name, fmt, columns in (
+        ("Parquet, 5 columns", "parquet", BULK_COLUMNS),
+        ("BINARY2, 5 columns", "votable", BULK_COLUMNS),
+        ("Parquet, all columns", "parquet", None),
+    ):
+        warm_or_cold(field, cold)
+        runs[name] = post(fmt, columns)
     keep = KeepAliveClient(base)
     rng = random.Random(1)
     sample = rng.sample(dids, singles)
@@ -151,6 +171,7 @@ def bulk(base: str, workdir: Path, singles: int) -> None:
     def loop(fmt: str) -> tuple[float, float]:
         """Stars/s and bytes per star of a GET per star in ``fmt`` (keep-alive)."""
         params = [("COLUMNS", BULK_COLUMNS), ("RESPONSEFORMAT", fmt)]
+        warm_or_cold(field, cold)
         t0 = time.perf_counter()
         loop_bytes = 0
         for did in sample:
@@ -162,7 +183,7 @@ def bulk(base: str, workdir: Path, singles: int) -> None:
     loops = {"BINARY2": loop("votable"), "Parquet": loop("parquet")}
     loop_rate = loops["BINARY2"][0]
     print(f"\n2. bulk lightcurves, {n} stars x {FIELDS[0][2]} images (cubes "
-          f"{read['bytes'] / 1e9:.2f} GB):")  # fmt: skip
+          f"{read['bytes'] / 1e9:.2f} GB), {WHERE[cold]}:")  # fmt: skip
     print(f"   plain sequential read of the cubes  {read['s']:7.2f} s  {read_rate:9.0f} stars/s"
           f"  {read['bytes'] / 1e6 / read['s']:7.0f} MB/s")  # fmt: skip
     for fmt, (rate, per_star) in loops.items():
@@ -178,11 +199,12 @@ def bulk(base: str, workdir: Path, singles: int) -> None:
               f"{seconds / read['s']:4.1f}x the read time (target <= 2x)")  # fmt: skip
 
 
-def export(workdir: Path) -> None:
+def export(workdir: Path, cold: bool) -> None:
     field = workdir / FIELDS[1][0]
-    plain_read(field)  # into the page cache
+    warm_or_cold(field, cold)
     read = plain_read(field)
     with tempfile.TemporaryDirectory(dir=workdir) as out:
+        warm_or_cold(field, cold)
         code = EXPORT.replace("PEAK", PEAK)
         run = subprocess.run([sys.executable, "-c", code, str(field), out],
                              capture_output=True, text=True, check=True)  # fmt: skip
@@ -192,7 +214,7 @@ def export(workdir: Path) -> None:
     ratio = result["s"] / read["s"]
     floor = read["s"] + written
     print(f"\n3. export-lightcurves, {FIELDS[1][1]} stars x {FIELDS[1][2]} images "
-          f"(cubes {read['bytes'] / 1e9:.2f} GB):")  # fmt: skip
+          f"(cubes {read['bytes'] / 1e9:.2f} GB), {WHERE[cold]}:")  # fmt: skip
     print(f"   plain sequential read   {read['s']:7.2f} s  peak RSS {read['rss_mib']:6.0f} MiB")
     print(f"   plain write of the export's {size / 1e9:.2f} GB to the same disk (fsync) "
           f"{written:7.2f} s")  # fmt: skip
@@ -222,6 +244,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--singles", type=int, default=1000, help="stars in the single-request loop")
     ap.add_argument("--skip", nargs="*", default=[], choices=["top", "bulk", "export"])
+    ap.add_argument("--cold", action="store_true",
+                    help="bulk and export from the disk: the page cache dropped before "
+                    "every timing (root only)")  # fmt: skip
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     db = synthetic_db(args.workdir, FIELDS, seed=3)
@@ -230,12 +255,12 @@ def main() -> None:
         if "top" not in args.skip:
             top100000(base, args.repeats)
         if "bulk" not in args.skip:
-            bulk(base, args.workdir, args.singles)
+            bulk(base, args.workdir, args.singles, args.cold)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     if "export" not in args.skip:
-        export(args.workdir)
+        export(args.workdir, args.cold)
     print(f"\n(cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f})")
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, join
-from baselines import read_files, read_files_direct
+from baselines import drop_page_cache, read_files, read_files_direct
 from scipy.stats import rankdata
 
 from romerea_vo.lightcurves import read_points
@@ -55,18 +55,6 @@ INDICES = (
 )  # fmt: skip
 TE_BINS = (1, 3, 10, 30, 100, 300)
 AMP_BINS = (0.0, 0.2, 0.5, 1.0, 2.0, np.inf)
-
-
-def drop_page_cache() -> bool:
-    """Empty the kernel's page cache (root only), so that the read and the pass both start
-    cold: after synthesis part of the cubes is cached, and which part differs between
-    them. Returns False where not permitted (then both figures are partly warm)."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    except OSError:
-        return False
-    return True
 
 
 def plain_read(directory: Path, direct: bool = False) -> tuple[float, float, float]:
