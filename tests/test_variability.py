@@ -147,6 +147,24 @@ def test_band_indices_with_stars_without_good_points_first_and_last():
     assert list(got["n_good"][[0, 6, 7]]) == [0, 0, 0]
 
 
+def test_mad_from_sorted_rows_equals_numpy_with_ties_and_short_rows():
+    """The bisection over the two runs of deviations gives numpy's median(|x - median|)
+    exactly, for 0 to 9 values per row (NaN after them), ties at the median included."""
+    rng = np.random.default_rng(7)
+    for width in (1, 2, 5, 9):
+        values = np.round(rng.normal(size=(400, width)), 1)  # rounded: many ties
+        n = rng.integers(0, width + 1, size=400)
+        ordered = np.where(np.arange(width) < n[:, None], values, np.nan)
+        ordered.sort(axis=1)
+        median = np.array(
+            [np.median(r[:k]) if k else np.nan for r, k in zip(ordered, n, strict=True)]
+        )
+        got = indices._median_absolute_deviation(ordered, n, median)
+        expected = [np.median(np.abs(r[:k] - np.median(r[:k]))) if k else np.nan
+                    for r, k in zip(ordered, n, strict=True)]  # fmt: skip
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_band_indices_shape_errors_and_empty():
     with pytest.raises(ValueError):
         indices.band_indices(np.arange(3.0), np.zeros((2, 4)), np.ones((2, 4)), np.ones((2, 4)))
