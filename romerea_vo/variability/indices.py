@@ -55,7 +55,9 @@ def _sorted_quantiles(values: np.ndarray, n: np.ndarray) -> dict[float, np.ndarr
     return out
 
 
-def _median_absolute_deviation(ordered: np.ndarray, n: np.ndarray, median: np.ndarray):
+def _median_absolute_deviation(
+    ordered: np.ndarray, n: np.ndarray, median: np.ndarray
+) -> np.ndarray:
     """median(|x - median|) of each row's first n values of ``ordered`` (sorted rows).
 
     The deviations are two sorted runs, median - x below the median (read backwards) and
