@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, join
-from baselines import drop_page_cache, read_files, read_files_direct
+from baselines import drop_page_cache, read_files
 from scipy.stats import rankdata
 
 from romerea_vo.lightcurves import read_points
@@ -61,7 +61,7 @@ def plain_read(directory: Path, direct: bool = False) -> tuple[float, float, flo
     """Wall and CPU seconds to read every cube file once, sequentially, and the GB read;
     ``direct``: with O_DIRECT, bypassing the page cache."""
     started, cpu = time.perf_counter(), time.process_time()
-    size = (read_files_direct if direct else read_files)(sorted(directory.glob("*.hdf5")))
+    size = read_files(sorted(directory.glob("*.hdf5")), direct=direct)
     return time.perf_counter() - started, time.process_time() - cpu, size / 1e9
 
 

@@ -34,10 +34,6 @@ U0_MAX = 3.0
 _TE_GRID = np.geomspace(1.0, 300.0, 9)
 _U0_GRID = np.array([0.01, 0.05, 0.3, 0.7, 1.2])
 _T0_OFFSETS = np.array([-0.5, -0.2, 0.0, 0.2, 0.5])  # in units of tE
-_STARTS = 1
-"""Refinements, from the best grid points of different tE. Two cost 30 % more fit time
-and found the same detectable events with the same accuracy on two benchmark fields
-(seeds 2026 and 21): one more event below detectability, one more trend as a candidate."""
 _PEAK_WINDOWS = (3, 15)  # points in the running sums that locate the brightening
 _HUBER = 5.0  # residuals (in sigma) beyond which least_squares down-weights (soft L1)
 
@@ -301,36 +297,27 @@ def fit_pspl(
 
     lo = np.array([t.min() - 2 * TE_RANGE[1], math.log(TE_RANGE[0]), 0.0])
     hi = np.array([t.max() + 2 * TE_RANGE[1], math.log(TE_RANGE[1]), U0_MAX])
-    # refine the best grid point of each of the _STARTS best tE values; keep the best
-    best_of_te: dict[float, int] = {}
-    for k in np.argsort(chi2):
-        if not np.isfinite(chi2[k]) or len(best_of_te) == _STARTS:
-            break
-        best_of_te.setdefault(te[k], k)
-    if not best_of_te:
-        best_of_te = {te[0]: 0}
-    p, converged, jac, chi2_fit = None, False, None, np.inf
-    for k in best_of_te.values():
-        start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
-        offset = np.array([start[0], 0.0, 0.0])
-        try:
-            res = least_squares(
-                residuals,
-                start - offset,
-                jac=jacobian,
-                bounds=(lo - offset, hi - offset),
-                loss="soft_l1",
-                f_scale=_HUBER,
-                x_scale="jac",
-                args=(offset,),
-            )
-            trial, ok, trial_jac = res.x + offset, bool(res.success), res.jac
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
-            trial, ok, trial_jac = start, False, None
-        trial_chi2 = model(trial)[3]
-        if p is None or trial_chi2 < chi2_fit:
-            p, converged, jac, chi2_fit = trial, ok, trial_jac, trial_chi2
-    assert p is not None  # best_of_te has at least one start
+    # refine the grid's best point: a second start, from the best point of another tE,
+    # cost 30 % more fit time and found the same detectable events with the same accuracy
+    # on two benchmark fields (seeds 2026 and 21; one more event below detectability, one
+    # more trend as a candidate)
+    k = int(np.argmin(chi2)) if np.isfinite(chi2).any() else 0
+    start = np.clip(np.array([t0[k], math.log(te[k]), u0[k]]), lo, hi)
+    offset = np.array([start[0], 0.0, 0.0])
+    try:
+        res = least_squares(
+            residuals,
+            start - offset,
+            jac=jacobian,
+            bounds=(lo - offset, hi - offset),
+            loss="soft_l1",
+            f_scale=_HUBER,
+            x_scale="jac",
+            args=(offset,),
+        )
+        p, converged, jac = res.x + offset, bool(res.success), res.jac
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+        p, converged, jac = start, False, None
     _a, fs, fb, chi2_fit = model(p)
     errs = np.full(3, np.nan)
     if jac is not None and np.all(np.isfinite(jac)):
