@@ -38,6 +38,7 @@ does.
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -56,9 +57,10 @@ from .lightcurves import (
     flux_from_mag,
     produced_ahead,
     read_points,
+    stars_points,
 )
 from .products import layout
-from .products.layout import QC_FLAG_DESCRIPTION, PhotometryLayout
+from .products.layout import MJD_OFFSET, QC_FLAG_DESCRIPTION, PhotometryLayout
 from .products.lookup import StarRef
 from .products.reader import Field
 from .store.contract import CatalogDatabase
@@ -85,10 +87,6 @@ MAX_IDS = 1000
 """Most stars one request may ask for with ID parameters."""
 MAX_BULK_IDS = 100_000
 """Most rows of an uploaded table of stars (bulk ``POST /lightcurve``)."""
-BULK_STARS_PER_BATCH = 64
-"""Stars whose points make one record batch of a bulk response (one quadrant each)."""
-MJD_OFFSET = 2400000.5
-"""JD - MJD: TIME intervals are MJD, the points' hjd a (heliocentric) JD."""
 
 TIMESYS = TimeSys(ID="hjd_utc", timeorigin="0", timescale="UTC", refposition="HELIOCENTER")
 """HJD: Julian days (origin JD 0) in UTC, at the barycentre-free heliocentre (DESIGN.md)."""
@@ -321,6 +319,11 @@ class _Schema:
             available = tuple(c for c in forced if c not in columns) + columns
         self.names = available
         self.flux_from = (lay.science_mag, layout.error_column(lay.science_mag))
+        flux_from = self.flux_from if {"flux", "flux_err"} & set(available) else ()
+        self.cube_columns = tuple(
+            dict.fromkeys(n for n in (*available, *flux_from) if n in cube_columns or n == "hjd")
+        )
+        """The cube columns the table's columns are made of."""
         fields = []
         for name in available:
             if name in ("upload_row", "status"):
@@ -453,58 +456,59 @@ class LightcurveDocuments:
     ) -> pa.RecordBatch:
         """Arrow columns of one star's points, in ``schema`` order (``upload_row``: the
         row of a bulk upload it answers)."""
+        columns = {n: np.ascontiguousarray(pts.column(n)) for n in schema.cube_columns}
         which = np.zeros(len(pts), np.int64)
-        return self.block_batch([star], which, pts, schema, [upload_row])
+        return self.block_batch([star], which, pts.image_index, columns, schema, [upload_row])
 
     def block_batch(
         self,
         stars: Sequence[_Star],
         which: np.ndarray,
-        pts: PointArrays,
+        image_index: np.ndarray,
+        cube_columns: dict[str, np.ndarray],
         schema: _Schema,
         upload_rows: Sequence[int],
     ) -> pa.RecordBatch:
         """Arrow columns of the points of several stars of one field, in ``schema`` order;
-        ``which[i]`` is the position in ``stars`` of point i's star."""
-        n = len(pts)
-        idx = pa.array(pts.image_index.astype(np.int64, copy=False))
+        ``which[i]`` is the position in ``stars`` of point i's star, ``cube_columns``
+        the point values of ``schema.cube_columns``."""
+        n = len(image_index)
+        idx = pa.array(image_index.astype(np.int64, copy=False))
         cols = stars[0].columns
-        cube = {name: j for j, name in enumerate(pts.layout.columns)}
         flux: tuple[np.ndarray, np.ndarray] | None = None
         refs = [s.ref for s in stars]
-
-        def cube_column(name: str) -> np.ndarray:  # only the columns asked for are copied
-            return np.ascontiguousarray(pts.data[:, cube[name]])
 
         def per_star(values: list, dtype) -> np.ndarray:
             return np.asarray(values, dtype=dtype)[which]
 
+        def repeated(text: str) -> pa.Array:  # a dictionary of one value: nothing to hash
+            indices = pa.array(np.zeros(n, np.int32))
+            return pa.DictionaryArray.from_arrays(indices, pa.array([text], pa.large_string()))
+
         def column(name: str) -> pa.Array:
             nonlocal flux
-            if name in cube:
-                values = cube_column(name)
+            if name in cube_columns:
+                values = cube_columns[name]
                 kind = _INTEGER_COLUMNS.get(name)
                 return pa.array(values if kind is None else values.astype(np.int16))
             if name in ("flux", "flux_err"):
                 if flux is None:
-                    mag, err = (cube_column(c) for c in schema.flux_from)
-                    flux = flux_from_mag(mag, err)
+                    flux = flux_from_mag(*(cube_columns[c] for c in schema.flux_from))
                 return pa.array(flux[0] if name == "flux" else flux[1])
             if name in cols.metadata:
-                return pa.array(cols.metadata[name][pts.image_index])
+                return pa.array(cols.metadata[name][image_index])
             if name in cols.encoded:  # dictionary arrays: no strings copied
                 encoded = cols.encoded[name]
                 return pa.DictionaryArray.from_arrays(encoded.indices.take(idx), encoded.dictionary)
             if name == "image":
                 return pa.DictionaryArray.from_arrays(idx, cols.image)
             if name == "image_index":
-                return pa.array(pts.image_index.astype(np.int32))
+                return pa.array(image_index.astype(np.int32))
             if name == "id":
                 dids = pa.array([s.did for s in stars], pa.large_string())
                 return pa.DictionaryArray.from_arrays(pa.array(which), dids)
             if name in ("field", "status"):
-                text = refs[0].field if name == "field" else "ok"
-                return pa.repeat(pa.scalar(text, pa.large_string()), n)
+                return repeated(refs[0].field if name == "field" else "ok")
             if name == "upload_row":
                 return pa.array(per_star(list(upload_rows), np.int64))
             if name == "gaia_source_id":
@@ -826,24 +830,32 @@ class LightcurveDocuments:
 
         def batches() -> Iterator[pa.RecordBatch]:
             empty: list[_UploadRow] = []
-            for part in _quadrant_runs(good, BULK_STARS_PER_BATCH):
-                # star by star: a row (~300 kB) stays in the CPU cache while it is cut,
-                # which beats one vectorised pass over a block of rows
-                found = [self.points(r.found, req) for r in part]
-                counts = np.array([len(p) for p in found])
-                empty += [r for r, c in zip(part, counts, strict=True) if not c]
-                if not counts.sum():
+            for part in _quadrant_runs(good):
+                star = part[0].found
+                datasets = self._datasets_for(star, req.datasets)
+                if datasets is not None and not datasets:  # no DATASET is in this field
+                    empty += part
                     continue
-                lay = found[0].layout
-                pts = PointArrays(
-                    part[0].found.ref,
-                    np.concatenate([p.image_index for p in found]),
-                    np.concatenate([p.data for p in found]),
-                    lay,
-                )
-                which = np.repeat(np.arange(len(part)), counts)
-                stars = [r.found for r in part]
-                yield self.block_batch(stars, which, pts, schema, [r.row for r in part])
+                has_points = np.zeros(len(part), bool)
+                for pts in stars_points(
+                    star.field,
+                    star.ref.quadrant,
+                    np.array([r.found.ref.row for r in part], np.int64),
+                    schema.cube_columns,
+                    filters=req.bands,
+                    datasets=datasets,
+                    quality=req.quality,
+                    mjd_range=req.time,
+                ):
+                    if not len(pts):
+                        continue
+                    has_points[pts.which] = True
+                    rows = part[pts.first : pts.first + pts.count]
+                    yield self.block_batch(
+                        [r.found for r in rows], pts.which - pts.first, pts.image_index,
+                        pts.columns, schema, [r.row for r in rows],
+                    )  # fmt: skip
+                empty += [r for r, found in zip(part, has_points, strict=True) if not found]
             summary["no_points"] = len(empty)
             status = [*failed, *(replace(r, status="no points") for r in empty)]
             if status:
@@ -914,20 +926,10 @@ def _in_time(pts: PointArrays, time: tuple[float, float] | None) -> PointArrays:
     return PointArrays(pts.star, pts.image_index[keep], pts.data[keep], pts.layout)
 
 
-def _quadrant_runs(rows: Sequence[_UploadRow], limit: int) -> Iterator[list[_UploadRow]]:
-    """Upload rows (sorted by field, quadrant, cube row) in runs of one quadrant, at most
-    ``limit`` stars each."""
-    run: list[_UploadRow] = []
-    for r in rows:
-        key = (r.found.ref.field, r.found.ref.quadrant)
-        if run and (
-            (run[0].found.ref.field, run[0].found.ref.quadrant) != key or len(run) >= limit
-        ):
-            yield run
-            run = []
-        run.append(r)
-    if run:
-        yield run
+def _quadrant_runs(rows: Sequence[_UploadRow]) -> Iterator[list[_UploadRow]]:
+    """Upload rows (sorted by field, quadrant, cube row) in runs of one quadrant."""
+    for _, run in itertools.groupby(rows, lambda r: (r.found.ref.field, r.found.ref.quadrant)):
+        yield list(run)
 
 
 @dataclass(frozen=True)

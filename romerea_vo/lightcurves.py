@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -149,6 +149,19 @@ def quality_mask_of(
         inst_err = column("instrumental_mag_err")
         return (hjd > 0) & ~((inst == 0) & (inst_err == 0))
     raise InvalidRequestError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
+
+
+def _quality_columns(lay: PhotometryLayout, quality: str, mag_col: str) -> list[str]:
+    """The cube columns :func:`quality_mask_of` reads for ``quality`` (asked of it, so
+    that the quality rules stay in one place)."""
+    read: list[str] = []
+
+    def column(name: str) -> np.ndarray:
+        read.append(name)
+        return np.zeros(0)
+
+    quality_mask_of(column, lay, quality, mag_col)
+    return read
 
 
 def _selection(field: Field, filters, datasets, quality: str) -> np.ndarray:
@@ -380,12 +393,65 @@ def quadrant_blocks(
         chunk = cube.rows_per_chunk
         per_block = max(chunk, per_block // chunk * chunk)
         start, stop = rows or (0, n_rows)
-        yield from _read_ahead(cube, quadrant_ids, per_block, start, min(stop, n_rows))
+        stop = min(stop, n_rows)
+        spans = [(s, min(stop, s + per_block)) for s in range(start, stop, per_block)]
+        with contextlib.closing(_read_ahead(cube, spans, per_block)) as blocks:
+            for (first, _), block in zip(spans, blocks, strict=True):
+                yield quadrant_ids[first : first + len(block)], block
         return
     selected = np.flatnonzero(np.isin(quadrant_ids, field_ids))
-    for start in range(0, len(selected), per_block):
-        part = selected[start : start + per_block]
-        yield quadrant_ids[part], np.stack([cube.read_star(i) for i in part])
+    plan = _row_units(selected, per_block)
+    with contextlib.closing(_read_ahead(cube, [u.read for u in plan], per_block)) as blocks:
+        for unit, block in zip(plan, blocks, strict=True):
+            rows_read = selected[unit.first : unit.first + unit.count]
+            yield (
+                quadrant_ids[rows_read],
+                block if unit.positions is None else block[unit.positions],
+            )
+
+
+@dataclass(frozen=True)
+class _RowUnit:
+    """One block of a read of chosen cube rows: ``read`` is a ``(start, stop)`` span or
+    an array of rows read one by one; the chosen rows are ``rows[first:first + count]``,
+    at ``positions`` in the block (None: the block is exactly them)."""
+
+    read: tuple[int, int] | np.ndarray
+    first: int
+    count: int
+    positions: np.ndarray | None
+
+
+def _row_units(rows: np.ndarray, per_block: int) -> list[_RowUnit]:
+    """How to read cube ``rows`` (ascending, distinct), at most ``per_block`` rows a
+    block: rows that make at least half of the rows they span are read as one contiguous
+    span (sequential I/O: on 10,000 stars, reading them one by one took ~3x as long
+    from the page cache), scattered ones one by one, up to ``per_block`` a block."""
+    units: list[_RowUnit] = []
+    scattered: list[int] = []  # positions in ``rows`` of rows to read one by one
+
+    def gathered() -> None:
+        if scattered:
+            picked = rows[scattered[0] : scattered[-1] + 1]
+            units.append(_RowUnit(picked, scattered[0], len(picked), None))
+            scattered.clear()
+
+    i = 0
+    while i < len(rows):
+        j = int(np.searchsorted(rows, rows[i] + per_block))
+        span = int(rows[j - 1] - rows[i]) + 1
+        if 2 * (j - i) >= span:
+            gathered()
+            positions = None if span == j - i else rows[i:j] - rows[i]
+            units.append(_RowUnit((int(rows[i]), int(rows[j - 1]) + 1), i, j - i, positions))
+            i = j
+            continue
+        if len(scattered) >= per_block:
+            gathered()
+        scattered.append(i)
+        i += 1
+    gathered()
+    return units
 
 
 READ_AHEAD_THREAD = "cube-read-ahead"
@@ -393,15 +459,16 @@ READ_AHEAD_THREAD = "cube-read-ahead"
 
 
 def _read_ahead(
-    cube: QuadrantCube, quadrant_ids: np.ndarray, per_block: int, first: int, end: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The blocks of ``cube`` rows first:end, each read in a worker thread while the
-    caller works on the one before (the read releases the GIL): a pass then takes about
-    the longer of its reading and its computing rather than their sum."""
-    if first >= end:
+    cube: QuadrantCube, units: Sequence[tuple[int, int] | np.ndarray], rows: int
+) -> Generator[np.ndarray, None, None]:
+    """Blocks of ``cube`` rows, one per unit: a ``(start, stop)`` unit is the contiguous
+    rows start:stop (at most ``rows`` of them, read through a :class:`CubeStream` into
+    two buffers that alternate: valid until the next block is asked for), an array unit
+    those rows read one by one (a new array). Each block is read in a worker thread while
+    the caller works on the one before (the read releases the GIL): a pass then takes
+    about the longer of its reading and its computing rather than their sum."""
+    if not len(units):
         return
-    starts = range(first, end, per_block)
-    rows = min(per_block, end - first)
     # leaving the with block (the caller stopped early, or an error) waits for the read
     # in flight, so no thread outlives the pass or writes into a buffer given back
     with (
@@ -411,15 +478,17 @@ def _read_ahead(
         buffers = (stream.buffer(rows), stream.buffer(rows))
 
         def read(k: int) -> np.ndarray:
-            stop = min(end, starts[k] + per_block)
-            return stream.read(starts[k], stop, buffers[k % 2])
+            unit = units[k]
+            if isinstance(unit, tuple):
+                return stream.read(unit[0], unit[1], buffers[k % 2])
+            return np.stack([cube.read_star(int(row)) for row in unit])
 
         pending = pool.submit(read, 0)
-        for k, start in enumerate(starts):
+        for k in range(len(units)):
             block = pending.result()  # a read error is raised here, in the caller
-            if k + 1 < len(starts):
+            if k + 1 < len(units):
                 pending = pool.submit(read, k + 1)
-            yield quadrant_ids[start : start + len(block)], block
+            yield block
 
 
 PRODUCE_AHEAD_THREAD = "produce-ahead"
@@ -448,6 +517,91 @@ def produced_ahead(items: Iterator[_T]) -> Iterator[_T]:
             close = getattr(items, "close", None)
             if close is not None:
                 pool.submit(close).result()  # where the generator ran, not concurrently
+
+
+@dataclass
+class StarsPoints:
+    """The points of a run of stars of one quadrant, star after star, each star's in
+    time order: ``which[i]`` is the position (in the rows asked for) of point i's star,
+    ``columns`` the cube columns asked for, contiguous. The run covers the stars at
+    positions ``first`` to ``first + count`` (those without points have none here)."""
+
+    first: int
+    count: int
+    which: np.ndarray
+    image_index: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+
+def stars_points(
+    field: Field,
+    quadrant: int,
+    rows: np.ndarray,
+    columns: Sequence[str],
+    *,
+    filters: str | Iterable[str] | None = None,
+    datasets: str | Iterable[str] | None = None,
+    quality: str = "good",
+    mjd_range: tuple[float, float] | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[StarsPoints]:
+    """The points of the stars at cube ``rows`` (ascending, distinct) of a quadrant, a
+    block of stars at a time: the points :func:`read_points` gives each of them (same
+    selection, same order; ``mjd_range`` keeps those whose hjd - 2400000.5 lies in it,
+    ends included), but only the cube ``columns`` asked for (hjd always). Rows are read
+    in row order, close ones as contiguous blocks, each next block while this one is cut.
+
+    Raises InvalidRequestError for an unknown quality or column, FieldFormatError for a
+    truncated cube.
+    """
+    images = _selection(field, filters, datasets, quality)
+    cube = field.cube(quadrant)
+    lay = cube.layout
+    mag_col = mag_column_of(lay, None)
+    unknown = [c for c in columns if c not in lay]
+    if unknown:
+        raise InvalidRequestError(f"no cube column {', '.join(map(repr, unknown))}")
+    wanted = list(dict.fromkeys(["hjd", *columns]))
+    taken = list(dict.fromkeys(wanted + _quality_columns(lay, quality, mag_col)))
+    positions = [lay.index(name) for name in taken]
+    every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
+    per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
+    plan = _row_units(np.asarray(rows, np.int64), per_block)
+    with contextlib.closing(_read_ahead(cube, [u.read for u in plan], per_block)) as blocks:
+        for unit, block in zip(plan, blocks, strict=True):
+            # one np.take of the columns used reads the block once (each strided pass
+            # over it reads every cache line again); the copy is compact enough for
+            # strided passes
+            part = np.take(block, positions, axis=-1)
+            points = part.reshape(-1, len(taken))
+            by_name = dict(zip(taken, np.moveaxis(part, -1, 0), strict=True))  # views
+            mask = quality_mask_of(by_name.__getitem__, lay, quality, mag_col)
+            if unit.positions is not None:
+                mask = mask[unit.positions]
+            if not every_image:  # the (small) mask in time order, not the block
+                mask = mask[:, images]
+            if mjd_range is not None:
+                hjd = by_name["hjd"]
+                hjd = hjd if unit.positions is None else hjd[unit.positions]
+                mjd = (hjd if every_image else hjd[:, images]) - layout.MJD_OFFSET
+                mask &= (mjd >= mjd_range[0]) & (mjd <= mjd_range[1])
+            flat = np.flatnonzero(mask)
+            star, image = np.divmod(flat, mask.shape[1])
+            if not every_image:
+                image = images[image]
+            row = star if unit.positions is None else unit.positions[star]
+            source = row * block.shape[1] + image
+            values = {name: points[:, taken.index(name)].take(source) for name in wanted}
+            hjd = values["hjd"]
+            if np.any((hjd[1:] < hjd[:-1]) & (star[1:] == star[:-1])):
+                # as read_points: cube hjd can differ slightly from the IMAGES order
+                order = np.lexsort((hjd, star))
+                star, image = star[order], image[order]
+                values = {name: v[order] for name, v in values.items()}
+            yield StarsPoints(unit.first, unit.count, unit.first + star, image, values)
 
 
 def quadrant_points(

@@ -17,6 +17,7 @@ from astropy.table import Table
 from romerea_vo import lightcurves, statistics_pass
 from romerea_vo.errors import FieldFormatError
 from romerea_vo.products import open_field
+from romerea_vo.products.layout import MJD_OFFSET
 from romerea_vo.products.page_cache import cached_bytes
 
 from .conftest import read_ahead_threads
@@ -220,6 +221,75 @@ def test_streamed_points_are_each_stars_points(field, quality):
     np.testing.assert_array_equal(got_ids, np.repeat(ids, [len(p) for p in expected]))
     np.testing.assert_array_equal(got_image, np.concatenate([p.image_index for p in expected]))
     np.testing.assert_array_equal(got_rows, np.concatenate([p.data for p in expected]))
+
+
+def _rows_to_read(n_rows: int) -> np.ndarray:
+    """Cube rows a bulk request might name: a dense run with holes (read as spans, the
+    holes skipped), scattered rows (read one by one) and a run of every row."""
+    dense = [r for r in range(60) if r % 3]
+    return np.array(dense + list(range(60, 150, 10)) + list(range(150, n_rows)))
+
+
+def _assert_stars_points(field, quadrant, rows, selection, block_rows=8):
+    ids = field.quadrant_field_ids(quadrant)
+    lay = field.cube(quadrant).layout
+    mjd_range = selection.pop("mjd_range", None)
+    seen = np.zeros(len(rows), int)
+    for pts in lightcurves.stars_points(
+        field, quadrant, rows, lay.columns[1:], mjd_range=mjd_range,
+        block_bytes=block_rows * field.n_images * lay.width * 8, **selection,
+    ):  # fmt: skip
+        assert set(pts.columns) == set(lay.columns)
+        for p in range(pts.first, pts.first + pts.count):
+            seen[p] += 1
+            expected = lightcurves.read_points(field, int(ids[rows[p]]), **selection)
+            keep = np.ones(len(expected), bool)
+            if mjd_range is not None:
+                mjd = expected.hjd - MJD_OFFSET
+                keep = (mjd >= mjd_range[0]) & (mjd <= mjd_range[1])
+            mine = pts.which == p
+            np.testing.assert_array_equal(pts.image_index[mine], expected.image_index[keep])
+            for name in lay.columns:
+                np.testing.assert_array_equal(
+                    pts.columns[name][mine], expected.column(name)[keep], err_msg=name
+                )
+    assert np.all(seen == 1)  # every star in exactly one block
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {},
+        {"filters": "ip"},
+        {"quality": "all"},
+        {"quality": "valid", "datasets": "ROME-FIELD-01_lsc-doma-1m0-05-fa15_rp"},
+        {"filters": ["gp", "rp"], "mjd_range": (57900.0, 58300.0)},
+    ],
+)
+def test_stars_points_are_each_stars_points(field, selection):
+    """The bulk reader gives each named star the points read_points gives it (selection,
+    time order, values), whether its rows are read as spans, with holes, or one by one."""
+    _assert_stars_points(field, 2, _rows_to_read(field.quadrant_counts[2]), dict(selection))
+
+
+def test_stars_points_put_points_in_time_order(synthetic_field, tmp_path):
+    """Where a star's cube hjd are out of the IMAGES order, its points come sorted by
+    hjd, as read_points sorts them."""
+    copy = shutil.copytree(synthetic_field, tmp_path / FIELD)
+    rows = (4, 61, 150)  # in a span with holes, a scattered row, a whole span
+    with open_field(copy) as f:
+        ids = f.quadrant_field_ids(2)
+        swapped = [lightcurves.read_points(f, int(ids[row])).image_index[5:7] for row in rows]
+    with h5py.File(copy / f"{FIELD}_quad2_photometry.hdf5", "r+") as h:
+        cube = h["dataset_photometry"]
+        for row, (a, b) in zip(rows, swapped, strict=True):  # two good points of the star
+            hjd = cube[row, :, 0]
+            hjd[a], hjd[b] = hjd[b], hjd[a]
+            cube[row, :, 0] = hjd
+    with open_field(copy) as f:
+        resorted = lightcurves.read_points(f, int(ids[rows[0]])).image_index
+        assert list(resorted[5:7]) == list(swapped[0][::-1])
+        _assert_stars_points(f, 2, _rows_to_read(f.quadrant_counts[2]), {})
 
 
 def test_a_pass_stopped_early_leaves_no_reading_thread(field):

@@ -23,6 +23,9 @@ FAILED_FIT = -9999.99
 NOT_MEASURED = 0.0
 """Value of every cube column where the star was not detected in a dataset (§4.3)."""
 
+MJD_OFFSET = 2400000.5
+"""JD - MJD: the points' hjd are (heliocentric) Julian days; VO intervals are MJD."""
+
 QUADRANTS = (1, 2, 3, 4)
 FILTERS = ("gp", "rp", "ip")
 """LCO filter names as used in DATASETS, IMAGES and dataset codes."""

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from ..ids import did_prefix
 from ..products import layout
+from ..products.layout import MJD_OFFSET
 from ..products.reader import Field
 from ..statistics_pass import field_statistics
 from ..votable.schema import TableSchema, load_table_schema
@@ -225,8 +226,6 @@ def _table_rows(name: str, table, field: Field) -> pa.Table:
 
 SINISTRO_PIXEL_SCALE = 0.389
 """Arcsec per pixel of LCO's Sinistro cameras: converts pyDANDIA's FWHM (pixels) to seeing."""
-
-MJD_OFFSET = 2400000.5
 
 OBSCORE_CONSTANTS = {
     "dataproduct_type": "timeseries",
