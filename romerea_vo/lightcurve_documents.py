@@ -54,6 +54,7 @@ from .lightcurves import (
     IMAGE_METADATA_COLUMNS,
     QUALITIES,
     PointArrays,
+    StarsPoints,
     flux_from_mag,
     produced_ahead,
     read_points,
@@ -67,6 +68,7 @@ from .store.contract import CatalogDatabase
 from .store.session import QueryFailed
 from .variability.pspl import band_model_mag
 from .votable.formats import ResultFormat, resolve_format, write_result
+from .votable.parquet import ROW_GROUP_ROWS
 from .votable.schema import load_table_schema
 from .votable.writer import FieldSpec, Info, Param, TimeSys
 from .xmatch.core import crossmatch
@@ -837,6 +839,7 @@ class LightcurveDocuments:
                     empty += part
                     continue
                 has_points = np.zeros(len(part), bool)
+                pending: list[StarsPoints] = []
                 for pts in stars_points(
                     star.field,
                     star.ref.quadrant,
@@ -847,14 +850,13 @@ class LightcurveDocuments:
                     quality=req.quality,
                     mjd_range=req.time,
                 ):
-                    if not len(pts):
-                        continue
                     has_points[pts.which] = True
-                    rows = part[pts.first : pts.first + pts.count]
-                    yield self.block_batch(
-                        [r.found for r in rows], pts.which - pts.first, pts.image_index,
-                        pts.columns, schema, [r.row for r in rows],
-                    )  # fmt: skip
+                    pending.append(pts)
+                    if sum(len(p) for p in pending) >= ROW_GROUP_ROWS:
+                        yield self._stars_batch(part, pending, schema)
+                        pending = []
+                if pending:
+                    yield self._stars_batch(part, pending, schema)
                 empty += [r for r, found in zip(part, has_points, strict=True) if not found]
             summary["no_points"] = len(empty)
             status = [*failed, *(replace(r, status="no points") for r in empty)]
@@ -880,6 +882,18 @@ class LightcurveDocuments:
             post_infos=post_infos,
         )
         return chunks, req.fmt.media_type, f"lightcurves.{req.fmt.extension}"
+
+    def _stars_batch(
+        self, part: Sequence[_UploadRow], runs: Sequence[StarsPoints], schema: _Schema
+    ) -> pa.RecordBatch:
+        """One batch of the points of consecutive runs of upload rows' stars (a batch
+        of Parquet's row-group size: fewer, larger batches are cheaper to encode)."""
+        pts = runs[0] if len(runs) == 1 else StarsPoints.concatenate(runs)
+        rows = part[pts.first : pts.first + pts.count]
+        return self.block_batch(
+            [r.found for r in rows], pts.which - pts.first, pts.image_index, pts.columns,
+            schema, [r.row for r in rows],
+        )  # fmt: skip
 
     def _png(
         self, star: _Star, pts: PointArrays, req: LightcurveRequest, fit: dict | None = None

@@ -535,6 +535,18 @@ class StarsPoints:
     def __len__(self) -> int:
         return len(self.image_index)
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[StarsPoints]) -> StarsPoints:
+        """The points of consecutive runs (each starting where the one before ended)."""
+        first = parts[0].first
+        return cls(
+            first,
+            parts[-1].first + parts[-1].count - first,
+            np.concatenate([p.which for p in parts]),
+            np.concatenate([p.image_index for p in parts]),
+            {name: np.concatenate([p.columns[name] for p in parts]) for name in parts[0].columns},
+        )
+
 
 def stars_points(
     field: Field,
@@ -594,7 +606,10 @@ def stars_points(
                 image = images[image]
             row = star if unit.positions is None else unit.positions[star]
             source = row * block.shape[1] + image
-            values = {name: points[:, taken.index(name)].take(source) for name in wanted}
+            # whole (short) rows gathered, then made columns: 2x as fast as a gather per
+            # column, which copies each strided column first
+            gathered = np.ascontiguousarray(points.take(source, axis=0).T)
+            values = {name: gathered[taken.index(name)] for name in wanted}
             hjd = values["hjd"]
             if np.any((hjd[1:] < hjd[:-1]) & (star[1:] == star[:-1])):
                 # as read_points: cube hjd can differ slightly from the IMAGES order

@@ -241,9 +241,14 @@ def _stream(
             for f, c in zip(schema, columns, strict=True)
         ]
     )
+    # No statistics for text: a row group's min/max of DIDs, filters or dataset codes lets
+    # a reader skip little, and they cost ~40 % of a text column's write (a bulk
+    # response's id, filter and status: 0.2 of 1.1 s)
+    numeric = [f.name for f, c in zip(fields, columns, strict=True) if not c.is_string]
     writer = pq.ParquetWriter(
-        sink, written, compression="snappy", store_schema=False, use_dictionary=text or False
-    )
+        sink, written, compression="snappy", store_schema=False, use_dictionary=text or False,
+        write_statistics=numeric or False,
+    )  # fmt: skip
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     # astropy's Parquet reader sizes its numpy string columns from these keys (else it
