@@ -263,7 +263,7 @@ def _stream(
         pending_rows = 0
         return sink.take()
 
-    for batch in iter_batches(batches):
+    for batch in iter_batches(batches, row_group_rows):  # no need for smaller slices here
         if batch.num_columns != len(columns):
             raise ValueError(
                 f"a batch has {batch.num_columns} columns but {len(columns)} FIELDs were given"
