@@ -5,7 +5,8 @@ the services use: one star, one band in ~0.1 ms). :func:`lightcurve` /
 :func:`lightcurves` return astropy Tables with units and descriptions from
 ``votable_schemas/lightcurve_points.toml``. :func:`quadrant_blocks` and
 :func:`quadrant_points` stream whole quadrants in blocks of rows (the statistics pass in
-:mod:`romerea_vo.statistics_pass`, the export).
+:mod:`romerea_vo.statistics_pass`, the export); :func:`stars_points` streams chosen stars
+of a quadrant, a block at a time, with the columns asked for (bulk lightcurves).
 
 Quality cuts (``quality=``):
 
@@ -425,8 +426,8 @@ class _RowUnit:
 def _row_units(rows: np.ndarray, per_block: int) -> list[_RowUnit]:
     """How to read cube ``rows`` (ascending, distinct), at most ``per_block`` rows a
     block: rows that make at least half of the rows they span are read as one contiguous
-    span (sequential I/O: on 10,000 stars, reading them one by one took ~3x as long
-    from the page cache), scattered ones one by one, up to ``per_block`` a block."""
+    span (all 10,000 rows of a field of 2,214 images: 0.38 s from the page cache, 0.64-0.75
+    s one by one), scattered ones one by one, up to ``per_block`` a block."""
     units: list[_RowUnit] = []
     scattered: list[int] = []  # positions in ``rows`` of rows to read one by one
 
