@@ -89,6 +89,24 @@ def test_unknown_malformed_and_duplicate_ids_get_a_status(tap_server, authority)
     assert [str(v) for v in failed["id"]] == [ids[i] for i in (1, 2, 3, 4)]
 
 
+@pytest.mark.parametrize(
+    ("fmt", "reader"),
+    [("fits", "fits"), ("csv", "ascii.csv"), ("votable/td", "votable"), ("parquet", "parquet")],
+)
+def test_every_format_holds_points_and_status_rows(tap_server, authority, fmt, reader):
+    """Point rows and status rows (NULL point columns) in one table, in every format:
+    the FITS writer once failed to join their differently typed columns."""
+    ids = [f"{authority}?ROME-FIELD-01/{i}" for i in (7, 2)] + ["not a DID"]
+    r = post(tap_server, csv_bytes(Table({"id": ids})), RESPONSEFORMAT=fmt)
+    assert r.status_code == 200, r.text[:500]
+    t = Table.read(io.BytesIO(r.content), format=reader)
+    assert sorted(set(int(v) for v in t["upload_row"])) == [0, 1, 2]
+    failed = t[[str(s).startswith("malformed") for s in t["status"]]]
+    assert len(failed) == 1 and str(failed["id"][0]) == "not a DID"
+    assert set(str(s) for s in t["status"]) - {str(failed["status"][0])} == {"ok"}
+    assert np.all(np.isfinite(np.asarray(t["hjd"][t["upload_row"] != 2], float)))
+
+
 def test_field_ids_and_positions(tap_server, field_positions, authority):
     fp = field_positions[:30]
     by_id = Table({"field": ["ROME-FIELD-01"] * 30, "field_id": fp["field_id"]})

@@ -282,6 +282,20 @@ def _empty_array(col: _Column) -> pa.Array:
     return pa.array([], pa.large_list(scalar) if col.is_array else scalar)
 
 
+def _same_type(chunks: list[pa.Array], col: _Column) -> list[pa.Array]:
+    """A column's batches in one Arrow type, so that they concatenate: batches may differ
+    (dictionary or plain text, NULL-typed columns of rows without values, e.g. a bulk
+    answer's status rows)."""
+    if len({c.type for c in chunks}) < 2:
+        return chunks
+    plain = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in chunks]
+    if col.is_string:
+        return [c.cast(pa.large_string()) for c in plain]
+    typed = [c.type for c in plain if c.type != pa.null()]
+    target = typed[0] if typed else _empty_array(col).type
+    return [c.cast(target) for c in plain]
+
+
 def _write_fits(
     batches: Iterable[pa.RecordBatch] | pa.Table,
     fields: Sequence[FieldSpec],
@@ -293,9 +307,9 @@ def _write_fits(
     parts = [b for b in iter_batches(batches) if b.num_rows]
     arrays = []
     for i, col in enumerate(columns):
-        chunks = [b.column(i) for b in parts]
         if any(b.num_columns != len(columns) for b in parts):
             raise ValueError(f"batches do not have {len(columns)} columns")
+        chunks = _same_type([b.column(i) for b in parts], col)
         arrays.append(pa.concat_arrays(chunks) if chunks else _empty_array(col))
     hdu = fits.BinTableHDU.from_columns(
         [_fits_column(c, a) for c, a in zip(columns, arrays, strict=True)], name=table_name
