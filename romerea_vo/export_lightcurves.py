@@ -43,7 +43,7 @@ from .lightcurves import (
     QUALITIES,
     flux_from_mag,
     produced_ahead,
-    quadrant_points,
+    stars_points,
 )
 from .products import layout
 from .products.reader import Field
@@ -93,20 +93,28 @@ def _fields(lay: layout.PhotometryLayout) -> list[FieldSpec]:
 def _batches(
     field: Field, quadrant: int, quality: str, field_ids: np.ndarray | None, counter: Callable
 ) -> Iterator[pa.RecordBatch]:
+    if not field.quadrant_counts[quadrant]:
+        return
     lay = field.photometry_layout
     images = field.images
     filters = pa.array(np.asarray(images["filter"]).astype(str)).dictionary_encode()
     datasets = pa.array(np.asarray(images["dataset_code"]).astype(str)).dictionary_encode()
-    mag, err = lay.index(lay.science_mag), lay.index(layout.error_column(lay.science_mag))
-    for ids, image, rows in quadrant_points(field, quadrant, quality=quality, field_ids=field_ids):
+    mag, err = lay.science_mag, layout.error_column(lay.science_mag)
+    quadrant_ids = field.quadrant_field_ids(quadrant)
+    rows = np.arange(len(quadrant_ids))
+    if field_ids is not None:
+        rows = rows[np.isin(quadrant_ids, field_ids)]
+    for pts in stars_points(field, quadrant, rows, lay.columns[1:], quality=quality):
+        ids = quadrant_ids[rows[pts.which]]
         counter(ids)
+        image, columns = pts.image_index, pts.columns
         idx = pa.array(image)
-        arrays = [pa.array(ids), pa.array(rows[:, 0]), filters.take(idx), datasets.take(idx)]
+        arrays = [pa.array(ids), pa.array(columns["hjd"]), filters.take(idx), datasets.take(idx)]
         arrays.append(pa.array(image.astype(np.int32)))
-        for j, name in enumerate(lay.columns[1:], start=1):
+        for name in lay.columns[1:]:
             kind = _INTEGER_COLUMNS.get(name)
-            arrays.append(pa.array(rows[:, j] if kind is None else rows[:, j].astype(kind)))
-        flux, flux_err = flux_from_mag(rows[:, mag], rows[:, err])
+            arrays.append(pa.array(columns[name] if kind is None else columns[name].astype(kind)))
+        flux, flux_err = flux_from_mag(columns[mag], columns[err])
         arrays += [pa.array(flux), pa.array(flux_err)]
         names = [f"c{i}" for i in range(len(arrays))]  # the writer goes by position
         for start in range(0, len(ids), CHUNK_ROWS):

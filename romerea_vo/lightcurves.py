@@ -3,10 +3,10 @@
 Two paths. :func:`read_points` / :func:`read_points_many` return numpy arrays (what
 the services use: one star, one band in ~0.1 ms). :func:`lightcurve` /
 :func:`lightcurves` return astropy Tables with units and descriptions from
-``votable_schemas/lightcurve_points.toml``. :func:`quadrant_blocks` and
-:func:`quadrant_points` stream whole quadrants in blocks of rows (the statistics pass in
-:mod:`romerea_vo.statistics_pass`, the export); :func:`stars_points` streams chosen stars
-of a quadrant, a block at a time, with the columns asked for (bulk lightcurves).
+``votable_schemas/lightcurve_points.toml``. :func:`quadrant_blocks` streams whole
+quadrants in blocks of rows (the statistics pass in :mod:`romerea_vo.statistics_pass`);
+:func:`stars_points` streams the points of chosen stars of a quadrant (all of them if
+asked), a block at a time, with the columns asked for (bulk lightcurves, the export).
 
 Quality cuts (``quality=``):
 
@@ -389,7 +389,7 @@ def quadrant_blocks(
         return
     cube = field.cube(quadrant)
     quadrant_ids = field.quadrant_field_ids(quadrant)
-    per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
+    per_block = _rows_per_block(cube, block_bytes)
     if field_ids is None:
         chunk = cube.rows_per_chunk
         per_block = max(chunk, per_block // chunk * chunk)
@@ -409,6 +409,11 @@ def quadrant_blocks(
                 quadrant_ids[rows_read],
                 block if unit.positions is None else block[unit.positions],
             )
+
+
+def _rows_per_block(cube: QuadrantCube, block_bytes: int) -> int:
+    """Whole cube rows (every image, every column) in ``block_bytes``, at least one."""
+    return max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
 
 
 @dataclass(frozen=True)
@@ -581,7 +586,7 @@ def stars_points(
     taken = list(dict.fromkeys(wanted + _quality_columns(lay, quality, mag_col)))
     positions = [lay.index(name) for name in taken]
     every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
-    per_block = max(1, block_bytes // (cube.shape[1] * cube.shape[2] * 8))
+    per_block = _rows_per_block(cube, block_bytes)
     plan = _row_units(np.asarray(rows, np.int64), per_block)
     with contextlib.closing(_read_ahead(cube, [u.read for u in plan], per_block)) as blocks:
         for unit, block in zip(plan, blocks, strict=True):
@@ -618,35 +623,3 @@ def stars_points(
                 star, image = star[order], image[order]
                 values = {name: v[order] for name, v in values.items()}
             yield StarsPoints(unit.first, unit.count, unit.first + star, image, values)
-
-
-def quadrant_points(
-    field: Field,
-    quadrant: int,
-    *,
-    quality: str = "good",
-    field_ids: np.ndarray | None = None,
-    mag_column: str | None = None,
-    block_bytes: int = _BLOCK_BYTES,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(field_id, image_index, cube row) of every selected point of a quadrant, per block:
-    stars in row order, each star's points in image (time) order. Bounded memory.
-
-    Raises InvalidRequestError for an unknown quality or magnitude column.
-    """
-    images = _selection(field, None, None, quality)
-    if not field.quadrant_counts[quadrant]:
-        return
-    lay = field.cube(quadrant).layout
-    mag_col = mag_column_of(lay, mag_column)
-    # images come in time order; when that is the cube's own order, no reordering
-    every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
-    for ids, block in quadrant_blocks(field, quadrant, field_ids, block_bytes):
-        mask = quality_mask(block, lay, quality, mag_col)
-        # the (small) mask is put in time order, not the block: the points are then
-        # gathered straight from the cube's rows, one copy instead of two
-        star, position = np.nonzero(mask if every_image else mask[:, images])
-        image = images[position]
-        # one gather along the first axis of the flattened block (2-D fancy indexing is slower)
-        rows = block.reshape(-1, lay.width).take(star * block.shape[1] + image, axis=0)
-        yield ids[star], image, rows

@@ -204,19 +204,21 @@ def test_the_pass_in_worker_processes_gives_the_same_tables(field):
 
 @pytest.mark.parametrize("quality", ["good", "all"])
 def test_streamed_points_are_each_stars_points(field, quality):
-    """quadrant_points (export's reader) gives every star's points as read_points does:
-    same images, in time order, same values (the images are not in time order in the
-    cube, so the reordering is exercised)."""
+    """stars_points over a whole quadrant (the export's reader) gives every star's points
+    as read_points does: same images, in time order, same values (the images are not in
+    time order in the cube, so the reordering is exercised)."""
     images = field.select_images(None, None)
     assert not np.all(images == np.arange(len(images)))
     ids = field.quadrant_field_ids(2)
-    got_ids, got_image, got_rows = (
-        np.concatenate(parts)
-        for parts in zip(
-            *lightcurves.quadrant_points(field, 2, quality=quality, block_bytes=300_000),
-            strict=True,
+    lay = field.cube(2).layout
+    parts = list(
+        lightcurves.stars_points(
+            field, 2, np.arange(len(ids)), lay.columns[1:], quality=quality, block_bytes=300_000
         )
     )
+    got_ids = ids[np.concatenate([p.which for p in parts])]
+    got_image = np.concatenate([p.image_index for p in parts])
+    got_rows = np.stack([np.concatenate([p.columns[c] for p in parts]) for c in lay.columns], 1)
     expected = lightcurves.read_points_many(field, [int(i) for i in ids], quality=quality)
     np.testing.assert_array_equal(got_ids, np.repeat(ids, [len(p) for p in expected]))
     np.testing.assert_array_equal(got_image, np.concatenate([p.image_index for p in expected]))
