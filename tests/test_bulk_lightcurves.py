@@ -155,7 +155,9 @@ def test_async_job_equals_sync(tap_server, authority):
     assert job.phase == "COMPLETED"
     result = httpx.get(job.result_uri, timeout=60)
     assert result.headers["content-type"] == "application/vnd.apache.parquet"
-    assert pq.read_table(io.BytesIO(result.content)) == pq.read_table(io.BytesIO(sync.content))
+    async_table = pq.read_table(io.BytesIO(result.content))
+    # the failed row's NaN points: pandas compares NaN with NaN as equal, Arrow does not
+    assert async_table.to_pandas().equals(pq.read_table(io.BytesIO(sync.content)).to_pandas())
     job.delete()
     r = httpx.post(f"{tap_server}/lightcurve/async", data={"PHASE": "RUN"}, follow_redirects=True)
     job = pyvo.dal.AsyncTAPJob(r.url)

@@ -108,6 +108,51 @@ def test_writer_types_nulls_metadata_and_row_groups():
     assert (timesys.timescale, timesys.refposition) == ("UTC", "HELIOCENTER")
 
 
+def test_writer_writes_columns_without_nulls_as_required_and_noise_uncompressed():
+    """Float NULLs are NaN and text NULLs "" (as VOTable has them), so those columns and
+    booleans are required Parquet columns (no definition levels); integers and arrays
+    keep their NULLs. A float column snappy cannot shrink (noise) is stored uncompressed,
+    one it can (repeated values) compressed."""
+    fields = [
+        FieldSpec("noise", "double"),
+        FieldSpec("steps", "double"),
+        FieldSpec("name", "char", "*"),
+        FieldSpec("flag", "boolean"),
+        FieldSpec("n", "short"),
+        FieldSpec("poly", "double", "*"),
+    ]
+    n = 20000
+    noise = np.random.default_rng(5).normal(size=n)
+    data = {
+        "noise": pa.array(noise, mask=np.arange(n) == 7),
+        "steps": pa.array(np.repeat(np.arange(n // 100, dtype=float), 100)),
+        "name": pa.array(["a", None] * (n // 2)),
+        "flag": pa.array([True, None] * (n // 2)),
+        "n": pa.array([1, None] * (n // 2), pa.int64()),
+        "poly": pa.array([[1.0], None] * (n // 2)),
+    }
+    body = b"".join(write_result(data, fields, "parquet"))
+    pf = pq.ParquetFile(io.BytesIO(body))
+    nullable = {f.name: f.nullable for f in pf.schema_arrow}
+    assert nullable == {
+        "noise": False, "steps": False, "name": False, "flag": False, "n": True, "poly": True,
+    }  # fmt: skip
+    physical = {pf.schema.column(i).name: pf.schema.column(i).max_definition_level
+                for i in range(len(pf.schema))}  # fmt: skip
+    assert physical["noise"] == physical["name"] == 0 and physical["n"] == 1
+    arrow = pf.read()
+    got = arrow["noise"].to_numpy()
+    assert np.isnan(got[7]) and np.array_equal(np.delete(got, 7), np.delete(noise, 7))
+    assert arrow["name"].to_pylist()[:2] == ["a", ""] and arrow["n"].null_count == n // 2
+    assert arrow["flag"].to_pylist()[:2] == [True, False] and arrow["poly"].null_count == n // 2
+    codecs = {pf.metadata.row_group(0).column(i).path_in_schema:
+              pf.metadata.row_group(0).column(i).compression for i in range(2)}  # fmt: skip
+    assert codecs == {"noise": "UNCOMPRESSED", "steps": "SNAPPY"}
+    empty = pq.ParquetFile(io.BytesIO(b"".join(write_result({"noise": pa.array([], pa.float64())},
+                                                            fields[:1], "parquet"))))  # fmt: skip
+    assert empty.metadata.num_rows == 0 and not empty.schema_arrow.field("noise").nullable
+
+
 def test_writer_streams_row_groups():
     fields = [FieldSpec("x", "double")]
     batches = (pa.record_batch([pa.array(np.arange(1000.0))], names=["x"]) for _ in range(300))
