@@ -24,7 +24,7 @@ import functools
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -465,14 +465,20 @@ READ_AHEAD_THREAD = "cube-read-ahead"
 
 
 def _read_ahead(
-    cube: QuadrantCube, units: Sequence[tuple[int, int] | np.ndarray], rows: int
-) -> Generator[np.ndarray, None, None]:
+    cube: QuadrantCube,
+    units: Sequence[tuple[int, int] | np.ndarray],
+    rows: int,
+    prepare: Callable[[np.ndarray, int], Any] | None = None,
+) -> Generator[Any, None, None]:
     """Blocks of ``cube`` rows, one per unit: a ``(start, stop)`` unit is the contiguous
     rows start:stop (at most ``rows`` of them, read through a :class:`CubeStream` into
     two buffers that alternate: valid until the next block is asked for), an array unit
     those rows read one by one (a new array). Each block is read in a worker thread while
     the caller works on the one before (the read releases the GIL): a pass then takes
-    about the longer of its reading and its computing rather than their sum."""
+    about the longer of its reading and its computing rather than their sum. With
+    ``prepare``, what ``prepare(block, unit number)`` makes of each block is yielded
+    instead, made in the worker thread too (a first step of the caller's work that frees
+    the block, moved off the caller's thread)."""
     if not len(units):
         return
     # leaving the with block (the caller stopped early, or an error) waits for the read
@@ -483,11 +489,13 @@ def _read_ahead(
     ):
         buffers = (stream.buffer(rows), stream.buffer(rows))
 
-        def read(k: int) -> np.ndarray:
+        def read(k: int) -> Any:
             unit = units[k]
             if isinstance(unit, tuple):
-                return stream.read(unit[0], unit[1], buffers[k % 2])
-            return np.stack([cube.read_star(int(row)) for row in unit])
+                block = stream.read(unit[0], unit[1], buffers[k % 2])
+            else:
+                block = np.stack([cube.read_star(int(row)) for row in unit])
+            return block if prepare is None else prepare(block, k)
 
         pending = pool.submit(read, 0)
         for k in range(len(units)):
@@ -588,30 +596,37 @@ def stars_points(
     every_image = len(images) == field.n_images and bool(np.all(images == np.arange(len(images))))
     per_block = _rows_per_block(cube, block_bytes)
     plan = _row_units(np.asarray(rows, np.int64), per_block)
-    with contextlib.closing(_read_ahead(cube, [u.read for u in plan], per_block)) as blocks:
-        for unit, block in zip(plan, blocks, strict=True):
-            # one np.take of the columns used reads the block once (each strided pass
-            # over it reads every cache line again); the copy is compact enough for
-            # strided passes
-            part = np.take(block, positions, axis=-1)
+
+    def columns_and_mask(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's columns used and its selection mask (stars x selected images),
+        made in the reading thread: half of the cutting, and the block is free after."""
+        unit = plan[k]
+        # one np.take of the columns used reads the block once (each strided pass over
+        # it reads every cache line again); the copy is compact enough for strided passes
+        part = np.take(block, positions, axis=-1)
+        by_name = dict(zip(taken, np.moveaxis(part, -1, 0), strict=True))  # views
+        mask = quality_mask_of(by_name.__getitem__, lay, quality, mag_col)
+        if unit.positions is not None:
+            mask = mask[unit.positions]
+        if not every_image:  # the (small) mask in time order, not the block
+            mask = mask[:, images]
+        if mjd_range is not None:
+            hjd = by_name["hjd"]
+            hjd = hjd if unit.positions is None else hjd[unit.positions]
+            mjd = (hjd if every_image else hjd[:, images]) - layout.MJD_OFFSET
+            mask &= (mjd >= mjd_range[0]) & (mjd <= mjd_range[1])
+        return part, mask
+
+    blocks = _read_ahead(cube, [u.read for u in plan], per_block, columns_and_mask)
+    with contextlib.closing(blocks):
+        for unit, (part, mask) in zip(plan, blocks, strict=True):
             points = part.reshape(-1, len(taken))
-            by_name = dict(zip(taken, np.moveaxis(part, -1, 0), strict=True))  # views
-            mask = quality_mask_of(by_name.__getitem__, lay, quality, mag_col)
-            if unit.positions is not None:
-                mask = mask[unit.positions]
-            if not every_image:  # the (small) mask in time order, not the block
-                mask = mask[:, images]
-            if mjd_range is not None:
-                hjd = by_name["hjd"]
-                hjd = hjd if unit.positions is None else hjd[unit.positions]
-                mjd = (hjd if every_image else hjd[:, images]) - layout.MJD_OFFSET
-                mask &= (mjd >= mjd_range[0]) & (mjd <= mjd_range[1])
             flat = np.flatnonzero(mask)
             star, image = np.divmod(flat, mask.shape[1])
             if not every_image:
                 image = images[image]
             row = star if unit.positions is None else unit.positions[star]
-            source = row * block.shape[1] + image
+            source = row * part.shape[1] + image
             # whole (short) rows gathered, then made columns: 2x as fast as a gather per
             # column, which copies each strided column first
             gathered = np.ascontiguousarray(points.take(source, axis=0).T)

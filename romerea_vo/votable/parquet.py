@@ -125,7 +125,7 @@ def _parquet_text(col: _Column, arr: pa.Array) -> pa.Array:
     if arr.null_count:
         values = pa.concat_arrays([values, pa.array([""], pa.string())])
         indices = pc.fill_null(indices, len(values) - 1)
-    return pa.DictionaryArray.from_arrays(indices, values)
+    return pa.DictionaryArray.from_arrays(indices, values, safe=False)  # arr's: in range
 
 
 def _shared_dictionaries(table: pa.Table) -> pa.Table:
