@@ -19,6 +19,7 @@ Quality cuts (``quality=``):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -460,6 +461,9 @@ def _row_units(rows: np.ndarray, per_block: int) -> list[_RowUnit]:
     return units
 
 
+_PREPARED_AHEAD = 3
+"""Prepared blocks made ahead of the caller (they hold no buffer)."""
+
 READ_AHEAD_THREAD = "cube-read-ahead"
 """Name prefix of the thread that reads a quadrant's next block."""
 
@@ -487,22 +491,29 @@ def _read_ahead(
         cube.stream() as stream,
         ThreadPoolExecutor(1, thread_name_prefix=READ_AHEAD_THREAD) as pool,
     ):
-        buffers = (stream.buffer(rows), stream.buffer(rows))
+        # the caller holds a block while the next is read into the other buffer; prepared
+        # blocks are done with in the worker, which reads one after another: one buffer
+        buffers = [stream.buffer(rows) for _ in range(1 if prepare else 2)]
+        ahead = _PREPARED_AHEAD if prepare else 1
 
         def read(k: int) -> Any:
             unit = units[k]
             if isinstance(unit, tuple):
-                block = stream.read(unit[0], unit[1], buffers[k % 2])
+                block = stream.read(unit[0], unit[1], buffers[k % len(buffers)])
             else:
                 block = np.stack([cube.read_star(int(row)) for row in unit])
             return block if prepare is None else prepare(block, k)
 
-        pending = pool.submit(read, 0)
-        for k in range(len(units)):
-            block = pending.result()  # a read error is raised here, in the caller
-            if k + 1 < len(units):
-                pending = pool.submit(read, k + 1)
-            yield block
+        pending = collections.deque(pool.submit(read, k) for k in range(min(ahead, len(units))))
+        try:
+            for k in range(len(units)):
+                block = pending.popleft().result()  # a read error is raised here, in the caller
+                if k + ahead < len(units):
+                    pending.append(pool.submit(read, k + ahead))
+                yield block
+        finally:
+            for future in pending:  # not started yet: not read at all
+                future.cancel()
 
 
 PRODUCE_AHEAD_THREAD = "produce-ahead"
@@ -511,23 +522,26 @@ PRODUCE_AHEAD_THREAD = "produce-ahead"
 _T = TypeVar("_T")
 
 
-def produced_ahead(items: Iterator[_T]) -> Iterator[_T]:
-    """What ``items`` yields, each next item made in a worker thread while the caller
-    works on this one: a producer that cuts points out of cubes and a consumer that
-    encodes them (Parquet's encoder releases the GIL) then share the cores. Items must
-    not be buffers the producer reuses. An error in ``items`` is raised in the caller;
-    closing this iterator waits for the item in flight and closes ``items``."""
+def produced_ahead(items: Iterator[_T], depth: int = 4) -> Iterator[_T]:
+    """What ``items`` yields, made in a worker thread up to ``depth`` items ahead of the
+    caller: a producer that cuts points out of cubes and a consumer that encodes them
+    (Parquet's encoder releases the GIL) then share the cores. With one item ahead, each
+    waited for the other whenever one item took longer than the one beside it (a 10,000-
+    star bulk answer: 1.40 s against 1.23 s with four). Items must not be buffers the
+    producer reuses. An error in ``items`` is raised in the caller, in order; closing this
+    iterator waits for the items in flight and closes ``items``."""
     done = object()
     with ThreadPoolExecutor(1, thread_name_prefix=PRODUCE_AHEAD_THREAD) as pool:
-        pending = pool.submit(next, items, done)
+        # one thread runs the submitted next() calls one after another, in order
+        pending = collections.deque(pool.submit(next, items, done) for _ in range(depth))
         try:
-            while (item := pending.result()) is not done:
-                pending = pool.submit(next, items, done)
+            while (item := pending.popleft().result()) is not done:
+                pending.append(pool.submit(next, items, done))
                 yield cast(_T, item)
         finally:
-            if not pending.done():
+            for future in pending:
                 with contextlib.suppress(Exception):
-                    pending.result()
+                    future.result()
             close = getattr(items, "close", None)
             if close is not None:
                 pool.submit(close).result()  # where the generator ran, not concurrently

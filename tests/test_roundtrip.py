@@ -300,6 +300,11 @@ def test_a_pass_stopped_early_leaves_no_reading_thread(field):
     next(blocks)  # the third block is being read ahead now
     blocks.close()
     assert not read_ahead_threads()
+    rows = np.arange(field.quadrant_counts[1])
+    points = lightcurves.stars_points(field, 1, rows, ["hjd"], block_bytes=1)
+    next(points)  # blocks are being prepared ahead now
+    points.close()
+    assert not read_ahead_threads()
 
 
 def test_produced_ahead_makes_each_next_item_in_a_worker_thread():
@@ -333,10 +338,17 @@ def test_produced_ahead_makes_each_next_item_in_a_worker_thread():
     assert closed.is_set() and not producers()
 
     closed.clear()
-    ahead = lightcurves.produced_ahead(items(1000))
-    assert [next(ahead), next(ahead)] == [0, 1]
+    made_in.clear()
+    ahead = lightcurves.produced_ahead(items(1000), depth=3)
+    assert next(ahead) == 0
+    deadline = time.monotonic() + 60
+    while len(made_in) < 4 and time.monotonic() < deadline:  # 0 taken, 1-3 made ahead
+        time.sleep(0.01)
+    time.sleep(0.2)  # (a producer that ran further ahead would have by now)
+    assert len(made_in) == 4
+    assert next(ahead) == 1
     ahead.close()
-    assert closed.is_set() and not producers()
+    assert closed.is_set() and not producers() and len(made_in) <= 5
 
 
 def test_quality_cuts(field, synthetic_field):
