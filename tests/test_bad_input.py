@@ -151,6 +151,28 @@ def test_not_a_field_directory(tmp_path):
         open_field(tmp_path)
 
 
+def test_star_refs_are_each_star_or_none_where_star_refuses(synthetic_field):
+    """The bulk look-up of many field_ids gives what star() gives each id, and None
+    where star() raises (ids out of range, a star without a quadrant)."""
+    with open_field(synthetic_field) as field:
+        quadrant = field.index_arrays["quadrant"]
+        saved = quadrant[2]
+        quadrant[2] = 0  # field_id 3: never assigned to a quadrant
+        try:
+            ids = np.array([0, 1, 3, 5, field.n_stars, field.n_stars + 1, 2**62, 5])
+            refs = field.star_refs(ids)
+            for fid, ref in zip(ids.tolist(), refs, strict=True):
+                try:
+                    assert ref == field.star(fid)
+                except StarNotFoundError:
+                    assert ref is None
+            assert [r is None for r in refs] == [True, False, True, False, False, True, True, False]
+            gaia = [r.gaia_source_id for r in field.star_refs(np.arange(4, 200)) if r]
+            assert None in gaia and any(g is not None for g in gaia)
+        finally:
+            quadrant[2] = saved
+
+
 def test_unknown_stars_and_positions(synthetic_field):
     before = file_digests(synthetic_field)
     with open_field(synthetic_field) as field:

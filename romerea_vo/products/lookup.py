@@ -96,18 +96,29 @@ class SkyIndex:
         return self.order[lo + nearest_first], sep[nearest_first]
 
 
-def _ref(field: Field, row: int, sep_deg: float | None = None) -> StarRef:
+def _refs(field: Field, rows: np.ndarray, sep_deg: np.ndarray | None = None) -> list[StarRef]:
+    """The stars at FIELD_INDEX ``rows``, in one pass over the index arrays."""
     a = field.index_arrays
-    return StarRef(
-        field=field.name,
-        field_id=int(a["field_id"][row]),
-        ra=float(a["ra"][row]),
-        dec=float(a["dec"][row]),
-        quadrant=int(a["quadrant"][row]),
-        quadrant_id=int(a["quadrant_id"][row]),
-        gaia_source_id=None if a["gaia_mask"][row] else int(a["gaia_source_id"][row]),
-        separation_arcsec=None if sep_deg is None else float(sep_deg) * 3600.0,
-    )
+    rows = np.asarray(rows, np.int64)
+    gaia = np.where(a["gaia_mask"][rows], -1, a["gaia_source_id"][rows])  # ids are > 0
+    seps = [None] * len(rows) if sep_deg is None else (np.asarray(sep_deg) * 3600.0).tolist()
+    columns = zip(
+        a["field_id"][rows].tolist(), a["ra"][rows].astype(float).tolist(),
+        a["dec"][rows].astype(float).tolist(), a["quadrant"][rows].tolist(),
+        a["quadrant_id"][rows].tolist(), gaia.tolist(), seps, strict=True,
+    )  # fmt: skip
+    return [
+        StarRef(field.name, fid, ra, dec, q, qid, None if g < 0 else g, sep)
+        for fid, ra, dec, q, qid, g, sep in columns
+    ]
+
+
+def _ref(field: Field, row: int, sep_deg: float | None = None) -> StarRef:
+    return _refs(field, np.array([row]), None if sep_deg is None else np.array([sep_deg]))[0]
+
+
+def _has_photometry(ref: StarRef) -> bool:
+    return ref.quadrant in (1, 2, 3, 4) and ref.quadrant_id >= 1
 
 
 def star(field: Field, field_id: int) -> StarRef:
@@ -121,12 +132,22 @@ def star(field: Field, field_id: int) -> StarRef:
             f"field {field.name} has no star with field_id {field_id}; ids run 1..{field.n_stars}"
         )
     ref = _ref(field, fid - 1)
-    if ref.quadrant not in (1, 2, 3, 4) or ref.quadrant_id < 1:
+    if not _has_photometry(ref):
         raise StarNotFoundError(
             f"star {field.name} {fid} was never assigned to a quadrant "
             f"(quadrant={ref.quadrant}, quadrant_id={ref.quadrant_id}): it has no photometry"
         )
     return ref
+
+
+def star_refs(field: Field, field_ids: np.ndarray) -> list[StarRef | None]:
+    """The stars with these field_ids, as :func:`star` gives each, in one pass over the
+    index arrays (a bulk request's 10,000 stars one by one: 0.06 s); None for an id
+    :func:`star` refuses (ask it for the reason)."""
+    ids = np.asarray(field_ids, np.int64)
+    known = (ids >= 1) & (ids <= field.n_stars)
+    refs = _refs(field, np.where(known, ids - 1, 0))
+    return [r if k and _has_photometry(r) else None for r, k in zip(refs, known, strict=True)]
 
 
 def stars_by_id(field: Field, field_ids: Iterable[int]) -> list[StarRef]:
@@ -167,7 +188,7 @@ def cone(field: Field, ra: float, dec: float, radius: u.Quantity | float) -> lis
     if outside:
         raise StarNotFoundError(outside)
     rows, seps = field.sky_index.cone(ra, dec, radius_deg)
-    return [_ref(field, int(r), s) for r, s in zip(rows, seps, strict=True)]
+    return _refs(field, rows, seps)
 
 
 def nearest_star(

@@ -611,6 +611,7 @@ class Field:
 
     star = lookup.star
     stars_by_id = lookup.stars_by_id
+    star_refs = lookup.star_refs
     nearest_star = lookup.nearest_star
     cone = lookup.cone
     star_by_gaia = lookup.star_by_gaia
