@@ -2,7 +2,7 @@
 the table costs at ingest, on DuckDB and PostgreSQL + pgSphere.
 
     python benchmarks/bench_obscore.py [--fields 3] [--stars 100000] [--images 8]
-        [--repeats 25] [--workdir /tmp/romerea-obscore] [--no-pg]
+        [--repeats 25] [--workdir /tmp/romerea-obscore] [--no-pg | --no-duckdb]
     # the database: --fields 10 --stars 400000
 
 Synthesises the fields (kept in ``--workdir``), then for each backend ingests them twice,
@@ -261,11 +261,13 @@ def main() -> None:
     )
     parser.add_argument("--ingest-repeats", type=int, default=2)
     parser.add_argument("--no-pg", action="store_true", help="DuckDB only")
+    parser.add_argument("--no-duckdb", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"{args.fields} fields x {args.stars} stars, {args.images} images each")
     dirs = field_dirs(args.workdir, args.fields, args.stars, args.images)
-    bench_duckdb(args.workdir, dirs, args)
+    if not args.no_duckdb:
+        bench_duckdb(args.workdir, dirs, args)
     if not args.no_pg:
         bench_postgres(args.workdir, dirs, args)
 

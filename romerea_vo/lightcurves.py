@@ -476,7 +476,8 @@ def _read_ahead(
 ) -> Generator[Any, None, None]:
     """Blocks of ``cube`` rows, one per unit: a ``(start, stop)`` unit is the contiguous
     rows start:stop (at most ``rows`` of them, read through a :class:`CubeStream` into
-    two buffers that alternate: valid until the next block is asked for), an array unit
+    two buffers that alternate: valid until the next block is asked for; one buffer with
+    ``prepare``, which is done with it before the next read), an array unit
     those rows read one by one (a new array). Each block is read in a worker thread while
     the caller works on the one before (the read releases the GIL): a pass then takes
     about the longer of its reading and its computing rather than their sum. With
@@ -526,10 +527,10 @@ def produced_ahead(items: Iterator[_T], depth: int = 4) -> Iterator[_T]:
     """What ``items`` yields, made in a worker thread up to ``depth`` items ahead of the
     caller: a producer that cuts points out of cubes and a consumer that encodes them
     (Parquet's encoder releases the GIL) then share the cores. With one item ahead, each
-    waited for the other whenever one item took longer than the one beside it (a 10,000-
-    star bulk answer: 1.40 s against 1.23 s with four). Items must not be buffers the
-    producer reuses. An error in ``items`` is raised in the caller, in order; closing this
-    iterator waits for the items in flight and closes ``items``."""
+    waited for the other whenever one item took longer than the one beside it (a
+    10,000-star bulk answer, medians of 6: 1.41 s against 1.30 s with four). Items must
+    not be buffers the producer reuses. An error in ``items`` is raised in the caller, in
+    order; closing this iterator waits for the items in flight and closes ``items``."""
     done = object()
     with ThreadPoolExecutor(1, thread_name_prefix=PRODUCE_AHEAD_THREAD) as pool:
         # one thread runs the submitted next() calls one after another, in order

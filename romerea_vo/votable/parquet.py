@@ -186,12 +186,11 @@ def _compressions(table: pa.Table | None) -> str | dict[str, str]:
     choice = {}
     for field, column in zip(table.schema, table.columns, strict=True):
         choice[field.name] = "snappy"
-        if not pa.types.is_floating(field.type) or not column.num_chunks:
+        if not pa.types.is_floating(field.type):
             continue
-        chunk = column.chunk(0)
         width = field.type.byte_width
-        values = chunk.buffers()[1]
-        sample = values[chunk.offset * width :][: min(len(chunk) * width, _SAMPLE_BYTES)]
+        first = column.slice(0, _SAMPLE_BYTES // width).combine_chunks()  # no NULLs: NaN
+        sample = first.buffers()[1][first.offset * width :][: len(first) * width]
         if len(sample) and len(pa.compress(sample, "snappy")) > 0.9 * len(sample):
             choice[field.name] = "none"
     return choice
