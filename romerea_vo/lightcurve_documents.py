@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import FieldFormatError, InvalidRequestError, RomeReaError, StarNotFoundError
-from .ids import did_prefix, make_did, parse_did
+from .ids import make_did, parse_did
 from .lightcurves import (
     FLUX_ZERO_POINT,
     IMAGE_METADATA_COLUMNS,
@@ -771,10 +771,9 @@ class LightcurveDocuments:
                     self._open_cube(field, quadrant)
             except _Unavailable:
                 continue
-            prefix = did_prefix(self.authority, name)
             for i, ref in zip(positions, refs, strict=True):
                 if ref is not None:
-                    stars[i] = _Star(f"{prefix}{ref.field_id}", field, ref, cols)
+                    stars[i] = _Star(make_did(self.authority, name, ref.field_id), field, ref, cols)
         return stars
 
     def _upload_dids(

@@ -461,9 +461,6 @@ def _row_units(rows: np.ndarray, per_block: int) -> list[_RowUnit]:
     return units
 
 
-_PREPARED_AHEAD = 3
-"""Prepared blocks made ahead of the caller (they hold no buffer)."""
-
 READ_AHEAD_THREAD = "cube-read-ahead"
 """Name prefix of the thread that reads a quadrant's next block."""
 
@@ -492,10 +489,9 @@ def _read_ahead(
         cube.stream() as stream,
         ThreadPoolExecutor(1, thread_name_prefix=READ_AHEAD_THREAD) as pool,
     ):
-        # the caller holds a block while the next is read into the other buffer; prepared
-        # blocks are done with in the worker, which reads one after another: one buffer
+        # the caller holds a block while the next is read into the other buffer; a
+        # prepared block is done with in the worker before it reads the next: one buffer
         buffers = [stream.buffer(rows) for _ in range(1 if prepare else 2)]
-        ahead = _PREPARED_AHEAD if prepare else 1
 
         def read(k: int) -> Any:
             unit = units[k]
@@ -505,16 +501,12 @@ def _read_ahead(
                 block = np.stack([cube.read_star(int(row)) for row in unit])
             return block if prepare is None else prepare(block, k)
 
-        pending = collections.deque(pool.submit(read, k) for k in range(min(ahead, len(units))))
-        try:
-            for k in range(len(units)):
-                block = pending.popleft().result()  # a read error is raised here, in the caller
-                if k + ahead < len(units):
-                    pending.append(pool.submit(read, k + ahead))
-                yield block
-        finally:
-            for future in pending:  # not started yet: not read at all
-                future.cancel()
+        pending = pool.submit(read, 0)
+        for k in range(len(units)):
+            block = pending.result()  # a read error is raised here, in the caller
+            if k + 1 < len(units):
+                pending = pool.submit(read, k + 1)
+            yield block
 
 
 PRODUCE_AHEAD_THREAD = "produce-ahead"
