@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from romerea_vo.errors import RomeReaError
 from romerea_vo.products import open_field
 from romerea_vo.statistics_pass import lightcurve_statistics
 from romerea_vo.store import Database, ingest_fields
+from romerea_vo.store.ingest import in_order
 from romerea_vo.votable.schema import adql_column_name, tap_tables
 from tests.conftest import file_digests
 
@@ -77,6 +79,29 @@ def test_positions_are_clustered_by_dec(db):
         )
     ]
     assert decs == sorted(decs)
+
+
+def test_obscore_rows_are_stored_in_declination_order(db):
+    for field in ("ROME-FIELD-01", "ROME-FIELD-02"):
+        decs = [
+            r[0]
+            for r in query(
+                db, "SELECT s_dec FROM romerea_data.ivoa.obscore WHERE target_name = ?", [field]
+            )
+        ]
+        assert decs and decs == sorted(decs)
+
+
+def test_in_order_is_what_order_by_leaves_unchanged():
+    t = pa.table({"f": ["a", "a", "b", "b"], "x": [2.0, 3.0, 1.0, 1.0], "n": [1, 2, 2, 1]})
+    assert in_order(t, ["f", "x"])  # ties (last two) in any order
+    assert in_order(t.slice(0, 1), ["f", "x", "n"]) and in_order(t.slice(0, 0), ["x"])
+    assert not in_order(t, ["f", "x", "n"])  # the tied pair is descending in n
+    assert not in_order(t, ["x"])
+    assert in_order(t, ["f"]) and not in_order(t.take([2, 0, 1, 3]), ["f"])
+    # ORDER BY puts NULL and NaN where a vectorised comparison cannot say: sorted again
+    assert not in_order(pa.table({"x": pa.array([1.0, None, 2.0])}), ["x"])
+    assert not in_order(pa.table({"x": [1.0, 2.0, float("nan")]}), ["x"])
 
 
 def test_stars_nulls_and_gaia_magnitudes(db, synthetic_field):

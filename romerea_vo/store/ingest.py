@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import __version__
 from ..errors import RomeReaError
@@ -86,7 +88,7 @@ def _authority(con: duckdb.DuckDBPyConnection, requested: str | None) -> str:
     return authority
 
 
-def _replace_rows(con, table_name: str, rows, field: str | None) -> None:
+def _replace_rows(con, table_name: str, rows: pa.Table, field: str | None) -> None:
     table = load_table_schema(table_name)
     target = physical_name(table)
     if field is None:
@@ -94,6 +96,8 @@ def _replace_rows(con, table_name: str, rows, field: str | None) -> None:
     else:
         con.execute(f"DELETE FROM {target} WHERE {quote_ident(table.field_column)} = ?", [field])
     order = ", ".join(quote_ident(c) for c in table.order)
+    if order and in_order(rows, table.order):
+        order = ""
     con.register("romerea_ingest_rows", rows)
     try:
         con.execute(
@@ -102,6 +106,31 @@ def _replace_rows(con, table_name: str, rows, field: str | None) -> None:
         )
     finally:
         con.unregister("romerea_ingest_rows")
+
+
+def in_order(rows: pa.Table, columns: Sequence[str]) -> bool:
+    """Whether ``rows`` are already sorted by ``columns`` (ascending, no NULL or NaN), as
+    ``ORDER BY columns`` would store them: a few vectorised passes, where DuckDB's sort of
+    a field's ObsCore rows (~800,000 wide rows) takes ~0.45 s. Ties may be in any order."""
+    n = rows.num_rows
+    if n < 2:
+        return True
+    tied = None  # pairs of neighbours equal in every column so far
+    for name in columns:
+        column = rows.column(name)
+        if column.null_count or (
+            pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py()
+        ):
+            return False
+        before, after = column.slice(0, n - 1), column.slice(1)
+        descending = pc.greater(before, after)
+        if tied is not None:
+            descending = pc.and_(tied, descending)
+        if pc.any(descending).as_py():
+            return False
+        equal = pc.equal(before, after)
+        tied = equal if tied is None else pc.and_(tied, equal)
+    return True
 
 
 def fields_row(field: Field) -> list:
