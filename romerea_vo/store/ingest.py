@@ -113,6 +113,8 @@ def in_order(rows: pa.Table, columns: Sequence[str]) -> bool:
     ``ORDER BY columns`` would store them: a few vectorised passes, where DuckDB's sort of
     a field's ObsCore rows (~800,000 wide rows) takes ~0.45 s. Ties may be in any order."""
     n = rows.num_rows
+    if not set(columns) <= set(rows.column_names):
+        return False  # ORDER BY finds them (names are case-blind in SQL): let it sort
     if n < 2:
         return True
     tied = None  # pairs of neighbours equal in every column so far
