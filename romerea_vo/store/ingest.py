@@ -22,8 +22,6 @@ from .ddl import CATALOG, attach_sql, create_table_sql, physical_name, quote_ide
 from .field_tables import field_tables, ingest_summary
 from .tap_schema import tap_schema_tables
 
-"""Publisher DID authority used when none is configured (see ``--authority``)."""
-
 INTERNAL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {CATALOG}.romerea;
 CREATE SCHEMA IF NOT EXISTS {CATALOG}.rome;
