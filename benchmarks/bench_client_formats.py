@@ -200,11 +200,8 @@ def bulk(base: str, workdir: Path, singles: int, cold: bool) -> None:
         others[name] = post(fmt, columns)
     parquet_loop = loop("parquet")
 
-    def median(values) -> float:
-        return statistics.median(values)
-
-    read_s = median(r[0]["s"] for r in rounds)
-    loop_rate = median(r[1] for r in rounds)
+    read_s = statistics.median(r[0]["s"] for r in rounds)
+    loop_rate = statistics.median(r[1] for r in rounds)
     print(f"\n2. bulk lightcurves, {n} stars x {FIELDS[0][2]} images (cubes "
           f"{rounds[0][0]['bytes'] / 1e9:.2f} GB), {WHERE[cold]}; {ROUNDS} rounds of read, "
           "loop and bulk side by side:")  # fmt: skip
@@ -217,8 +214,9 @@ def bulk(base: str, workdir: Path, singles: int, cold: bool) -> None:
               f"loop, {seconds / read['s']:4.1f}x the read")  # fmt: skip
     ratios = sorted(n / r[3] / r[1] for r in rounds)
     reads = sorted(r[3] / r[0]["s"] for r in rounds)
-    print(f"   median: {median(ratios):.1f}x the BINARY2 loop ({ratios[0]:.1f}-{ratios[-1]:.1f}; "
-          f"target >= 20x), {median(reads):.1f}x the read time ({reads[0]:.1f}-{reads[-1]:.1f}; "
+    ratio, read_ratio = statistics.median(ratios), statistics.median(reads)
+    print(f"   median: {ratio:.1f}x the BINARY2 loop ({ratios[0]:.1f}-{ratios[-1]:.1f}; "
+          f"target >= 20x), {read_ratio:.1f}x the read time ({reads[0]:.1f}-{reads[-1]:.1f}; "
           "target <= 2x)")  # fmt: skip
     print(f"   single-request loop (Parquet, {singles} stars) {parquet_loop[0]:7.0f} stars/s "
           f"({parquet_loop[1] / 1e3:.0f} kB per star)")  # fmt: skip

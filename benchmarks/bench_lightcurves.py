@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from astropy.table import Table
+from baselines import warm_page_cache
 
 from romerea_vo import lightcurves
 from romerea_vo.products import open_field
@@ -43,13 +44,6 @@ def timed(fn, repeats: int) -> list[float]:
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
-
-
-def warm_page_cache(directory: Path) -> None:
-    for path in directory.glob("*.hdf5"):
-        with path.open("rb") as fh:
-            while fh.read(64 * 2**20):
-                pass
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg: a private cluster
+from baselines import warm_page_cache
 from bench_backends import field_dirs, serve, stop
 from bench_tap import Client, _sync, _time
 
@@ -244,13 +245,6 @@ def report(title: str, values: dict[str, float], unit: str = "ms") -> None:
             print(f"  {k:58s} {v * 1000:10.1f} {unit}")
 
 
-def into_page_cache(dirs: list[Path]) -> None:
-    for path in sorted(p for d in dirs for p in d.iterdir() if p.is_file()):
-        with path.open("rb", buffering=0) as f:
-            while f.read(16 * 2**20):
-                pass
-
-
 def ingest_pair(ingest, targets: dict[str, object], dirs: list[Path], repeats: int, reset):
     """Ingest times with and without the ObsCore rows, alternating, ``repeats`` each (a
     busy shared machine: the minimum is reported with the median), each reading the
@@ -259,7 +253,7 @@ def ingest_pair(ingest, targets: dict[str, object], dirs: list[Path], repeats: i
     for _ in range(repeats):
         for kind in ("without", "with"):
             reset(targets[kind])
-            into_page_cache(dirs)
+            warm_page_cache(*dirs)
             if kind == "without":
                 with without_obscore():
                     times[kind].append(timed(lambda k=kind: ingest(targets[k], dirs)))

@@ -303,15 +303,13 @@ def obscore_table(field: Field, tables: dict[str, pa.Table], authority: str) -> 
     id_text = pa.array(sid, pa.int64()).cast(pa.string())
     star = did_prefix(authority, field.name)  # the star DIDs of ids.make_did
     quoted = quote(star, safe="")  # the field_id digits need no quoting
-    fov = 2 * seeing / 3600.0
-    no_fov = ~np.isfinite(fov)
-    fov_arr = _column(fov, "double", null=no_fov)
-    # the circle's radius has one value a band: formatted once a band, then spread
-    band_fov = per_band(seeing_of) * 2 / 3600.0
-    radius_text = pc.divide(_column(band_fov, "double", null=~np.isfinite(band_fov)), 2.0)
+    # the field of view has one value a band: the circle's radius is formatted once a band
+    band_fov = 2 * per_band(seeing_of) / 3600.0
+    band_fov_arr = _column(band_fov, "double", null=~np.isfinite(band_fov))
+    fov_arr = band_fov_arr.take(band_code)
     region = _join(
         "CIRCLE ICRS ", pa.array(ra).cast(pa.string()), " ", pa.array(dec).cast(pa.string()),
-        " ", radius_text.cast(pa.string()).take(band_code),
+        " ", pc.divide(band_fov_arr, 2.0).cast(pa.string()).take(band_code),
     )  # fmt: skip
     values = {
         "obs_id": _join(f"{field.name}/", id_text, "/", band_arr),
